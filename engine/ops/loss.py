@@ -1,0 +1,157 @@
+"""Softmax, log-softmax and the losses: MSE, softmax cross-entropy, binary cross-entropy (+ logits).
+
+Every loss returns the mean over its elements (or over the batch, for cross-entropy) as a 0-d tensor.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.function import Function
+from engine.ops.elementwise import stable_sigmoid
+from engine.tensor import Tensor, as_tensor
+
+
+class SoftmaxFn(Function):
+    def forward(self, x, *, axis):
+        e = self.xp.exp(x - x.max(axis=axis, keepdims=True))
+        self.y, self.axis = e / e.sum(axis=axis, keepdims=True), axis
+        return self.y
+
+    def backward(self, gy):
+        # dy_i/dx_j = y_i (delta_ij - y_j)  =>  gx = y (gy - sum(gy y))
+        return (self.y * (gy - (gy * self.y).sum(axis=self.axis, keepdims=True)),)
+
+
+class LogSoftmaxFn(Function):
+    def forward(self, x, *, axis):
+        shifted = x - x.max(axis=axis, keepdims=True)
+        self.y = shifted - self.xp.log(self.xp.exp(shifted).sum(axis=axis, keepdims=True))
+        self.axis = axis
+        return self.y
+
+    def backward(self, gy):
+        # d log softmax_i / dx_j = delta_ij - softmax_j  =>  gx = gy - softmax sum(gy)
+        return (gy - self.xp.exp(self.y) * gy.sum(axis=self.axis, keepdims=True),)
+
+
+class MSELossFn(Function):
+    def forward(self, y, t):
+        self.d = y - t  # the residual is the whole derivative
+        # squares summed in float64: float32 inputs up to 65535 square to 4e9 and lose digits
+        return self.xp.asarray(
+            self.xp.mean(self.xp.square(self.d.astype(np.float64))), dtype=y.dtype
+        )
+
+    def backward(self, gloss):
+        # d/dy mean((y - t)^2) = 2 (y - t) / size; d/dt = -that
+        g = (2 * gloss / self.d.size) * self.d
+        return (g if self.needs_grad[0] else None, -g if self.needs_grad[1] else None)
+
+
+class SoftmaxCrossEntropyFn(Function):
+    def forward(self, logits, t):
+        self.t = t
+        loss, self.probs = self.k.softmax_cross_entropy_forward(logits, t)  # probs for backward
+        return loss
+
+    def backward(self, gloss):
+        # d/dz mean_i[lse(z_i) - z_i,t_i] = (softmax(z) - onehot(t)) / n
+        return self.k.softmax_cross_entropy_backward(self.probs, self.t, gloss), None
+
+
+class BCEFn(Function):
+    _EPS = 1e-12
+
+    def forward(self, p, t):
+        self.p, self.t = p, t
+        xp = self.xp
+        # log clamped at -100, as in PyTorch, so p = 0 or 1 gives a finite loss
+        log_p = xp.maximum(xp.log(xp.where(p > 0, p, 1)), -100)
+        log_p = xp.where(p > 0, log_p, -100)
+        log_q = xp.maximum(xp.log(xp.where(p < 1, 1 - p, 1)), -100)
+        log_q = xp.where(p < 1, log_q, -100)
+        return xp.asarray(-(t * log_p + (1 - t) * log_q).mean(), dtype=p.dtype)
+
+    def backward(self, gloss):
+        # d/dp -(t log p + (1-t) log(1-p)) = (p - t) / (p (1 - p)), denominator clamped
+        denom = self.xp.maximum(self.p * (1 - self.p), self._EPS)
+        return (gloss / self.p.size) * (self.p - self.t) / denom, None
+
+
+class BCEWithLogitsFn(Function):
+    def forward(self, z, t):
+        self.z, self.t = z, t
+        xp = self.xp
+        # -(t log s(z) + (1-t) log(1-s(z))) = max(z, 0) - z t + log(1 + exp(-|z|)): never overflows
+        loss = xp.maximum(z, 0) - z * t + xp.log1p(xp.exp(-xp.abs(z)))
+        return xp.asarray(loss.mean(), dtype=z.dtype)
+
+    def backward(self, gloss):
+        # d/dz = sigmoid(z) - t
+        return (gloss / self.z.size) * (stable_sigmoid(self.xp, self.z) - self.t), None
+
+
+def _check_axis(x: Tensor, axis: int, name: str) -> int:
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"{name}: axis {axis} out of range for shape {x.shape}")
+    return axis % x.ndim
+
+
+def softmax(x, axis: int = -1) -> Tensor:
+    """exp(x) / sum exp(x) along `axis`, computed after subtracting the max (stable)."""
+    x = as_tensor(x)
+    return SoftmaxFn.apply(x, axis=_check_axis(x, axis, "softmax"))
+
+
+def log_softmax(x, axis: int = -1) -> Tensor:
+    """x - logsumexp(x) along `axis`, stable for any magnitude."""
+    x = as_tensor(x)
+    return LogSoftmaxFn.apply(x, axis=_check_axis(x, axis, "log_softmax"))
+
+
+def _same_shape(y: Tensor, t: Tensor, name: str) -> Tensor:
+    """The target, checked against the prediction's shape; a constant target takes y's dtype."""
+    if y.shape != t.shape:
+        raise ValueError(f"{name}: prediction shape {y.shape} != target shape {t.shape}")
+    if t.dtype == y.dtype:
+        return t
+    if t.requires_grad:
+        raise TypeError(f"{name}: prediction is {y.dtype} but target is {t.dtype}")
+    return as_tensor(t.data.astype(y.dtype))
+
+
+def mse_loss(y, t) -> Tensor:
+    """mean((y - t)^2) over all elements; y and t of the same shape."""
+    y, t = as_tensor(y), as_tensor(t)
+    return MSELossFn.apply(y, _same_shape(y, t, "mse_loss"))
+
+
+def softmax_cross_entropy(logits, t) -> Tensor:
+    """mean_i [logsumexp(logits_i) - logits_i[t_i]]; logits (n, k), t (n,) integer classes in [0, k)."""
+    logits, t = as_tensor(logits), as_tensor(t)
+    if logits.ndim != 2:
+        raise ValueError(f"softmax_cross_entropy expects logits (n, k), got {logits.shape}")
+    if t.dtype.kind not in "iu" or t.shape != (logits.shape[0],):
+        raise ValueError(
+            f"softmax_cross_entropy expects integer targets of shape ({logits.shape[0]},), "
+            f"got {t.dtype} {t.shape}"
+        )
+    tmin, tmax = (int(v) for v in (t.data.min(), t.data.max())) if t.size else (0, 0)
+    if tmin < 0 or tmax >= logits.shape[1]:
+        raise ValueError(
+            f"softmax_cross_entropy: targets must lie in [0, {logits.shape[1]}), got {tmin}..{tmax}"
+        )
+    return SoftmaxCrossEntropyFn.apply(logits, t)
+
+
+def binary_cross_entropy(p, t) -> Tensor:
+    """mean(-(t log p + (1 - t) log(1 - p))) for probabilities p in [0, 1]; logs clamped at -100."""
+    p, t = as_tensor(p), as_tensor(t)
+    return BCEFn.apply(p, _same_shape(p, t, "binary_cross_entropy"))
+
+
+def binary_cross_entropy_with_logits(z, t) -> Tensor:
+    """The source article's BCE on sigmoid(z), computed stably from the logits z."""
+    z, t = as_tensor(z), as_tensor(t)
+    return BCEWithLogitsFn.apply(z, _same_shape(z, t, "binary_cross_entropy_with_logits"))

@@ -1,0 +1,67 @@
+"""Max and average pooling over kh x kw windows, NCHW."""
+
+from __future__ import annotations
+
+from engine.function import Function
+from engine.ops import pair
+from engine.tensor import Tensor, as_tensor
+
+
+class MaxPool2dFn(Function):
+    """Max over each window; the gradient goes to the first maximum (row-major) of the window."""
+
+    def forward(self, x, *, kernel_size, stride, padding):
+        y, self.argmax = self.k.max_pool2d_forward(
+            x, kernel_size, stride, padding
+        )  # int32 tap index
+        self.x_shape, self.attrs = x.shape, (kernel_size, stride, padding)
+        return y
+
+    def backward(self, gy):
+        # d max / d x_i = 1 for the argmax tap of the window, 0 elsewhere
+        return (self.k.max_pool2d_backward(gy, self.argmax, self.x_shape, *self.attrs),)
+
+
+class AvgPool2dFn(Function):
+    """Mean over each window; padded zeros count in the mean (PyTorch's default)."""
+
+    def forward(self, x, *, kernel_size, stride, padding):
+        self.x_shape, self.attrs = x.shape, (kernel_size, stride, padding)
+        return self.k.avg_pool2d_forward(x, kernel_size, stride, padding)
+
+    def backward(self, gy):
+        # d mean / d x_i = 1 / (kh kw) for every tap of the window
+        return (self.k.avg_pool2d_backward(gy, self.x_shape, *self.attrs),)
+
+
+def _pool_args(x, kernel_size, stride, padding, name):
+    x = as_tensor(x)
+    k = pair(kernel_size, "kernel_size")
+    s = pair(stride, "stride") if stride is not None else k
+    p = pair(padding, "padding")
+    if x.ndim != 4:
+        raise ValueError(f"{name} expects x (n, c, h, w), got shape {x.shape}")
+    if min(k) < 1 or min(s) < 1 or min(p) < 0:
+        raise ValueError(
+            f"{name}: kernel_size and stride must be >= 1, padding >= 0: {k}, {s}, {p}"
+        )
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ValueError(f"{name}: padding {p} must be at most half the kernel size {k}")
+    if (x.shape[2] + 2 * p[0] - k[0]) // s[0] + 1 < 1 or (x.shape[3] + 2 * p[1] - k[1]) // s[
+        1
+    ] + 1 < 1:
+        raise ValueError(f"{name}: kernel {k} does not fit input {x.shape[2:]} with padding {p}")
+    return x, dict(kernel_size=k, stride=s, padding=p)
+
+
+def max_pool2d(x, kernel_size=2, stride=None, padding=0) -> Tensor:
+    """x (n, c, h, w) -> (n, c, oh, ow), oh = (h + 2 ph - kh) // sh + 1; stride defaults to the
+    kernel size; padding (at most half the kernel) is -inf, so it never wins."""
+    x, attrs = _pool_args(x, kernel_size, stride, padding, "max_pool2d")
+    return MaxPool2dFn.apply(x, **attrs)
+
+
+def avg_pool2d(x, kernel_size=2, stride=None, padding=0) -> Tensor:
+    """Same arguments and output size as max_pool2d; zero padding counts in the mean."""
+    x, attrs = _pool_args(x, kernel_size, stride, padding, "avg_pool2d")
+    return AvgPool2dFn.apply(x, **attrs)

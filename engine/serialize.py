@@ -1,0 +1,33 @@
+"""Save and load parameter dicts without pickle: `.npz` written and read with allow_pickle=False."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import SerializationError
+
+
+def save_state_dict(state: dict[str, np.ndarray], path: str | os.PathLike) -> None:
+    """Write name -> array to an uncompressed `.npz`; object arrays are refused (they need pickle)."""
+    for name, a in state.items():
+        if np.asarray(a).dtype.hasobject:
+            raise SerializationError(f"{name}: object arrays cannot be saved without pickle")
+    with open(path, "wb") as f:
+        np.savez(f, **{name: np.asarray(a) for name, a in state.items()})
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a `.npz` written by save_state_dict; anything pickled, truncated or not an npz is refused
+    with SerializationError naming the file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except FileNotFoundError as exc:
+        raise SerializationError(f"{path}: no such file") from exc
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        raise SerializationError(f"{path}: not a readable pickle-free .npz ({exc})") from exc

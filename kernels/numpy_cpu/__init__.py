@@ -1,0 +1,42 @@
+"""NumPy reference kernels: the oracle every other flavour is tested against, and the CPU fallback.
+
+All of them are written against `xp` (read off the input array), so `GENERIC` (the whole table) also
+serves CuPy arrays wherever the cupy_cuda flavour has no faster kernel of its own.
+"""
+
+from __future__ import annotations
+
+from kernels import build_table
+
+from .conv import col2im, conv2d_backward_input, conv2d_backward_weight, conv2d_forward, im2col
+from .elementwise import (
+    relu_backward,
+    relu_forward,
+    softmax_cross_entropy_backward,
+    softmax_cross_entropy_forward,
+)
+from .optim import adam_update, sgd_update
+from .pool import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
+
+KERNELS = build_table(
+    "numpy_cpu",
+    {
+        "im2col": im2col,
+        "col2im": col2im,
+        "conv2d_forward": conv2d_forward,
+        "conv2d_backward_input": conv2d_backward_input,
+        "conv2d_backward_weight": conv2d_backward_weight,
+        "max_pool2d_forward": max_pool2d_forward,
+        "max_pool2d_backward": max_pool2d_backward,
+        "avg_pool2d_forward": avg_pool2d_forward,
+        "avg_pool2d_backward": avg_pool2d_backward,
+        "relu_forward": relu_forward,
+        "relu_backward": relu_backward,
+        "softmax_cross_entropy_forward": softmax_cross_entropy_forward,
+        "softmax_cross_entropy_backward": softmax_cross_entropy_backward,
+        "sgd_update": sgd_update,
+        "adam_update": adam_update,
+    },
+)
+
+GENERIC = KERNELS

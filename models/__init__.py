@@ -1,0 +1,29 @@
+"""The architectures, built from engine.nn only, and one registry: `models.get(name, **kwargs)`.
+
+Every model returned by `get` carries `.config = {"name": ..., **kwargs}`, enough to rebuild it
+(checkpoints store it beside the weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from engine import nn
+from models.lenet import lenet5
+from models.mlp import mlp
+from models.seed_cnn import seed_cnn
+
+REGISTRY: dict[str, Callable[..., nn.Module]] = {"seed_cnn": seed_cnn, "lenet5": lenet5, "mlp": mlp}
+
+
+def names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def get(name: str, **kwargs) -> nn.Module:
+    """Build model `name` with keyword arguments (in_channels, input_size, num_classes, rng, ...)."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}: expected one of {', '.join(names())}")
+    model = REGISTRY[name](**kwargs)
+    model.config = {"name": name, **{k: v for k, v in kwargs.items() if k != "rng"}}
+    return model
