@@ -13,3 +13,11 @@ class DeviceError(MedgradError, ValueError):
 
 class SerializationError(MedgradError):
     """A model or state file is missing, truncated, tampered with, pickled, or has the wrong contents."""
+
+
+class DataError(MedgradError, ValueError):
+    """A data file or folder (image, label CSV, IDX, .npz, cache shard) is unreadable or malformed."""
+
+
+class DicomReadError(DataError):
+    """A DICOM file cannot be turned into pixels: not DICOM, truncated, no pixel data, no decoder, too big."""

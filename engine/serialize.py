@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import zipfile
-from pathlib import Path
 
 import numpy as np
 
 from engine.errors import SerializationError
+from engine.safeio import load_npz
 
 
 def save_state_dict(state: dict[str, np.ndarray], path: str | os.PathLike) -> None:
@@ -21,13 +20,6 @@ def save_state_dict(state: dict[str, np.ndarray], path: str | os.PathLike) -> No
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a `.npz` written by save_state_dict; anything pickled, truncated or not an npz is refused
-    with SerializationError naming the file."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
-    except FileNotFoundError as exc:
-        raise SerializationError(f"{path}: no such file") from exc
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
-        raise SerializationError(f"{path}: not a readable pickle-free .npz ({exc})") from exc
+    """Read a `.npz` written by save_state_dict; anything pickled, truncated, oversized or not an
+    npz is refused with SerializationError naming the file (see engine.safeio)."""
+    return load_npz(path)
