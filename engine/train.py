@@ -1,14 +1,36 @@
-"""The training loop: mini-batches from an explicit seed, a progress bar, validation after each epoch."""
+"""The training loop: shuffled mini-batches from one explicit Generator, optional augmentation, a
+progress bar, validation after each epoch, learning-rate schedules, early stopping, and a run
+directory with checkpoints that resume bit for bit.
+
+Run directory written by `fit(..., run_dir=...)`:
+- checkpoint.npz  the last finished epoch: weights, optimizer buffers, RNG states, history (resume);
+- model.npz       the weights to use: the epoch with the lowest validation loss (training loss
+                  without validation data); no optimizer state;
+- metrics.json    the per-epoch history, rewritten after every epoch.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 import engine.functional as F
-from engine import nn, optim
+from engine import metrics, nn, optim
+from engine.checkpoint import (
+    atomic_write,
+    load_checkpoint,
+    remove_stale_temporaries,
+    rng_from_state,
+    rng_state,
+    save_checkpoint,
+)
+from engine.errors import MedgradError
 from engine.function import no_grad
 from engine.tensor import Tensor
 
@@ -34,32 +56,79 @@ def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np
     return np.concatenate(out)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (n, k) logits in float64 (max subtracted, so any logit is safe)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities float64 (n, k) of `model` on x (n, c, h, w)."""
+    return softmax(predict_logits(model, x, batch_size))
+
+
 def evaluate(
     model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 256
 ) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of `model` on (x, y)."""
+    """Mean cross-entropy ("loss") and every engine.metrics.summary entry of `model` on (x, y)."""
     logits = predict_logits(model, x, batch_size)
     loss = F.softmax_cross_entropy(logits, y).item()
-    return {"loss": loss, "accuracy": float((logits.argmax(axis=1) == y).mean())}
+    return {"loss": loss, **metrics.summary(y, softmax(logits))}
 
 
 @dataclass
 class History:
-    """Per-epoch metrics, one list per name ("loss", "accuracy", "val_loss", "val_accuracy")."""
+    """Per-epoch metrics, one list per name ("loss", "accuracy", "val_loss", "lr", ...)."""
 
-    epochs: dict[str, list[float]] = field(default_factory=dict)
+    epochs: dict[str, list[float | None]] = field(default_factory=dict)
 
-    def add(self, **metrics: float) -> None:
-        for name, value in metrics.items():
-            self.epochs.setdefault(name, []).append(float(value))
+    def add(self, **values: float | None) -> None:
+        for name, value in values.items():
+            self.epochs.setdefault(name, []).append(None if value is None else float(value))
 
 
-def train_epoch(model, optimizer, x, y, batch_size, rng, on_batch: Callable | None = None):
-    """One pass over (x, y) in shuffled mini-batches; returns mean loss and accuracy over the epoch."""
+@dataclass
+class Schedule:
+    """Learning rate per epoch (0-based) from the base rate lr0.
+
+    constant: lr0. step: lr0 * gamma ** (epoch // step_size). cosine: from lr0 down to min_lr
+    over `epochs` epochs, lr0 * ... = min_lr + (lr0 - min_lr) (1 + cos(pi epoch / epochs)) / 2.
+    """
+
+    kind: str = "constant"
+    step_size: int = 10
+    gamma: float = 0.1
+    min_lr: float = 0.0
+
+    KINDS = ("constant", "step", "cosine")
+
+    def __post_init__(self):
+        if self.kind not in self.KINDS:
+            raise ValueError(f"schedule must be one of {self.KINDS}, got {self.kind!r}")
+        if self.step_size < 1:
+            raise ValueError(f"step_size must be >= 1, got {self.step_size}")
+
+    def lr(self, lr0: float, epoch: int, epochs: int) -> float:
+        if self.kind == "step":
+            return lr0 * self.gamma ** (epoch // self.step_size)
+        if self.kind == "cosine":
+            return self.min_lr + (lr0 - self.min_lr) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+        return lr0
+
+
+def train_epoch(model, optimizer, x, y, batch_size, rng, on_batch: Callable | None = None,
+                augment: Callable | None = None):  # fmt: skip
+    """One pass over (x, y) in mini-batches shuffled by `rng`; returns mean loss and accuracy.
+
+    augment(batch, rng) -> batch, if given, transforms each batch with draws from the same rng,
+    so one Generator state fixes both the order and the augmentation of every later epoch.
+    """
     model.train()
     total_loss = correct = 0.0
     for idx in batches(len(x), batch_size, rng):
-        logits = model(Tensor(x[idx]))
+        xb = x[idx] if augment is None else augment(x[idx], rng)
+        logits = model(Tensor(xb))
         loss = F.softmax_cross_entropy(logits, y[idx])
         optimizer.zero_grad()
         loss.backward()
@@ -71,40 +140,132 @@ def train_epoch(model, optimizer, x, y, batch_size, rng, on_batch: Callable | No
     return total_loss / len(x), correct / len(x)
 
 
+def _model_rngs(model: nn.Module) -> list[nn.Module]:
+    """Sub-modules that draw random numbers while training (Dropout's `rng`)."""
+    return [m for m in model.modules() if isinstance(getattr(m, "rng", None), np.random.Generator)]
+
+
+class ResumeError(MedgradError, ValueError):
+    """--resume with a checkpoint that does not match this run's model, optimizer or settings."""
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    text = json.dumps(obj, indent=1, allow_nan=False)
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
 def fit(model: nn.Module, optimizer: optim.Optimizer, train: tuple[np.ndarray, np.ndarray],
         val: tuple[np.ndarray, np.ndarray] | None = None, *, epochs: int = 5, batch_size: int = 64,
-        seed: int = 0, progress: bool = True) -> History:  # fmt: skip
+        seed: int = 0, progress: bool = True, schedule: Schedule | None = None,
+        patience: int | None = None, augment: Callable | None = None,
+        run_dir: str | os.PathLike | None = None, resume: bool = False,
+        preprocessing: dict | None = None, classes: list[str] | None = None,
+        on_epoch_end: Callable[[int, dict], bool | None] | None = None) -> History:  # fmt: skip
     """Train `model` on train=(x, y) for `epochs`, validating on `val` after each epoch.
 
     x: float32 (n, c, h, w); y: int (n,). GD optimizers take the whole set as one batch.
-    Shuffling draws from np.random.default_rng(seed), so a run is reproducible.
+    Shuffling and augmentation draw from np.random.default_rng(seed), so a run is reproducible.
+    schedule sets optimizer.lr each epoch from the optimizer's initial lr. patience: stop after
+    that many epochs without a lower validation loss. run_dir: write checkpoint.npz, model.npz
+    and metrics.json there after every epoch (see the module docstring); resume=True continues
+    from run_dir/checkpoint.npz, restoring weights, optimizer buffers and every RNG state, so the
+    result equals an uninterrupted run bit for bit. on_epoch_end(epoch, metrics) returning True
+    stops training after that epoch (the checkpoint is written first).
     """
     from tqdm.auto import tqdm
 
     x, y = train
     if isinstance(optimizer, optim.GD):
         batch_size = len(x)
+    schedule = schedule or Schedule()
     rng = np.random.default_rng(seed)
     history = History()
-    for epoch in range(1, epochs + 1):
+    lr0, start, best = optimizer.lr, 0, {"loss": math.inf, "epoch": 0, "bad_epochs": 0}
+    settings = {"batch_size": batch_size, "seed": seed, "schedule": asdict(schedule),
+                "patience": patience, "n_train": len(x), "lr0": lr0}  # fmt: skip
+    run_dir = Path(run_dir) if run_dir is not None else None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)
+    if resume:
+        if run_dir is None:
+            raise ResumeError("resume needs the run directory that holds checkpoint.npz")
+        state = _restore(run_dir / "checkpoint.npz", model, optimizer, settings)
+        rng = rng_from_state(state["rng"])
+        history.epochs, start, best = state["history"], state["epoch"], state["best"]
+        if best["bad_epochs"] == -1:  # the previous run had stopped early: nothing left to do
+            return history
+    for epoch in range(start, epochs):
+        optimizer.lr = schedule.lr(lr0, epoch, epochs)
         n_batches = -(-len(x) // batch_size)
-        with tqdm(
-            total=n_batches, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False
-        ) as bar:
+        with tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
+                  leave=False) as bar:  # fmt: skip
 
             def tick(loss_value: float, bar=bar) -> None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
 
-            loss, acc = train_epoch(model, optimizer, x, y, batch_size, rng, on_batch=tick)
-        metrics = {"loss": loss, "accuracy": acc}
+            loss, acc = train_epoch(model, optimizer, x, y, batch_size, rng, tick, augment)
+        row = {"loss": loss, "accuracy": acc, "lr": optimizer.lr}
         if val is not None:
             v = evaluate(model, *val)
-            metrics.update(val_loss=v["loss"], val_accuracy=v["accuracy"])
-        history.add(**metrics)
+            row.update(val_loss=v["loss"], val_accuracy=v["accuracy"], val_recall=v["recall"],
+                       val_f1=v["f1"], val_auc=v["auc"])  # fmt: skip
+        history.add(**row)
         if progress:
-            print(
-                f"epoch {epoch:3d}/{epochs}  "
-                + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-            )
+            print(f"epoch {epoch + 1:3d}/{epochs}  " + "  ".join(
+                f"{k} {v:.4g}" for k, v in row.items() if v is not None))  # fmt: skip
+        monitored = row.get("val_loss", loss)
+        improved = monitored < best["loss"]
+        if improved:
+            best = {"loss": monitored, "epoch": epoch + 1, "bad_epochs": 0}
+        else:
+            best["bad_epochs"] += 1
+        stop = patience is not None and best["bad_epochs"] >= patience
+        if run_dir is not None:
+            state = {"epoch": epoch + 1, "history": history.epochs, "best": best, "rng": rng_state(rng),
+                     "model_rngs": [rng_state(m.rng) for m in _model_rngs(model)],
+                     "settings": settings}  # fmt: skip
+            if stop:
+                state["best"] = {**best, "bad_epochs": -1}  # marks "stopped early" for resume
+            meta = {"preprocessing": preprocessing, "classes": classes}
+            save_checkpoint(run_dir / "checkpoint.npz", model, optimizer=optimizer,
+                            train_state=state, **meta)  # fmt: skip
+            if improved:
+                save_checkpoint(
+                    run_dir / "model.npz", model, train_state={"epoch": epoch + 1}, **meta
+                )
+            _write_json(run_dir / "metrics.json", {"history": history.epochs, "best_epoch":
+                        best["epoch"], "epochs_run": epoch + 1, "stopped_early": stop})  # fmt: skip
+        if stop:
+            if progress:
+                print(f"early stop: no lower validation loss for {patience} epochs")
+            break
+        if on_epoch_end is not None and on_epoch_end(epoch + 1, row):
+            break
     return history
+
+
+def _restore(path: Path, model: nn.Module, optimizer: optim.Optimizer, settings: dict) -> dict:
+    """Load checkpoint `path` into model and optimizer after checking it belongs to this run."""
+    ckpt = load_checkpoint(path)
+    state = ckpt.train_state
+    differ = []
+    if ckpt.model_config != getattr(model, "config", None):
+        differ.append(f"model {ckpt.model_config} != {getattr(model, 'config', None)}")
+    saved_opt = (ckpt.optimizer or {}).get("name")
+    if saved_opt != type(optimizer).__name__.lower():
+        differ.append(f"optimizer {saved_opt} != {type(optimizer).__name__.lower()}")
+    for key, value in settings.items():
+        if state.get("settings", {}).get(key) != value:
+            differ.append(f"{key} {state.get('settings', {}).get(key)} != {value}")
+    if differ:
+        raise ResumeError(f"{path}: cannot resume a different run: " + "; ".join(differ))
+    try:
+        model.load_state_dict(ckpt.weights)
+    except (KeyError, ValueError) as exc:
+        raise ResumeError(f"{path}: weights do not fit the model: {exc}") from exc
+    optimizer.load_state_dict(ckpt.optimizer_state)
+    for module, saved in zip(_model_rngs(model), state["model_rngs"], strict=True):
+        module.rng = rng_from_state(saved)
+    return state

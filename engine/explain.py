@@ -1,0 +1,195 @@
+"""Why did the model say that? Vanilla-gradient saliency and Grad-CAM, with the engine's own autograd.
+
+Both work on a Sequential model (all of models/ are): the forward pass runs layer by layer, so the
+output of a chosen conv layer can be kept and its gradient read after one backward pass.
+- saliency: |d score_c / d x|, the largest over channels: which pixels move the class score most.
+- Grad-CAM (Selvaraju et al. 2017): weights a_k = mean over (i, j) of d score_c / d A_k[i, j] for
+  the feature maps A of a conv layer, map = ReLU(sum_k a_k A_k), resampled to the input grid.
+score_c is the logit of class c (before softmax), as in the Grad-CAM paper.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from engine import nn
+from engine.ops import pair
+from engine.tensor import Tensor
+
+
+def _layers(model: nn.Module) -> list[nn.Module]:
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"explain needs an nn.Sequential model, got {type(model).__name__}")
+    return model.layers
+
+
+def conv_layers(model: nn.Module) -> list[int]:
+    """Indices of the Conv2d layers of a Sequential model."""
+    return [i for i, layer in enumerate(_layers(model)) if isinstance(layer, nn.Conv2d)]
+
+
+def _targets(logits: np.ndarray, target) -> np.ndarray:
+    """Class per image: `target` (int or (n,) ints), or the predicted class when None."""
+    n, k = logits.shape
+    t = logits.argmax(axis=1) if target is None else np.broadcast_to(np.asarray(target), (n,))
+    if t.min() < 0 or t.max() >= k:
+        raise ValueError(f"target class must lie in 0..{k - 1}, got {t}")
+    return t.astype(np.int64)
+
+
+def class_score(model: nn.Module, x: Tensor, target) -> Tensor:
+    """score (n,) = the logit of class target[i] for image i; the quantity both maps explain."""
+    logits = model(x)
+    t = _targets(logits.data, target)
+    return logits[np.arange(len(t)), t]
+
+
+def saliency(model: nn.Module, x: np.ndarray, target=None) -> tuple[np.ndarray, np.ndarray]:
+    """Vanilla gradient saliency of images x (n, c, h, w).
+
+    Returns (map, grad): map float (n, h, w) = max over channels of |d score / d x|, and the raw
+    gradient grad (n, c, h, w). target: class index (int or (n,)), None = the predicted class.
+    Model parameters' .grad are left cleared.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        xt = Tensor(np.asarray(x), requires_grad=True)
+        class_score(model, xt, target).sum().backward()  # images are independent: one pass
+        grad = xt.grad
+    finally:
+        model.zero_grad()
+        model.train(was_training)
+    return np.abs(grad).max(axis=1), grad
+
+
+def _centres(layers: list[nn.Module], upto: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(scale, offset) per axis such that feature cell u of layer `upto`'s output is centred on input
+    pixel scale * u + offset: composed from each conv/pool's stride s, padding p and kernel k as
+    input = s * out - p + (k - 1) / 2."""
+    scale, offset = [1.0, 1.0], [0.0, 0.0]
+    for layer in layers[: upto + 1]:
+        if isinstance(layer, nn.Conv2d):
+            k, s, p = layer.weight.shape[2:], layer.stride, layer.padding
+        elif isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
+            k = pair(layer.kernel_size)
+            s, p = pair(layer.stride or k), pair(layer.padding)
+        else:
+            continue
+        for a in range(2):
+            offset[a] += scale[a] * (-p[a] + (k[a] - 1) / 2)
+            scale[a] *= s[a]
+    return (scale[0], offset[0]), (scale[1], offset[1])
+
+
+def _resample(maps: np.ndarray, size: tuple[int, int], rows, cols) -> np.ndarray:
+    """Bilinear resampling of maps (n, fh, fw) onto the input's pixel grid (n, h, w), each feature
+    cell placed at its receptive-field centre (rows/cols = (scale, offset)); clamped at the edges."""
+
+    def weights(n_out: int, n_in: int, scale: float, offset: float) -> np.ndarray:
+        f = np.clip((np.arange(n_out) - offset) / scale, 0, n_in - 1)  # fractional source index
+        i0 = np.minimum(np.floor(f).astype(int), max(n_in - 2, 0))
+        w = np.zeros((n_out, n_in))
+        w[np.arange(n_out), i0] = 1 - (f - i0)
+        if n_in > 1:
+            w[np.arange(n_out), i0 + 1] += f - i0
+        return w  # (n_out, n_in): one interpolation matrix per axis
+
+    wr = weights(size[0], maps.shape[1], *rows)
+    wc = weights(size[1], maps.shape[2], *cols)
+    return np.einsum("hi,nij,wj->nhw", wr, maps, wc)
+
+
+def grad_cam(model: nn.Module, x: np.ndarray, target=None, layer: int | None = None) -> np.ndarray:
+    """Grad-CAM heat maps float64 (n, h, w) in [0, 1] (each map divided by its maximum; all zero
+    when no feature map speaks for the class) for images x (n, c, h, w).
+
+    layer: index in the Sequential of the conv layer to explain (its ReLU output is used when a
+    ReLU follows it); default the last Conv2d. target: class (int or (n,)), None = predicted.
+    """
+    layers = _layers(model)
+    convs = conv_layers(model)
+    layer = convs[-1] if layer is None else layer
+    if layer not in convs:
+        raise ValueError(f"layer {layer} is not a Conv2d; conv layers are at {convs}")
+    if layer + 1 < len(layers) and isinstance(layers[layer + 1], nn.ReLU):
+        layer += 1  # explain the rectified maps, the ones the rest of the network reads
+    was_training = model.training
+    model.eval()
+    try:
+        h = Tensor(np.asarray(x))
+        for i, module in enumerate(layers):
+            h = module(h)
+            if i == layer:
+                activation = h
+        t = _targets(h.data, target)
+        gy = np.zeros_like(h.data)
+        gy[np.arange(len(t)), t] = 1  # d score_c / d logits
+        h.backward(gy, retain_grad=True)  # keeps activation.grad
+        A, gA = activation.data, activation.grad
+    finally:
+        model.zero_grad()
+        model.train(was_training)
+    alpha = gA.mean(axis=(2, 3), keepdims=True)  # (n, k, 1, 1): importance of each feature map
+    cam = np.maximum((alpha * A).sum(axis=1), 0)  # (n, fh, fw)
+    rows, cols = _centres(layers, layer)
+    cam = np.maximum(_resample(cam.astype(np.float64), x.shape[2:], rows, cols), 0)
+    peak = cam.max(axis=(1, 2), keepdims=True)
+    return np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
+
+
+def save_explanation(path: str | os.PathLike, image: np.ndarray, sal: np.ndarray, cam: np.ndarray,
+                     title: str = "") -> Path:  # fmt: skip
+    """A PNG with three panels: the image (c, h, w; channel 0 shown), the saliency map and the
+    Grad-CAM heat map overlaid on the image. matplotlib (Agg) is imported here, lazily."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gray = np.asarray(image)[0]
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
+    axes[0].imshow(gray, cmap="gray")
+    axes[0].set_title("input")
+    axes[1].imshow(sal, cmap="hot")
+    axes[1].set_title("saliency |d score / d x|")
+    axes[2].imshow(gray, cmap="gray")
+    axes[2].imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    axes[2].set_title("Grad-CAM")
+    for ax in axes:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def explain_images(model: nn.Module, x: np.ndarray, out_dir: str | os.PathLike, *,
+                   names: list[str] | None = None, classes: list[str] | None = None,
+                   target=None, layer: int | None = None) -> list[Path]:  # fmt: skip
+    """Saliency + Grad-CAM PNGs for images x (n, c, h, w), one file per image in out_dir, named
+    after `names` (default 0000, 0001, ...). Titles give the explained class and its probability."""
+    from engine.train import predict_proba
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    probs = predict_proba(model, x)
+    t = _targets(probs, target)
+    sal, _ = saliency(model, x, t)
+    cams = grad_cam(model, x, t, layer)
+    names = names or [f"{i:04d}" for i in range(len(x))]
+    paths = []
+    for i in range(len(x)):
+        label = classes[t[i]] if classes else str(t[i])
+        title = f"{names[i]}: explaining '{label}' (p = {probs[i, t[i]]:.2f})"
+        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in names[i])
+        paths.append(
+            save_explanation(out_dir / f"explain_{stem}.png", x[i], sal[i], cams[i], title)
+        )
+    return paths
