@@ -1,0 +1,9 @@
+"""The numba_cuda flavour: @cuda.jit kernels on CuPy arrays (through the CUDA array interface).
+
+bodies.py     the @cuda.jit kernels: index logic only (testable under NUMBA_ENABLE_CUDASIM=1)
+launchers.py  allocate, size the grid, launch on CuPy's stream; written against xp, no CuPy import
+table.py      KERNELS = {**cupy_cuda.KERNELS, **own}: the table engine/backend.py loads
+
+This package's __init__ imports nothing, so the bodies and launchers import on a machine without
+CuPy (CI runs them under the simulator); only table.py needs CuPy, and only the backend imports it.
+"""

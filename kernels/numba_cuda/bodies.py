@@ -1,0 +1,292 @@
+"""@cuda.jit kernel bodies of the numba_cuda flavour: index logic only, no allocation, no CuPy.
+
+Every body runs on a 1-D grid with one thread per element of the array it writes (its "out"), and
+returns at once when the thread index is past the end. Arrays may be NumPy (under
+NUMBA_ENABLE_CUDASIM=1, the CI tests) or CuPy (on a GPU, through the CUDA array interface); Numba
+compiles one specialisation per dtype, so float32 and float64 both work. Sums accumulate in float64.
+Window geometry (shared by conv and pool): output pixel (oi, oj), tap (u, v) reads input row
+hh = oi*sh + u - ph and column ww = oj*sw + v - pw; taps outside [0, h) x [0, w) are padding.
+Backward passes gather (one thread per input element, looping over the windows that cover it)
+instead of scattering with atomics: deterministic, and the same summation order as numpy_cpu.
+"""
+
+from __future__ import annotations
+
+import math
+
+from numba import cuda
+
+THREADS = 128  # threads per block: a multiple of the warp size that suits every body here
+
+
+@cuda.jit
+def im2col(x, cols, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow):
+    """x (n, c, h, w) -> cols (n*oh*ow, c*kh*kw); padding reads as 0."""
+    # thread i -> cols[row, col]: row = (b, oi, oj) row-major, col = (ch, u, v) row-major
+    i = cuda.grid(1)
+    k = c * kh * kw
+    if i >= cols.shape[0] * k:
+        return
+    row, col = i // k, i % k
+    b, pix = row // (oh * ow), row % (oh * ow)
+    oi, oj = pix // ow, pix % ow
+    ch, tap = col // (kh * kw), col % (kh * kw)
+    hh = oi * sh + tap // kw - ph  # input row of tap u = tap // kw
+    ww = oj * sw + tap % kw - pw  # input column of tap v = tap % kw
+    if 0 <= hh < h and 0 <= ww < w:
+        cols[row, col] = x[b, ch, hh, ww]
+    else:
+        cols[row, col] = 0
+
+
+@cuda.jit
+def col2im(cols, x, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow):
+    """cols (n*oh*ow, c*kh*kw) -> x (n, c, h, w): each input element sums the taps that read it."""
+    # thread i -> x[b, ch, hh, ww] in row-major order; it gathers over the (oi, oj, u, v) with
+    # oi*sh + u - ph == hh and oj*sw + v - pw == ww
+    i = cuda.grid(1)
+    if i >= x.size:
+        return
+    ww, rest = i % w, i // w
+    hh, rest = rest % h, rest // h
+    ch, b = rest % c, rest // c
+    acc = 0.0
+    for u in range(kh):
+        top = hh + ph - u  # = oi * sh for the window whose tap u sits on this row
+        if top < 0 or top % sh != 0 or top // sh >= oh:
+            continue
+        oi = top // sh
+        for v in range(kw):
+            left = ww + pw - v  # = oj * sw likewise
+            if left < 0 or left % sw != 0 or left // sw >= ow:
+                continue
+            oj = left // sw
+            acc += cols[(b * oh + oi) * ow + oj, (ch * kh + u) * kw + v]
+    x[b, ch, hh, ww] = acc
+
+
+@cuda.jit
+def rows_to_nchw(rows, bias, has_bias, y):
+    """rows (n*oh*ow, oc), the GEMM's output -> y (n, oc, oh, ow), plus bias[o] if has_bias."""
+    # thread i -> y[b, o, oi, oj] row-major; it reads rows[(b, oi, oj), o]
+    i = cuda.grid(1)
+    if i >= y.size:
+        return
+    oc, oh, ow = y.shape[1], y.shape[2], y.shape[3]
+    pix, rest = i % (oh * ow), i // (oh * ow)
+    o, b = rest % oc, rest // oc
+    value = rows[b * oh * ow + pix, o]
+    if has_bias:
+        value += bias[o]
+    y[b, o, pix // ow, pix % ow] = value
+
+
+@cuda.jit
+def nchw_to_rows(y, rows):
+    """y (n, oc, oh, ow) -> rows (n*oh*ow, oc): the layout the GEMMs of the backward passes need."""
+    # thread i -> rows[r, o] row-major, r = (b, oi, oj); it reads y[b, o, oi, oj]
+    i = cuda.grid(1)
+    if i >= rows.size:
+        return
+    oc, oh, ow = y.shape[1], y.shape[2], y.shape[3]
+    r, o = i // oc, i % oc
+    b, pix = r // (oh * ow), r % (oh * ow)
+    rows[r, o] = y[b, o, pix // ow, pix % ow]
+
+
+@cuda.jit
+def max_pool2d_forward(x, y, argmax, kh, kw, sh, sw, ph, pw):
+    """x (n, c, h, w) -> y, argmax (n, c, oh, ow); padding is -inf; ties go to the first tap."""
+    # thread i -> output window (b, ch, oi, oj) row-major; taps visited in row-major order, and a
+    # later tap wins only if strictly greater, so the first maximum is kept (as numpy's argmax)
+    i = cuda.grid(1)
+    if i >= y.size:
+        return
+    c, oh, ow = y.shape[1], y.shape[2], y.shape[3]
+    h, w = x.shape[2], x.shape[3]
+    oj, rest = i % ow, i // ow
+    oi, rest = rest % oh, rest // oh
+    ch, b = rest % c, rest // c
+    best = -math.inf
+    best_tap = 0
+    for u in range(kh):
+        hh = oi * sh + u - ph
+        for v in range(kw):
+            ww = oj * sw + v - pw
+            value = -math.inf
+            if 0 <= hh < h and 0 <= ww < w:
+                value = x[b, ch, hh, ww]
+            if value > best:
+                best = value
+                best_tap = u * kw + v
+    y[b, ch, oi, oj] = best
+    argmax[b, ch, oi, oj] = best_tap
+
+
+@cuda.jit
+def max_pool2d_backward(gy, argmax, gx, kh, kw, sh, sw, ph, pw):
+    """gy, argmax (n, c, oh, ow) -> gx (n, c, h, w): the sum of gy over windows whose argmax is here."""
+    # thread i -> gx[b, ch, hh, ww] row-major; windows covering it are gathered in tap order
+    i = cuda.grid(1)
+    if i >= gx.size:
+        return
+    c, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
+    oh, ow = gy.shape[2], gy.shape[3]
+    ww, rest = i % w, i // w
+    hh, rest = rest % h, rest // h
+    ch, b = rest % c, rest // c
+    acc = 0.0
+    for u in range(kh):
+        top = hh + ph - u  # = oi * sh for the window whose tap u sits on this row
+        if top < 0 or top % sh != 0 or top // sh >= oh:
+            continue
+        oi = top // sh
+        for v in range(kw):
+            left = ww + pw - v
+            if left < 0 or left % sw != 0 or left // sw >= ow:
+                continue
+            oj = left // sw
+            if argmax[b, ch, oi, oj] == u * kw + v:
+                acc += gy[b, ch, oi, oj]
+    gx[b, ch, hh, ww] = acc
+
+
+@cuda.jit
+def avg_pool2d_forward(x, y, kh, kw, sh, sw, ph, pw):
+    """x (n, c, h, w) -> y (n, c, oh, ow): window sum / (kh*kw), padded zeros counted."""
+    # thread i -> output window (b, ch, oi, oj) row-major; taps summed in row-major order
+    i = cuda.grid(1)
+    if i >= y.size:
+        return
+    c, oh, ow = y.shape[1], y.shape[2], y.shape[3]
+    h, w = x.shape[2], x.shape[3]
+    oj, rest = i % ow, i // ow
+    oi, rest = rest % oh, rest // oh
+    ch, b = rest % c, rest // c
+    acc = 0.0
+    for u in range(kh):
+        hh = oi * sh + u - ph
+        for v in range(kw):
+            ww = oj * sw + v - pw
+            if 0 <= hh < h and 0 <= ww < w:
+                acc += x[b, ch, hh, ww]
+    y[b, ch, oi, oj] = acc / (kh * kw)
+
+
+@cuda.jit
+def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, ph, pw):
+    """gy (n, c, oh, ow) -> gx (n, c, h, w): every window covering an element adds gy / (kh*kw)."""
+    # thread i -> gx[b, ch, hh, ww] row-major; windows covering it gathered in tap order
+    i = cuda.grid(1)
+    if i >= gx.size:
+        return
+    c, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
+    oh, ow = gy.shape[2], gy.shape[3]
+    ww, rest = i % w, i // w
+    hh, rest = rest % h, rest // h
+    ch, b = rest % c, rest // c
+    acc = 0.0
+    for u in range(kh):
+        top = hh + ph - u
+        if top < 0 or top % sh != 0 or top // sh >= oh:
+            continue
+        oi = top // sh
+        for v in range(kw):
+            left = ww + pw - v
+            if left < 0 or left % sw != 0 or left // sw >= ow:
+                continue
+            acc += gy[b, ch, oi, left // sw] / (kh * kw)
+    gx[b, ch, hh, ww] = acc
+
+
+@cuda.jit
+def relu_forward(x, y):
+    """Flat x -> y = max(x, 0); NaN stays NaN, as in numpy.maximum."""
+    # thread i -> y[i]
+    i = cuda.grid(1)
+    if i < y.size:
+        y[i] = 0 if x[i] < 0 else x[i]
+
+
+@cuda.jit
+def relu_backward(gy, y, gx):
+    """Flat gy, y -> gx = gy where y > 0, else 0."""
+    # thread i -> gx[i]
+    i = cuda.grid(1)
+    if i < gx.size:
+        gx[i] = gy[i] if y[i] > 0 else 0
+
+
+@cuda.jit
+def softmax_cross_entropy_forward(logits, t, probs, row_loss):
+    """logits (n, k), t (n,) int -> probs (n, k), row_loss (n,) = logsumexp(row) - row[t]."""
+    # thread r -> one row: max, then sum of exp(z - max), then probs and the row's loss
+    r = cuda.grid(1)
+    if r >= logits.shape[0]:
+        return
+    k = logits.shape[1]
+    top = logits[r, 0]
+    for j in range(1, k):
+        top = max(top, logits[r, j])
+    total = 0.0
+    for j in range(k):
+        total += math.exp(logits[r, j] - top)
+    for j in range(k):
+        probs[r, j] = math.exp(logits[r, j] - top) / total
+    row_loss[r] = math.log(total) - (logits[r, t[r]] - top)
+
+
+@cuda.jit
+def softmax_cross_entropy_backward(probs, t, gloss, glogits):
+    """probs (n, k), t (n,), gloss (1,) -> glogits = (probs - onehot(t)) * gloss / n."""
+    # thread i -> glogits[r, j], r = i // k, j = i % k
+    i = cuda.grid(1)
+    n, k = probs.shape[0], probs.shape[1]
+    if i >= n * k:
+        return
+    r, j = i // k, i % k
+    g = probs[r, j]
+    if j == t[r]:
+        g -= 1
+    glogits[r, j] = g * (gloss[0] / n)
+
+
+@cuda.jit
+def sgd_plain(p, g, lr, weight_decay):
+    """Flat p, g: p -= lr (g + wd p), in place."""
+    # thread i -> p[i]
+    i = cuda.grid(1)
+    if i < p.size:
+        p[i] -= lr * (g[i] + weight_decay * p[i])
+
+
+@cuda.jit
+def sgd_momentum(p, g, v, lr, momentum, nesterov, weight_decay):
+    """Flat p, g, v: g' = g + wd p; v = mu v + g'; p -= lr (g' + mu v if nesterov else v)."""
+    # thread i -> p[i] and v[i]
+    i = cuda.grid(1)
+    if i >= p.size:
+        return
+    grad = g[i] + weight_decay * p[i]
+    vel = momentum * v[i] + grad
+    v[i] = vel
+    if nesterov:
+        p[i] -= lr * (grad + momentum * vel)
+    else:
+        p[i] -= lr * vel
+
+
+@cuda.jit
+def adam(p, g, m, v, step_size, beta1, beta2, bias2_sqrt, eps, weight_decay):
+    """Flat p, g, m, v: Adam with bias correction; step_size = lr / (1 - beta1^t),
+    bias2_sqrt = sqrt(1 - beta2^t)."""
+    # thread i -> p[i], m[i], v[i]
+    i = cuda.grid(1)
+    if i >= p.size:
+        return
+    grad = g[i] + weight_decay * p[i]
+    mi = beta1 * m[i] + (1 - beta1) * grad
+    vi = beta2 * v[i] + (1 - beta2) * (grad * grad)
+    m[i] = mi
+    v[i] = vi
+    p[i] -= step_size * (mi / (math.sqrt(vi) / bias2_sqrt + eps))
