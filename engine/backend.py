@@ -26,7 +26,8 @@ DEVICES = ("cpu", "cuda")
 # per device: the flavours it offers, default first, and the module holding each flavour's KERNELS
 _FLAVOURS: dict[str, dict[str, str]] = {
     "cpu": {"numba": "kernels.numba_cpu", "numpy": "kernels.numpy_cpu"},
-    "cuda": {"cupy": "kernels.cupy_cuda", "numba": "kernels.numba_cuda"},
+    # the GPU tables live in a `table` module: the packages' bodies and sources import without CuPy
+    "cuda": {"cupy": "kernels.cupy_cuda.table", "numba": "kernels.numba_cuda.table"},
 }
 _ALL_FLAVOURS = ("numpy", "numba", "cupy")
 

@@ -1,0 +1,197 @@
+"""Launchers of the cupy_cuda flavour: allocate outputs, call an ElementwiseKernel, return.
+
+Same signatures and semantics as the kernels/numpy_cpu kernels (their docstrings are the reference).
+Each ElementwiseKernel is built from kernels/cupy_cuda/sources.py on first use; CuPy compiles it at
+its first call (per dtype) and caches the binary, and it sizes the grid at one thread per element
+of the non-raw output. GEMMs go through `xp.matmul` (cuBLAS); cuDNN is never used. The launchers
+are written against `xp` read off the inputs and every output is allocated here and passed in, so
+the tests can drive them with NumPy arrays and a g++ build of the same sources (no GPU needed).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from kernels.numpy_cpu._xp import array_module, out_size
+
+from .sources import SOURCES
+
+_kernels: dict = {}  # name -> the built kernel
+
+
+def _build(source):
+    """A cupy.ElementwiseKernel from a Source (CuPy is imported by table.py before any call)."""
+    cupy = sys.modules["cupy"]
+    return cupy.ElementwiseKernel(source.in_params, source.out_params, source.operation,
+                                  source.name)  # fmt: skip
+
+
+def _kernel(name: str):
+    if name not in _kernels:
+        _kernels[name] = _build(SOURCES[name])
+    return _kernels[name]
+
+
+def _geometry(kernel_size, stride, padding) -> tuple[int, ...]:
+    """kh, kw, sh, sw, ph, pw in the order the sources take them."""
+    return (*kernel_size, *stride, *padding)
+
+
+# ---- convolution: im2col / col2im around a cuBLAS GEMM ----
+def im2col(x, kernel_size, stride, padding):
+    xp = array_module(x)
+    n, c, h, w = x.shape
+    oh = out_size(h, kernel_size[0], stride[0], padding[0])
+    ow = out_size(w, kernel_size[1], stride[1], padding[1])
+    cols = xp.empty((n * oh * ow, c * kernel_size[0] * kernel_size[1]), dtype=x.dtype)
+    _kernel("im2col")(x, c, h, w, oh, ow, *_geometry(kernel_size, stride, padding), cols)
+    return cols
+
+
+def col2im(cols, x_shape, kernel_size, stride, padding):
+    xp = array_module(cols)
+    n, c, h, w = x_shape
+    oh = out_size(h, kernel_size[0], stride[0], padding[0])
+    ow = out_size(w, kernel_size[1], stride[1], padding[1])
+    x = xp.empty(x_shape, dtype=cols.dtype)
+    _kernel("col2im")(cols, c, h, w, oh, ow, *_geometry(kernel_size, stride, padding), x)
+    return x
+
+
+def _rows(gy):
+    """gy (n, oc, oh, ow) -> (n*oh*ow, oc), the layout of the backward GEMMs."""
+    n, oc, oh, ow = gy.shape
+    rows = array_module(gy).empty((n * oh * ow, oc), dtype=gy.dtype)
+    _kernel("nchw_to_rows")(gy, oc, oh * ow, rows)
+    return rows
+
+
+def conv2d_forward(x, W, b, stride, padding):
+    xp = array_module(x)
+    oc, _, kh, kw = W.shape
+    n, _, h, w = x.shape
+    oh, ow = out_size(h, kh, stride[0], padding[0]), out_size(w, kw, stride[1], padding[1])
+    rows = xp.matmul(im2col(x, (kh, kw), stride, padding), W.reshape(oc, -1).T)  # (n*oh*ow, oc)
+    y = xp.empty((n, oc, oh, ow), dtype=x.dtype)
+    # the bias add rides on the transpose back to NCHW; without a bias a dummy is never read
+    bias = b if b is not None else rows
+    _kernel("rows_to_nchw")(rows, bias, b is not None, oc, oh * ow, y)
+    return y
+
+
+def conv2d_backward_input(gy, W, x_shape, stride, padding):
+    oc, _, kh, kw = W.shape
+    gcols = array_module(gy).matmul(_rows(gy), W.reshape(oc, -1))  # (n*oh*ow, c*kh*kw)
+    return col2im(gcols, x_shape, (kh, kw), stride, padding)
+
+
+def conv2d_backward_weight(gy, x, kernel_size, stride, padding):
+    oc = gy.shape[1]
+    gW = array_module(gy).matmul(_rows(gy).T, im2col(x, kernel_size, stride, padding))
+    return gW.reshape(oc, x.shape[1], *kernel_size)
+
+
+# ---- pooling ----
+def _pool_shape(x_shape, kernel_size, stride, padding):
+    n, c, h, w = x_shape
+    return (
+        n,
+        c,
+        out_size(h, kernel_size[0], stride[0], padding[0]),
+        out_size(w, kernel_size[1], stride[1], padding[1]),
+    )
+
+
+def max_pool2d_forward(x, kernel_size, stride, padding):
+    xp = array_module(x)
+    shape = _pool_shape(x.shape, kernel_size, stride, padding)
+    y, argmax = xp.empty(shape, dtype=x.dtype), xp.empty(shape, dtype=xp.int32)
+    _kernel("max_pool2d_forward")(x, *x.shape[2:], *shape[2:],
+                                  *_geometry(kernel_size, stride, padding), y, argmax)  # fmt: skip
+    return y, argmax
+
+
+def max_pool2d_backward(gy, argmax, x_shape, kernel_size, stride, padding):
+    gx = array_module(gy).empty(x_shape, dtype=gy.dtype)
+    _kernel("max_pool2d_backward")(gy, argmax, *x_shape[2:], *gy.shape[2:],
+                                   *_geometry(kernel_size, stride, padding), gx)  # fmt: skip
+    return gx
+
+
+def avg_pool2d_forward(x, kernel_size, stride, padding):
+    xp = array_module(x)
+    shape = _pool_shape(x.shape, kernel_size, stride, padding)
+    y = xp.empty(shape, dtype=x.dtype)
+    _kernel("avg_pool2d_forward")(x, *x.shape[2:], *shape[2:],
+                                  *_geometry(kernel_size, stride, padding), y)  # fmt: skip
+    return y
+
+
+def avg_pool2d_backward(gy, x_shape, kernel_size, stride, padding):
+    gx = array_module(gy).empty(x_shape, dtype=gy.dtype)
+    _kernel("avg_pool2d_backward")(gy, *x_shape[2:], *gy.shape[2:],
+                                   *_geometry(kernel_size, stride, padding), gx)  # fmt: skip
+    return gx
+
+
+# ---- elementwise and row-wise ----
+def relu_forward(x):
+    y = array_module(x).empty(x.shape, dtype=x.dtype)
+    _kernel("relu_forward")(x, y)
+    return y
+
+
+def relu_backward(gy, y):
+    gx = array_module(gy).empty(gy.shape, dtype=gy.dtype)
+    _kernel("relu_backward")(gy, y, gx)
+    return gx
+
+
+def softmax_cross_entropy_forward(logits, t):
+    xp = array_module(logits)
+    n, k = logits.shape
+    probs = xp.empty((n, k), dtype=logits.dtype)
+    row_loss = xp.empty(n, dtype=logits.dtype)
+    _kernel("softmax_cross_entropy_forward")(logits, t, k, probs, row_loss)
+    return xp.asarray(row_loss.mean(), dtype=logits.dtype), probs
+
+
+def softmax_cross_entropy_backward(probs, t, gloss):
+    xp = array_module(probs)
+    n, k = probs.shape
+    glogits = xp.empty((n, k), dtype=probs.dtype)
+    gloss = xp.asarray(gloss, dtype=probs.dtype).reshape(1)  # stays on the device: no sync
+    _kernel("softmax_cross_entropy_backward")(probs, t, gloss, k, n, glogits)
+    return glogits
+
+
+def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay):
+    if momentum:
+        _kernel("sgd_momentum")(g, lr, momentum, bool(nesterov), weight_decay, p, v)
+    else:
+        _kernel("sgd_plain")(g, lr, weight_decay, p)
+
+
+def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
+    step_size = lr / (1 - beta1**step)
+    bias2_sqrt = (1 - beta2**step) ** 0.5
+    _kernel("adam")(g, step_size, beta1, beta2, bias2_sqrt, eps, weight_decay, p, m, v)
+
+
+KERNELS = {
+    "im2col": im2col,
+    "col2im": col2im,
+    "conv2d_forward": conv2d_forward,
+    "conv2d_backward_input": conv2d_backward_input,
+    "conv2d_backward_weight": conv2d_backward_weight,
+    "max_pool2d_forward": max_pool2d_forward,
+    "max_pool2d_backward": max_pool2d_backward,
+    "avg_pool2d_forward": avg_pool2d_forward,
+    "avg_pool2d_backward": avg_pool2d_backward,
+    "relu_forward": relu_forward,
+    "relu_backward": relu_backward,
+    "softmax_cross_entropy_forward": softmax_cross_entropy_forward,
+    "softmax_cross_entropy_backward": softmax_cross_entropy_backward,
+    "sgd_update": sgd_update,
+    "adam_update": adam_update,
+}

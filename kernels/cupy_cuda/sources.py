@@ -1,0 +1,257 @@
+"""CUDA C sources of the cupy_cuda flavour, as plain data: one cupy.ElementwiseKernel each.
+
+Kept free of CuPy so they can be read, and compiled on a CPU by the tests (tests/kernels/
+test_cupy_sources.py builds each body with g++ inside a loop over `i`). CuPy conventions used here:
+`i` is the thread's element index into the non-raw output(s); a `raw` array is indexed with a flat
+row-major index; `T` is the floating dtype (float32 or float64) and `I` the integer dtype of class
+targets, both read off the arguments, so one source serves every dtype. Sizes are int32 scalars;
+index arithmetic is in ptrdiff_t, so batch 4096 layers (over 2^31 bytes) do not overflow.
+
+Window geometry, shared by conv and pool: output pixel (oi, oj) and tap (u, v) read input row
+hh = oi*sh + u - ph and column ww = oj*sw + v - pw; a tap outside [0, h) x [0, w) is padding.
+Backward passes gather (one thread per input element, looping over the windows that cover it)
+rather than scatter with atomics: deterministic, and in numpy_cpu's summation order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Source:
+    """The arguments of cupy.ElementwiseKernel(in_params, out_params, operation, name)."""
+
+    in_params: str
+    out_params: str
+    operation: str
+    name: str
+
+
+_GEOMETRY = "int32 kh, int32 kw, int32 sh, int32 sw, int32 ph, int32 pw"
+
+# Finds the output window (oi, oj) whose tap (u, v) lies on input element (hh, ww), or skips it.
+# Used inside the backward gathers: top = oi * sh must be a non-negative multiple of sh below oh*sh.
+_WINDOWS_COVERING = """
+    for (int u = 0; u < kh; ++u) {
+        const ptrdiff_t top = hh + ph - u;  // = oi * sh for the window whose tap row u is hh
+        if (top < 0 || top % sh != 0 || top / sh >= oh) continue;
+        const ptrdiff_t oi = top / sh;
+        for (int v = 0; v < kw; ++v) {
+            const ptrdiff_t left = ww + pw - v;  // = oj * sw likewise
+            if (left < 0 || left % sw != 0 || left / sw >= ow) continue;
+            const ptrdiff_t oj = left / sw;
+"""
+
+SOURCES: dict[str, Source] = {
+    "im2col": Source(
+        f"raw T x, int32 c, int32 h, int32 w, int32 oh, int32 ow, {_GEOMETRY}",
+        "T cols",
+        """
+        // thread i -> cols[row, col] of cols (n*oh*ow, c*kh*kw), row = (b, oi, oj), col = (ch, u, v)
+        const ptrdiff_t k = (ptrdiff_t)c * kh * kw;
+        const ptrdiff_t row = i / k, col = i % k;
+        const ptrdiff_t b = row / ((ptrdiff_t)oh * ow), pix = row % ((ptrdiff_t)oh * ow);
+        const ptrdiff_t ch = col / (kh * kw), tap = col % (kh * kw);
+        const ptrdiff_t hh = (pix / ow) * sh + tap / kw - ph;  // oi * sh + u - ph
+        const ptrdiff_t ww = (pix % ow) * sw + tap % kw - pw;  // oj * sw + v - pw
+        const bool inside = hh >= 0 && hh < h && ww >= 0 && ww < w;
+        cols = inside ? x[((b * c + ch) * h + hh) * w + ww] : (T)0;
+        """,
+        "medgrad_im2col",
+    ),
+    "col2im": Source(
+        f"raw T cols, int32 c, int32 h, int32 w, int32 oh, int32 ow, {_GEOMETRY}",
+        "T x",
+        """
+        // thread i -> x[b, ch, hh, ww] (row-major); it sums the cols entries of every tap on it
+        const ptrdiff_t ww = i % w, hh = (i / w) % h;
+        const ptrdiff_t ch = (i / ((ptrdiff_t)h * w)) % c, b = i / ((ptrdiff_t)c * h * w);
+        const ptrdiff_t k = (ptrdiff_t)c * kh * kw;
+        T acc = 0;
+        """
+        + _WINDOWS_COVERING
+        + """
+                acc += cols[((b * oh + oi) * ow + oj) * k + (ch * kh + u) * kw + v];
+            }
+        }
+        x = acc;
+        """,
+        "medgrad_col2im",
+    ),
+    "rows_to_nchw": Source(
+        "raw T rows, raw T bias, bool has_bias, int32 oc, int32 ohw",
+        "T y",
+        """
+        // thread i -> y[b, o, pix] of y (n, oc, oh*ow); it reads rows[(b, pix), o] of the GEMM
+        // output (n*oh*ow, oc) and adds bias[o]: the transpose and the bias add in one pass
+        const ptrdiff_t pix = i % ohw, o = (i / ohw) % oc, b = i / ((ptrdiff_t)ohw * oc);
+        const T value = rows[(b * ohw + pix) * oc + o];
+        y = has_bias ? value + bias[o] : value;
+        """,
+        "medgrad_rows_to_nchw",
+    ),
+    "nchw_to_rows": Source(
+        "raw T y, int32 oc, int32 ohw",
+        "T rows",
+        """
+        // thread i -> rows[r, o] of rows (n*oh*ow, oc), r = (b, pix); it reads y[b, o, pix]
+        const ptrdiff_t o = i % oc, r = i / oc;
+        rows = y[((r / ohw) * oc + o) * ohw + r % ohw];
+        """,
+        "medgrad_nchw_to_rows",
+    ),
+    "max_pool2d_forward": Source(
+        f"raw T x, int32 h, int32 w, int32 oh, int32 ow, {_GEOMETRY}",
+        "T y, int32 argmax",
+        """
+        // thread i -> window (plane, oi, oj) row-major, plane = b * c + ch. Padding is -inf and
+        // never wins; a later tap wins only if strictly greater, so ties keep the first tap
+        const ptrdiff_t oj = i % ow, oi = (i / ow) % oh, plane = i / ((ptrdiff_t)oh * ow);
+        T best = (T)(-__longlong_as_double(0x7ff0000000000000LL));  // -inf
+        int best_tap = 0;
+        for (int u = 0; u < kh; ++u) {
+            const ptrdiff_t hh = oi * sh + u - ph;
+            for (int v = 0; v < kw; ++v) {
+                const ptrdiff_t ww = oj * sw + v - pw;
+                if (hh < 0 || hh >= h || ww < 0 || ww >= w) continue;
+                const T value = x[(plane * h + hh) * w + ww];
+                if (value > best) {
+                    best = value;
+                    best_tap = u * kw + v;
+                }
+            }
+        }
+        y = best;
+        argmax = best_tap;
+        """,
+        "medgrad_max_pool2d_forward",
+    ),
+    "max_pool2d_backward": Source(
+        f"raw T gy, raw int32 argmax, int32 h, int32 w, int32 oh, int32 ow, {_GEOMETRY}",
+        "T gx",
+        """
+        // thread i -> gx[plane, hh, ww] row-major; it adds gy of every window whose argmax is here
+        const ptrdiff_t ww = i % w, hh = (i / w) % h, plane = i / ((ptrdiff_t)h * w);
+        T acc = 0;
+        """
+        + _WINDOWS_COVERING
+        + """
+                const ptrdiff_t o = (plane * oh + oi) * ow + oj;
+                if (argmax[o] == u * kw + v) acc += gy[o];
+            }
+        }
+        gx = acc;
+        """,
+        "medgrad_max_pool2d_backward",
+    ),
+    "avg_pool2d_forward": Source(
+        f"raw T x, int32 h, int32 w, int32 oh, int32 ow, {_GEOMETRY}",
+        "T y",
+        """
+        // thread i -> window (plane, oi, oj) row-major; padded taps add 0 but count in kh*kw
+        const ptrdiff_t oj = i % ow, oi = (i / ow) % oh, plane = i / ((ptrdiff_t)oh * ow);
+        T acc = 0;
+        for (int u = 0; u < kh; ++u) {
+            const ptrdiff_t hh = oi * sh + u - ph;
+            for (int v = 0; v < kw; ++v) {
+                const ptrdiff_t ww = oj * sw + v - pw;
+                if (hh >= 0 && hh < h && ww >= 0 && ww < w) acc += x[(plane * h + hh) * w + ww];
+            }
+        }
+        y = acc / (T)(kh * kw);
+        """,
+        "medgrad_avg_pool2d_forward",
+    ),
+    "avg_pool2d_backward": Source(
+        f"raw T gy, int32 h, int32 w, int32 oh, int32 ow, {_GEOMETRY}",
+        "T gx",
+        """
+        // thread i -> gx[plane, hh, ww] row-major; every window covering it adds gy / (kh*kw)
+        const ptrdiff_t ww = i % w, hh = (i / w) % h, plane = i / ((ptrdiff_t)h * w);
+        T acc = 0;
+        """
+        + _WINDOWS_COVERING
+        + """
+                acc += gy[(plane * oh + oi) * ow + oj] / (T)(kh * kw);
+            }
+        }
+        gx = acc;
+        """,
+        "medgrad_avg_pool2d_backward",
+    ),
+    "relu_forward": Source(
+        "T x",
+        "T y",
+        # thread i -> y[i]; x < 0 -> 0, otherwise x itself (NaN stays NaN, as numpy.maximum)
+        "y = x < (T)0 ? (T)0 : x;",
+        "medgrad_relu_forward",
+    ),
+    "relu_backward": Source(
+        "T gy, T y",
+        "T gx",
+        # thread i -> gx[i]; the subgradient at 0 is 0
+        "gx = y > (T)0 ? gy : (T)0;",
+        "medgrad_relu_backward",
+    ),
+    "softmax_cross_entropy_forward": Source(
+        "raw T logits, raw I t, int32 k",
+        "raw T probs, T row_loss",
+        """
+        // thread i -> row i of logits (n, k): its max, sum of exp(z - max), probs and loss
+        const ptrdiff_t base = i * k;
+        T top = logits[base];
+        for (int j = 1; j < k; ++j) top = max(top, (T)logits[base + j]);
+        T total = 0;
+        for (int j = 0; j < k; ++j) total += exp(logits[base + j] - top);
+        for (int j = 0; j < k; ++j) probs[base + j] = exp(logits[base + j] - top) / total;
+        row_loss = log(total) - (logits[base + t[i]] - top);
+        """,
+        "medgrad_softmax_xent_forward",
+    ),
+    "softmax_cross_entropy_backward": Source(
+        "raw T probs, raw I t, raw T gloss, int32 k, int32 batch",
+        "T glogits",
+        """
+        // thread i -> glogits[r, j], r = i / k, j = i % k: (probs - onehot(t)) * gloss / n;
+        // gloss is read on the device, so the host never waits for it
+        const ptrdiff_t r = i / k, j = i % k;
+        T value = probs[i];
+        if (j == t[r]) value -= (T)1;
+        glogits = value * (gloss[0] / (T)batch);
+        """,
+        "medgrad_softmax_xent_backward",
+    ),
+    "sgd_plain": Source(
+        "T g, T lr, T weight_decay",
+        "T p",
+        # thread i -> p[i], in place: p -= lr (g + wd p)
+        "p -= lr * (g + weight_decay * p);",
+        "medgrad_sgd_plain",
+    ),
+    "sgd_momentum": Source(
+        "T g, T lr, T momentum, bool nesterov, T weight_decay",
+        "T p, T v",
+        """
+        // thread i -> p[i] and v[i], in place: g' = g + wd p; v = mu v + g';
+        // p -= lr (g' + mu v) with Nesterov, else lr v (PyTorch's rule)
+        const T grad = g + weight_decay * p;
+        v = momentum * v + grad;
+        p -= lr * (nesterov ? grad + momentum * v : v);
+        """,
+        "medgrad_sgd_momentum",
+    ),
+    "adam": Source(
+        "T g, T step_size, T beta1, T beta2, T bias2_sqrt, T eps, T weight_decay",
+        "T p, T m, T v",
+        """
+        // thread i -> p[i], m[i], v[i], in place; step_size = lr / (1 - beta1^t),
+        // bias2_sqrt = sqrt(1 - beta2^t): Adam with bias correction, L2 weight decay
+        const T grad = g + weight_decay * p;
+        m = beta1 * m + ((T)1 - beta1) * grad;
+        v = beta2 * v + ((T)1 - beta2) * (grad * grad);
+        p -= step_size * (m / (sqrt(v) / bias2_sqrt + eps));
+        """,
+        "medgrad_adam",
+    ),
+}
