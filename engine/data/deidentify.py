@@ -289,14 +289,14 @@ def _apply(ds, elem, action: str, rule: Rule, ctx: _Context, depth: int) -> None
         action = _pick(rule, ())  # not cleanable by shifting: fall back to the Basic Profile
     if vr == "UI" and action == "D":
         action = "U"
-    if action == "X":
+    if action in ("Z", "D") and tag in PSEUDONYM_TAGS and depth == 0:
+        # A keyed dummy (allowed by Z and D) rather than a blank: patient-level splits still work.
+        elem.value = pseudonym(ctx.patient, ctx.key)
+        action += " (pseudonym)"
+    elif action == "X":
         del ds[tag]
     elif action == "Z":
-        if tag in PSEUDONYM_TAGS and depth == 0:
-            elem.value = pseudonym(ctx.patient, ctx.key)  # a Z dummy that keeps patient splits
-            action = "Z (pseudonym)"
-        else:
-            elem.value = [] if vr == "SQ" else _empty_value(vr)
+        elem.value = [] if vr == "SQ" else _empty_value(vr)
     elif action == "D":
         from pydicom.dataset import Dataset
 
@@ -415,9 +415,8 @@ def deidentify_dataset(ds, *, key: bytes, shift_dates: bool = False) -> Counter:
         ds.preamble = b"\0" * 128  # the preamble can hold anything (TIFF headers, text)
     ds.PatientIdentityRemoved = "YES"
     method_codes = ["basic", *options]
-    ds.DeidentificationMethod = "medgrad: PS3.15 Basic Profile" + (
-        " + Retain Longitudinal Modified Dates" if shift_dates else ""
-    )
+    meanings = [_METHOD_CODES[name][1] for name in method_codes]  # each fits LO (64 chars)
+    ds.DeidentificationMethod = meanings[0] if len(meanings) == 1 else meanings
     items = []
     for name in method_codes:
         code, meaning = _METHOD_CODES[name]
