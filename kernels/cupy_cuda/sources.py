@@ -183,15 +183,14 @@ SOURCES: dict[str, Source] = {
     "relu_forward": Source(
         "T x",
         "T y",
-        # thread i -> y[i]; x < 0 -> 0, otherwise x itself (NaN stays NaN, as numpy.maximum)
+        "// thread i -> y[i]; x < 0 gives 0, otherwise x itself (NaN stays NaN, as numpy.maximum)\n"
         "y = x < (T)0 ? (T)0 : x;",
         "medgrad_relu_forward",
     ),
     "relu_backward": Source(
         "T gy, T y",
         "T gx",
-        # thread i -> gx[i]; the subgradient at 0 is 0
-        "gx = y > (T)0 ? gy : (T)0;",
+        "// thread i -> gx[i]; the subgradient at 0 is 0\ngx = y > (T)0 ? gy : (T)0;",
         "medgrad_relu_backward",
     ),
     "softmax_cross_entropy_forward": Source(
@@ -225,8 +224,7 @@ SOURCES: dict[str, Source] = {
     "sgd_plain": Source(
         "T g, T lr, T weight_decay",
         "T p",
-        # thread i -> p[i], in place: p -= lr (g + wd p)
-        "p -= lr * (g + weight_decay * p);",
+        "// thread i -> p[i], in place: p -= lr (g + wd p)\np -= lr * (g + weight_decay * p);",
         "medgrad_sgd_plain",
     ),
     "sgd_momentum": Source(

@@ -1,0 +1,169 @@
+"""The cupy_cuda kernels' CUDA C, without a GPU: each source built with g++ and run on the CPU.
+
+A stand-in for cupy.ElementwiseKernel wraps a source's body in `for (i = 0; i < n; ++i)`, with
+CuPy's conventions (a raw array indexed flat, a non-raw output a reference to element i, T and I
+bound from the arguments), compiles it and calls it through ctypes. The cupy_cuda launchers then run
+unchanged on NumPy arrays, so their argument order, output shapes and index formulas are all checked
+against kernels/numpy_cpu here. What this cannot check (NVRTC's compiler, CuPy's own argument
+casting, cuBLAS) is left to tests/kernels/test_gpu.py on a GPU. Skipped where no C++ compiler exists.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from kernels import KERNEL_NAMES
+from kernels.cupy_cuda import launchers
+from tests.kernels.gpu_cases import CASES, DTYPES, run, uncovered
+
+CXX = shutil.which("g++") or shutil.which("c++")
+pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler to build the CUDA C on a CPU")
+
+_PRELUDE = r"""
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+using std::exp; using std::log; using std::max; using std::min; using std::sqrt;
+static inline double __longlong_as_double(long long v) { double d; std::memcpy(&d, &v, 8); return d; }
+template <typename U> struct Raw {  // CuPy's CArray as a raw argument: flat, row-major indexing
+    U* d;
+    U& operator[](ptrdiff_t k) const { return d[k]; }
+};
+"""
+_CTYPES = {"float": ctypes.c_float, "double": ctypes.c_double, "int": ctypes.c_int,
+           "long long": ctypes.c_longlong, "bool": ctypes.c_bool}  # fmt: skip
+_NUMPY = {"float": np.float32, "double": np.float64, "int": np.int32, "long long": np.int64,
+          "bool": np.bool_}  # fmt: skip
+_C_OF = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
+         np.dtype(np.int32): "int", np.dtype(np.int64): "long long"}  # fmt: skip
+
+
+def _params(spec: str) -> list[tuple[bool, str, str]]:
+    """'raw T x, int32 c' -> [(True, 'T', 'x'), (False, 'int32', 'c')]."""
+    out = []
+    for part in spec.split(","):
+        words = part.split()
+        out.append((words[0] == "raw", words[-2], words[-1]))
+    return out
+
+
+class CpuElementwise:
+    """Runs a kernels.cupy_cuda.sources.Source on NumPy arrays, built once per type binding."""
+
+    def __init__(self, source, build_dir):
+        self.source, self.build_dir = source, build_dir
+        self.ins, self.outs = _params(source.in_params), _params(source.out_params)
+        self.libs: dict = {}
+
+    def __call__(self, *args):
+        params = self.ins + self.outs
+        assert len(args) == len(params), f"{self.source.name}: {len(args)} args for {params}"
+        binding = {}  # placeholder (T, I) -> C type, read off the array arguments
+        for (_, typ, name), a in zip(params, args, strict=True):
+            if isinstance(a, np.ndarray) and len(typ) == 1:
+                c_type = _C_OF[a.dtype]
+                assert binding.setdefault(typ, c_type) == c_type, f"{name}: {typ} bound twice"
+        kinds = tuple(isinstance(a, np.ndarray) for a in args)
+        fn = self._compiled(tuple(sorted(binding.items())), kinds)
+        keep, pointers, size = [], [], None
+        for (raw, typ, name), a in zip(params, args, strict=True):
+            c_type = binding.get(typ, {"int32": "int", "bool": "bool"}.get(typ))
+            if isinstance(a, np.ndarray):
+                assert a.dtype == _NUMPY[c_type], f"{name}: {a.dtype}, expected {c_type}"
+                is_out = (raw, typ, name) in self.outs
+                assert a.flags.c_contiguous or not is_out, f"output {name} must be contiguous"
+                a = np.ascontiguousarray(a)
+                if not raw:
+                    assert size in (None, a.size), f"{name}: non-raw arrays differ in size"
+                    size = a.size
+                keep.append(a)
+                pointers.append(a.ctypes.data)
+            else:
+                value = _CTYPES[c_type](a)
+                keep.append(value)
+                pointers.append(ctypes.addressof(value))
+        assert size is not None, f"{self.source.name}: no non-raw array gives the size"
+        fn(ctypes.c_ssize_t(size), (ctypes.c_void_p * len(pointers))(*pointers))
+
+    def _compiled(self, binding: tuple, kinds: tuple):
+        key = (binding, kinds)
+        if key not in self.libs:
+            code = self._code(dict(binding), kinds)
+            digest = hashlib.sha1(code.encode()).hexdigest()[:16]
+            src, lib = self.build_dir / f"{digest}.cpp", self.build_dir / f"{digest}.so"
+            src.write_text(code)
+            done = subprocess.run([CXX, "-O1", "-shared", "-fPIC", "-std=c++14", "-o", str(lib),
+                                   str(src)], capture_output=True, text=True)  # fmt: skip
+            assert done.returncode == 0, f"{self.source.name} does not compile:\n{done.stderr}"
+            fn = ctypes.CDLL(str(lib)).run
+            fn.argtypes, fn.restype = [ctypes.c_ssize_t, ctypes.c_void_p], None
+            self.libs[key] = fn
+        return self.libs[key]
+
+    def _code(self, binding: dict, kinds: tuple) -> str:
+        """The body inside a loop over i, each parameter declared as CuPy declares it."""
+        lines = [_PRELUDE, *(f"typedef {c} {t};" for t, c in binding.items())]
+        lines.append('extern "C" void run(ptrdiff_t n, void** a) {')
+        loop = []
+        for index, ((raw, typ, name), is_array) in enumerate(
+            zip(self.ins + self.outs, kinds, strict=True)
+        ):
+            c_type = {"int32": "int", "bool": "bool"}.get(typ, typ)
+            is_out = index >= len(self.ins)
+            if raw:
+                lines.append(f"    Raw<{c_type}> {name}{{({c_type}*)a[{index}]}};")
+            elif not is_array:
+                lines.append(f"    const {c_type} {name} = *(const {c_type}*)a[{index}];")
+            elif is_out:
+                loop.append(f"        {c_type}& {name} = (({c_type}*)a[{index}])[i];")
+            else:
+                loop.append(f"        const {c_type} {name} = ((const {c_type}*)a[{index}])[i];")
+        lines += [
+            "    for (ptrdiff_t i = 0; i < n; ++i) {",
+            *loop,
+            self.source.operation,
+            "    }",
+            "}",
+        ]
+        return "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def cpu_launchers(tmp_path_factory):
+    """kernels.cupy_cuda.launchers with every ElementwiseKernel replaced by its g++ build."""
+    build_dir = tmp_path_factory.mktemp("cupy_sources")
+    saved_build, saved_kernels = launchers._build, dict(launchers._kernels)
+    launchers._build = lambda source: CpuElementwise(source, build_dir)
+    launchers._kernels.clear()
+    yield launchers
+    launchers._build = saved_build
+    launchers._kernels.clear()
+    launchers._kernels.update(saved_kernels)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES)
+def test_cupy_cuda_parity_on_cpu(cpu_launchers, case, dtype):
+    run(case, cpu_launchers.KERNELS, dtype)
+
+
+def test_every_kernel_has_a_cupy_launcher():
+    assert set(launchers.KERNELS) == set(KERNEL_NAMES)
+    assert uncovered() == []
+
+
+def test_every_source_comments_its_thread_mapping():
+    """STYLE 4: a kernel body begins with a comment giving the thread-to-element mapping."""
+    from kernels.cupy_cuda.sources import SOURCES
+
+    for name, source in SOURCES.items():
+        first = source.operation.strip().splitlines()[0].strip()
+        assert re.match(r"//\s*thread i ->", first), name
