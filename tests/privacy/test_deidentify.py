@@ -435,3 +435,29 @@ def test_remap_uid_is_a_valid_keyed_uid():
 def test_missing_input_is_a_project_error(tmp_path):
     with pytest.raises(MedgradError, match="no such"):
         anonymize(tmp_path / "nope", tmp_path / "out", key=KEY)
+
+
+def test_synthetic_study_set_has_zero_findings(tmp_path):
+    """The project's own demo data (fake names, MRNs, institutions, a private block)."""
+    synthetic = pytest.importorskip("engine.data.synthetic_dicom")
+    src = synthetic.make_demo_data(tmp_path / "in", n_patients=3, slices_per_patient=5, size=32)
+    originals = {}
+    for path in sorted(src.rglob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        originals[remap_uid(ds.SOPInstanceUID, KEY.encode())] = ds
+    report = anonymize(src, tmp_path / "out", key=KEY)
+    assert len(report.written) == len(originals) == 15 and not report.refused
+    assert report.skipped == {"not DICOM": 1}  # labels.csv stays behind: it names patients
+    secrets = (
+        {str(d.PatientName) for d in originals.values()}
+        | {str(d.PatientID) for d in originals.values()}
+        | {str(d.InstitutionName) for d in originals.values()}
+    )
+    haystack = b"".join(p.read_bytes() for p in report.written)
+    assert [s for s in secrets if s.encode() in haystack] == []
+    for path in report.written:
+        out = pydicom.dcmread(path)
+        original = originals[out.SOPInstanceUID]
+        assert find_residual_phi(out, original) == []
+        assert out.PixelData == original.PixelData
+    assert len({pydicom.dcmread(p).PatientID for p in report.written}) == 3  # splits still work
