@@ -1,0 +1,294 @@
+"""GPU benchmarks: the float32 GEMM ceiling, the seed CNN's kernels and training step on both cuda
+flavours, and PyTorch eager's training step on the same GPU in the same run (TF32 off).
+
+    python -m benchmarks.bench_cuda [--batches 256,4096] [--flavours cupy,numba] [--csv out.csv]
+
+Every timing synchronises the device before the clock stops (CUDA events around the work, then an
+event synchronize). Each kernel is checked once against kernels/numpy_cpu (at batch 64: the index
+logic does not depend on the batch) and each training step's first loss against the CPU, before any
+timing. Kernel launches per training step are counted with PyTorch's profiler (CUPTI sees every
+kernel in the process, CuPy's and Numba's included) when PyTorch is installed. Flavours and PyTorch
+are interleaved round by round, so a slow phase of a shared machine hits all of them alike.
+Exits 0 with a note when no GPU is present. Results go to stdout and, with --csv, to a CSV file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import engine.functional as F
+import models
+from engine import backend, optim
+from engine.tensor import Tensor
+from kernels.numpy_cpu import KERNELS as REF
+
+FLOP_PER_IMAGE = 3 * 5.056e6  # seed CNN training: forward + backward = 3 x the forward FLOPs
+ROWS: list[dict] = []  # one CSV row per (benchmark, shape, dtype, flavour)
+
+
+def _cupy():
+    return backend.backend_for("cuda").xp
+
+
+def time_gpu(fn, warmup: int = 3, repeat: int = 20) -> list[float]:
+    """Seconds per call of fn(), each call bracketed by CUDA events on the current stream."""
+    cp = _cupy()
+    for _ in range(warmup):
+        fn()
+    cp.cuda.get_current_stream().synchronize()
+    times = []
+    for _ in range(repeat):
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3)
+    return times
+
+
+def record(bench: str, shape: str, flavour: str, times: list[float], **extra) -> dict:
+    """Add one CSV row (median and p10/p90 of `times`, in ms) and print it."""
+    q = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
+    row = {"bench": bench, "shape": shape, "dtype": "float32", "flavour": flavour,
+           "median_ms": statistics.median(times) * 1e3, "p10_ms": q[0] * 1e3,
+           "p90_ms": q[-1] * 1e3, **extra}  # fmt: skip
+    ROWS.append(row)
+    more = "  ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items()
+    )
+    print(f"{bench:<28} {shape:<22} {flavour:<14} {row['median_ms']:9.3f} ms  {more}", flush=True)
+    return row
+
+
+def gemm_ceiling(size: int) -> float:
+    """float32 GEMM TFLOP/s of cupy.matmul (cuBLAS) at size^3; CuPy uses no TF32 unless asked."""
+    cp = _cupy()
+    a = cp.random.standard_normal((size, size), dtype=cp.float32)
+    b = cp.random.standard_normal((size, size), dtype=cp.float32)
+    times = time_gpu(lambda: a @ b, warmup=2, repeat=10)
+    tflops = 2 * size**3 / statistics.median(times) / 1e12
+    record("gemm_ceiling", f"{size}^3", "cublas", times, tflops=tflops)
+    return tflops
+
+
+# ---- kernels at the seed CNN's layer shapes ----
+def _kernel_cases(batch: int, rng):
+    """(name, shape label, kernel name, args builder(n) -> numpy args) at the seed CNN's layers."""
+    conv = [("conv1", (1, 28, 28), 32), ("conv2", (32, 13, 13), 64)]
+    out = []
+    for label, (c, h, w), oc in conv:
+
+        def x_of(n, c=c, h=h, w=w):
+            return rng.standard_normal((n, c, h, w)).astype(np.float32)
+
+        def W_of(c=c, oc=oc):
+            return (rng.standard_normal((oc, c, 3, 3)) * 0.1).astype(np.float32)
+
+        def gy_of(n, oc=oc, h=h, w=w):
+            return rng.standard_normal((n, oc, h - 2, w - 2)).astype(np.float32)
+
+        b = np.zeros(oc, np.float32)
+        out += [
+            (f"{label}_forward", "conv2d_forward",
+             lambda n, x_of=x_of, W_of=W_of, b=b: (x_of(n), W_of(), b, (1, 1), (0, 0))),
+            (f"{label}_backward_input", "conv2d_backward_input",
+             lambda n, gy_of=gy_of, W_of=W_of, c=c, h=h, w=w: (gy_of(n), W_of(), (n, c, h, w), (1, 1), (0, 0))),
+            (f"{label}_backward_weight", "conv2d_backward_weight",
+             lambda n, gy_of=gy_of, x_of=x_of: (gy_of(n), x_of(n), (3, 3), (1, 1), (0, 0))),
+        ]  # fmt: skip
+    for label, (c, h) in (("pool1", (32, 26)), ("pool2", (64, 11))):
+        out.append((f"{label}_forward", "max_pool2d_forward",
+                    lambda n, c=c, h=h: (rng.standard_normal((n, c, h, h)).astype(np.float32),
+                                         (2, 2), (2, 2), (0, 0))))  # fmt: skip
+    out.append(("relu1_forward", "relu_forward",
+                lambda n: (rng.standard_normal((n, 32, 26, 26)).astype(np.float32),)))  # fmt: skip
+    out.append(("softmax_xent_forward", "softmax_cross_entropy_forward",
+                lambda n: (rng.standard_normal((n, 10)).astype(np.float32),
+                           rng.integers(0, 10, n))))  # fmt: skip
+    return out
+
+
+def _same(got, expected) -> None:
+    cp = _cupy()
+    got = got if isinstance(got, tuple) else (got,)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(cp.asnumpy(g), e, atol=1e-3, rtol=1e-4)
+
+
+def bench_kernels(batch: int, flavours: list[str], repeat: int) -> None:
+    cp = _cupy()
+    rng = np.random.default_rng(0)
+    for label, name, args_of in _kernel_cases(batch, rng):
+        small, full = args_of(64), args_of(batch)
+        on_gpu = [cp.asarray(a) if isinstance(a, np.ndarray) else a for a in full]
+        for flavour in flavours:
+            with backend.use_kernels(flavour):
+                k = getattr(backend.backend_for("cuda").k, name)
+                small_gpu = [cp.asarray(a) if isinstance(a, np.ndarray) else a for a in small]
+                _same(k(*small_gpu), REF[name](*small))  # a fast wrong kernel is worthless
+                times = time_gpu(lambda k=k, args=on_gpu: k(*args), repeat=repeat)
+            record(label, f"b{batch}", f"cuda:{flavour}", times)
+
+
+# ---- training steps ----
+def _engine_step(batch: int, flavour: str):
+    """A closure running one seed CNN training step (forward, backward, SGD) on the GPU."""
+    cp = _cupy()
+    rng = np.random.default_rng(0)
+    model = models.get("seed_cnn", rng=np.random.default_rng(0)).to("cuda")
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = Tensor(cp.asarray(rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)))
+    t = Tensor(cp.asarray(rng.integers(0, 10, batch)))
+
+    def step():
+        with backend.use_kernels(flavour):
+            loss = F.softmax_cross_entropy(model(x), t)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return loss
+
+    return step
+
+
+def _check_engine_step(flavour: str) -> None:
+    """The first loss at batch 64 on the GPU equals the numpy_cpu flavour's from the same start."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
+    t = rng.integers(0, 10, 64)
+    losses = []
+    for device, kernels in (("cpu", "numpy"), ("cuda", flavour)):
+        model = models.get("seed_cnn", rng=np.random.default_rng(0)).to(device)
+        with backend.use_kernels(kernels):
+            losses.append(F.softmax_cross_entropy(model(Tensor(x).to(device)),
+                                                  Tensor(t).to(device)).item())  # fmt: skip
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
+
+
+def _torch_step(batch: int):
+    """PyTorch eager's step for the same network, float32, TF32 off; None without PyTorch/CUDA."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3),
+                          nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1600, 64), nn.ReLU(),
+                          nn.Linear(64, 10)).cuda()  # fmt: skip
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 1, 28, 28, device="cuda")
+    t = torch.randint(0, 10, (batch,), device="cuda")
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        loss = loss_fn(model(x), t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def count_launches(step) -> int | None:
+    """CUDA kernels launched by one call of step(), seen by CUPTI through PyTorch's profiler."""
+    try:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError:
+        return None
+    step()  # warm: compilation and allocation are not part of a step
+    torch.cuda.synchronize()
+    _cupy().cuda.Device().synchronize()
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step()
+            _cupy().cuda.Device().synchronize()
+        kernels = [e for e in prof.events() if e.device_type.name == "CUDA"
+                   and not e.name.startswith(("Memcpy", "Memset"))]  # fmt: skip
+    except Exception as exc:  # a profiler that cannot start must not cost the timings
+        print(f"launch count unavailable: {type(exc).__name__}: {exc}", flush=True)
+        return None
+    return len(kernels)
+
+
+def bench_training(batches: list[int], flavours: list[str], rounds: int, repeat: int) -> None:
+    for flavour in flavours:
+        _check_engine_step(flavour)
+    for batch in batches:
+        steps = {f"cuda:{f}": _engine_step(batch, f) for f in flavours}
+        torch_step = _torch_step(batch)
+        if torch_step is not None:
+            steps["torch-eager"] = torch_step
+        launches = {name: count_launches(step) for name, step in steps.items()}
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in range(rounds):  # interleaved: every contender in every round
+            for name, step in steps.items():
+                times[name].append(statistics.median(time_gpu(step, warmup=2, repeat=repeat)))
+        torch_ips = batch / statistics.median(times["torch-eager"]) if torch_step else None
+        for name in steps:
+            ips = batch / statistics.median(times[name])
+            extra = {"img_per_s": ips, "launches_per_step": launches[name]}
+            if torch_ips:
+                extra["x_torch"] = ips / torch_ips
+            extra["gflops"] = ips * FLOP_PER_IMAGE / 1e9
+            record("train_step_seed_cnn", f"b{batch}", name, times[name], **extra)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--batches", default="256,4096", help="training-step batch sizes, e.g. 256,4096"
+    )
+    parser.add_argument("--flavours", default="cupy,numba", help="cuda kernel flavours to run")
+    parser.add_argument(
+        "--kernel-batch", type=int, default=256, help="batch of the kernel benchmarks"
+    )
+    parser.add_argument("--gemm-size", type=int, default=8192, help="n of the n^3 GEMM ceiling")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds per training step"
+    )
+    parser.add_argument("--repeat", type=int, default=20, help="timed calls per measurement")
+    parser.add_argument("--csv", help="also write every row to this CSV file")
+    args = parser.parse_args(argv)
+    if not backend.cuda_available():
+        print("bench_cuda: no CUDA GPU here (CuPy missing or no device): nothing measured")
+        return 0
+    cp = _cupy()
+    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    print(f"device: {props['name'].decode()}  CuPy {cp.__version__}  numpy {np.__version__}  "
+          f"Python {platform.python_version()}", flush=True)  # fmt: skip
+    flavours = [f for f in args.flavours.split(",") if f]
+    started = time.perf_counter()
+    tflops = gemm_ceiling(args.gemm_size)
+    bench_kernels(args.kernel_batch, flavours, args.repeat)
+    bench_training([int(b) for b in args.batches.split(",")], flavours, args.rounds, args.repeat)
+    for row in ROWS:
+        if "gflops" in row:
+            row["pct_gemm_ceiling"] = 100 * row["gflops"] / (tflops * 1e3)
+    print(f"GEMM ceiling {tflops:.1f} TFLOP/s; total {time.perf_counter() - started:.0f} s")
+    if args.csv:
+        fields = sorted({k for row in ROWS for k in row}, key=lambda k: (k not in ROWS[0], k))
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(ROWS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
