@@ -1,0 +1,40 @@
+"""Numba CPU kernels: the fast CPU path. Compiled on first use per dtype and cached on disk.
+
+The table is numpy_cpu's with the names below replaced, so any kernel not written here falls back
+to the NumPy reference. Only engine/backend.py imports this package (it needs Numba).
+"""
+
+from __future__ import annotations
+
+from kernels import build_table
+from kernels import numpy_cpu
+
+from .conv import col2im, conv2d_backward_input, conv2d_backward_weight, conv2d_forward, im2col
+from .elementwise import (
+    relu_backward,
+    relu_forward,
+    softmax_cross_entropy_backward,
+    softmax_cross_entropy_forward,
+)
+from .optim import adam_update, sgd_update
+from .pool import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
+
+OWN = {
+    "im2col": im2col,
+    "col2im": col2im,
+    "conv2d_forward": conv2d_forward,
+    "conv2d_backward_input": conv2d_backward_input,
+    "conv2d_backward_weight": conv2d_backward_weight,
+    "max_pool2d_forward": max_pool2d_forward,
+    "max_pool2d_backward": max_pool2d_backward,
+    "avg_pool2d_forward": avg_pool2d_forward,
+    "avg_pool2d_backward": avg_pool2d_backward,
+    "relu_forward": relu_forward,
+    "relu_backward": relu_backward,
+    "softmax_cross_entropy_forward": softmax_cross_entropy_forward,
+    "softmax_cross_entropy_backward": softmax_cross_entropy_backward,
+    "sgd_update": sgd_update,
+    "adam_update": adam_update,
+}
+
+KERNELS = build_table("numba_cpu", {**numpy_cpu.KERNELS, **OWN})

@@ -1,0 +1,340 @@
+"""Convolution kernels compiled by Numba: a direct loop for thin inputs, im2col + BLAS GEMM otherwise.
+
+Why two paths (measured on the seed CNN, 2 cores, float32, batch 256; benchmarks/README.md):
+- conv1 (c*kh*kw = 9): a GEMM with K = 9 runs far below the BLAS ceiling, and im2col + the
+  (rows -> NCHW) transpose move 3x the output's bytes. The direct loop writes each output once,
+  with the inner loop a vectorised axpy along the output row: it is several times faster.
+- conv2 (c*kh*kw = 288): the GEMM is where the FLOPs are, and OpenBLAS runs it near its ceiling;
+  the direct loop cannot vectorise its reduction without fastmath. So: im2col in Numba (parallel
+  over images), the product by np.dot outside Numba (one large BLAS call, both cores), then a Numba
+  epilogue that adds the bias while transposing rows (n*oh*ow, oc) to NCHW.
+`DIRECT_MAX_K` is the switch between the two.
+
+Index conventions (shared by every body below): x (n, c, h, w), W (oc, c, kh, kw), y (n, oc, oh, ow),
+oh = (h + 2 ph - kh) // sh + 1. Output pixel (i, j), tap (u, v) reads input row i*sh + u - ph and
+column j*sw + v - pw; a read outside [0, h) x [0, w) is zero padding. im2col rows run over
+(b, i, j) -> (b*oh + i)*ow + j and columns over (ch, u, v) -> (ch*kh + u)*kw + v, as in numpy_cpu.
+Bodies (`_*_body`) fill preallocated outputs; the launchers allocate, pick the path and call BLAS.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from kernels.numpy_cpu._xp import out_size
+
+JIT = dict(cache=True, fastmath=False, nogil=True)
+DIRECT_MAX_K = 32  # c*kh*kw up to which the direct loop beats im2col + GEMM (measured, see above)
+CHUNK_ELEMS = 1 << 17  # elements of one GEMM task's columns: 512 KiB in float32, fits L2
+
+
+# ---------------------------------------------------------------- bodies ----
+@njit(parallel=True, **JIT)
+def _pad_body(x, ph, pw, xpad):
+    """xpad[b, ch, ph + y, pw + x] = x[b, ch, y, x]; the border of xpad is set to 0."""
+    n, c, h, w = x.shape
+    for p in prange(n * c):
+        b, ch = p // c, p % c  # one (image, channel) plane per iteration
+        xpad[b, ch] = 0
+        for y in range(h):
+            for xx in range(w):
+                xpad[b, ch, ph + y, pw + xx] = x[b, ch, y, xx]
+
+
+@njit(parallel=True, **JIT)
+def _conv_direct_body(xpad, W, bias, sh, sw, y):
+    """y[b, o, i, j] = bias[o] + sum_{ch,u,v} W[o, ch, u, v] * xpad[b, ch, i*sh + u, j*sw + v].
+    xpad is the zero-padded input, so no bounds checks; one (image, out channel) plane per task."""
+    n, oc, oh, ow = y.shape
+    c, kh, kw = W.shape[1], W.shape[2], W.shape[3]
+    for p in prange(n * oc):
+        b, o = p // oc, p % oc
+        for i in range(oh):
+            row = y[b, o, i]  # output row (ow,), accumulated tap by tap: an axpy the CPU vectorises
+            row[:] = bias[o]
+            for ch in range(c):
+                for u in range(kh):
+                    xrow = xpad[b, ch, i * sh + u]  # input row of tap row u
+                    for v in range(kw):
+                        wv = W[o, ch, u, v]
+                        for j in range(ow):
+                            row[j] += wv * xrow[j * sw + v]
+
+
+@njit(parallel=True, **JIT)
+def _conv_direct_grad_weight_body(gy, xpad, sh, sw, gW):
+    """gW[o, ch, u, v] = sum_{b,i,j} gy[b, o, i, j] * xpad[b, ch, i*sh + u, j*sw + v].
+    One output channel per task; partial sums are kept per output column j (lane-parallel, so the
+    loop vectorises without reassociating a scalar sum) and reduced once at the end."""
+    n, oc, oh, ow = gy.shape
+    c, kh, kw = gW.shape[1], gW.shape[2], gW.shape[3]
+    for o in prange(oc):
+        acc = np.zeros((c, kh, kw, ow), dtype=gW.dtype)
+        for b in range(n):
+            for i in range(oh):
+                g = gy[b, o, i]
+                for ch in range(c):
+                    for u in range(kh):
+                        xrow = xpad[b, ch, i * sh + u]
+                        for v in range(kw):
+                            a = acc[ch, u, v]
+                            for j in range(ow):
+                                a[j] += g[j] * xrow[j * sw + v]
+        for ch in range(c):
+            for u in range(kh):
+                for v in range(kw):
+                    gW[o, ch, u, v] = acc[ch, u, v].sum()
+
+
+@njit(**JIT)
+def _im2col_t(x, b0, b1, kh, kw, sh, sw, ph, pw, oh, ow, cols):
+    """K-major im2col of images b0..b1-1: cols[(ch*kh + u)*kw + v, (b - b0)*oh*ow + i*ow + j] =
+    x[b, ch, i*sh + u - ph, j*sw + v - pw], or 0 in the padding. Runs along j are contiguous."""
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    for ch in range(c):
+        for u in range(kh):
+            for v in range(kw):
+                row = cols[(ch * kh + u) * kw + v]  # one tap (ch, u, v) of every pixel
+                for b in range(b0, b1):
+                    for i in range(oh):
+                        yy = i * sh + u - ph  # input row of tap row u
+                        base = (b - b0) * oh * ow + i * ow  # column of pixel (b, i, 0)
+                        for j in range(ow):
+                            xx = j * sw + v - pw  # input column of tap column v
+                            inside = 0 <= yy < h and 0 <= xx < w
+                            row[base + j] = x[b, ch, yy, xx] if inside else 0
+
+
+@njit(**JIT)
+def _col2im_t(cols, b0, b1, kh, kw, sh, sw, ph, pw, oh, ow, x):
+    """Adjoint of _im2col_t: x[b, ch, i*sh + u - ph, j*sw + v - pw] += cols[(ch*kh + u)*kw + v,
+    (b - b0)*oh*ow + i*ow + j], taps in the padding dropped. x[b0:b1] must be zero on entry."""
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    for ch in range(c):
+        for u in range(kh):
+            for v in range(kw):
+                row = cols[(ch * kh + u) * kw + v]
+                for b in range(b0, b1):
+                    for i in range(oh):
+                        yy = i * sh + u - ph
+                        if yy < 0 or yy >= h:
+                            continue
+                        base = (b - b0) * oh * ow + i * ow
+                        for j in range(ow):
+                            xx = j * sw + v - pw
+                            if 0 <= xx < w:
+                                x[b, ch, yy, xx] += row[base + j]
+
+
+@njit(**JIT)
+def _gy_t(gy, b0, b1):
+    """gy (n, oc, P) -> (oc, (b1 - b0)*P): [o, (b - b0)*P + p] = gy[b, o, p], contiguous runs."""
+    oc, npix = gy.shape[1], gy.shape[2]
+    out = np.empty((oc, (b1 - b0) * npix), dtype=gy.dtype)
+    for o in range(oc):
+        for b in range(b0, b1):
+            out[o, (b - b0) * npix : (b - b0 + 1) * npix] = gy[b, o]
+    return out
+
+
+@njit(parallel=True, **JIT)
+def _gemm_forward_body(x, Wm, bias, kh, kw, sh, sw, ph, pw, chunk, y):
+    """y[b, o, p] = bias[o] + (Wm @ cols)[o, (b - b0)*P + p], per chunk of `chunk` images.
+    Wm = W.reshape(oc, c*kh*kw); each task builds its chunk's columns in cache, multiplies with a
+    single-threaded BLAS call, and writes NCHW rows directly (K-major columns need no transpose)."""
+    n = x.shape[0]
+    oc, oh, ow = y.shape[1], y.shape[2], y.shape[3]
+    npix = oh * ow
+    for t in prange((n + chunk - 1) // chunk):
+        b0 = t * chunk
+        b1 = min(n, b0 + chunk)
+        cols = np.empty((Wm.shape[1], (b1 - b0) * npix), dtype=x.dtype)
+        _im2col_t(x, b0, b1, kh, kw, sh, sw, ph, pw, oh, ow, cols)
+        out = np.dot(Wm, cols)  # (oc, (b1 - b0)*P)
+        for b in range(b0, b1):
+            for o in range(oc):
+                yo = y[b, o].reshape(npix)  # output plane (b, o) as a flat row of P pixels
+                src = out[o, (b - b0) * npix : (b - b0 + 1) * npix]
+                for p in range(npix):
+                    yo[p] = src[p] + bias[o]
+
+
+@njit(parallel=True, **JIT)
+def _gemm_grad_input_body(gy, Wm, kh, kw, sh, sw, ph, pw, chunk, gx):
+    """gx = col2im(Wm^T @ gy_t) per chunk of images: gy_t[o, (b - b0)*P + p] = gy[b, o, p]."""
+    n, oc, oh, ow = gy.shape
+    gy3 = gy.reshape(n, oc, oh * ow)
+    for t in prange((n + chunk - 1) // chunk):
+        b0 = t * chunk
+        b1 = min(n, b0 + chunk)
+        gcols = np.dot(Wm.T, _gy_t(gy3, b0, b1))  # (c*kh*kw, (b1 - b0)*P)
+        gx[b0:b1] = 0  # zeroed per chunk, while in cache: no separate zero-fill pass
+        _col2im_t(gcols, b0, b1, kh, kw, sh, sw, ph, pw, oh, ow, gx)
+
+
+@njit(parallel=True, **JIT)
+def _gemm_grad_weight_body(gy, x, kh, kw, sh, sw, ph, pw, chunk, partial):
+    """partial[t] = gy_t @ cols^T for chunk t (oc, c*kh*kw); the caller sums over t. One partial
+    per task keeps the reduction race-free and its order fixed (deterministic results)."""
+    n, oc, oh, ow = gy.shape
+    gy3 = gy.reshape(n, oc, oh * ow)
+    for t in prange(partial.shape[0]):
+        b0 = t * chunk
+        b1 = min(n, b0 + chunk)
+        cols = np.empty((partial.shape[2], (b1 - b0) * oh * ow), dtype=x.dtype)
+        _im2col_t(x, b0, b1, kh, kw, sh, sw, ph, pw, oh, ow, cols)
+        partial[t] = np.dot(_gy_t(gy3, b0, b1), cols.T)
+
+
+@njit(parallel=True, **JIT)
+def _im2col_body(x, kh, kw, sh, sw, ph, pw, cols):
+    """Row-major im2col (the contract's layout): cols[(b*oh + i)*ow + j, (ch*kh + u)*kw + v] =
+    x[b, ch, i*sh + u - ph, j*sw + v - pw], or 0 in the padding. One image per task."""
+    n, c, h, w = x.shape
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    for b in prange(n):
+        for i in range(oh):
+            for j in range(ow):
+                r = (b * oh + i) * ow + j  # row of output pixel (b, i, j)
+                for ch in range(c):
+                    for u in range(kh):
+                        yy = i * sh + u - ph  # input row of tap (u, .)
+                        base = (ch * kh + u) * kw  # column of tap (ch, u, 0)
+                        for v in range(kw):
+                            xx = j * sw + v - pw  # input column of tap (., v)
+                            inside = 0 <= yy < h and 0 <= xx < w
+                            cols[r, base + v] = x[b, ch, yy, xx] if inside else 0
+
+
+@njit(parallel=True, **JIT)
+def _col2im_body(cols, kh, kw, sh, sw, ph, pw, x):
+    """Adjoint of the row-major im2col; one image per task, its planes zeroed first."""
+    n, c, h, w = x.shape
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    for b in prange(n):
+        x[b] = 0
+        for i in range(oh):
+            for j in range(ow):
+                r = (b * oh + i) * ow + j
+                for ch in range(c):
+                    for u in range(kh):
+                        yy = i * sh + u - ph
+                        if yy < 0 or yy >= h:
+                            continue
+                        base = (ch * kh + u) * kw
+                        for v in range(kw):
+                            xx = j * sw + v - pw
+                            if 0 <= xx < w:
+                                x[b, ch, yy, xx] += cols[r, base + v]
+
+
+# ------------------------------------------------------------- launchers ----
+def _c(a):
+    """C-contiguous view or copy: keeps one compiled signature per dtype and ndim."""
+    return np.ascontiguousarray(a)
+
+
+def _padded(x, ph, pw):
+    if not (ph or pw):
+        return _c(x)
+    n, c, h, w = x.shape
+    xpad = np.empty((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+    _pad_body(_c(x), ph, pw, xpad)
+    return xpad
+
+
+def _chunk(n: int, per_image: int) -> int:
+    """Images per GEMM task: columns of about CHUNK_ELEMS elements (they stay in L2), and at
+    least two tasks per thread so prange can balance."""
+    by_cache = max(1, CHUNK_ELEMS // max(per_image, 1))
+    by_balance = max(1, -(-n // (2 * numba.get_num_threads())))
+    return min(by_cache, by_balance)
+
+
+def im2col(x, kernel_size, stride, padding):
+    """See kernels.numpy_cpu.conv.im2col: x (n, c, h, w) -> cols (n*oh*ow, c*kh*kw)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    n, c, h, w = x.shape
+    oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+    cols = np.empty((n * oh * ow, c * kh * kw), dtype=x.dtype)
+    _im2col_body(_c(x), kh, kw, sh, sw, ph, pw, cols)
+    return cols
+
+
+def col2im(cols, x_shape, kernel_size, stride, padding):
+    """See kernels.numpy_cpu.conv.col2im: cols (n*oh*ow, c*kh*kw) -> x (n, c, h, w)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    x = np.empty(tuple(x_shape), dtype=cols.dtype)
+    _col2im_body(_c(cols), kh, kw, sh, sw, ph, pw, x)
+    return x
+
+
+def conv2d_forward(x, W, b, stride, padding):
+    """See kernels.numpy_cpu.conv.conv2d_forward: y (n, oc, oh, ow), C-contiguous."""
+    (sh, sw), (ph, pw) = stride, padding
+    oc, c, kh, kw = W.shape
+    n, _, h, w = x.shape
+    oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+    bias = np.zeros(oc, dtype=x.dtype) if b is None else _c(b)
+    y = np.empty((n, oc, oh, ow), dtype=x.dtype)
+    if c * kh * kw <= DIRECT_MAX_K:
+        _conv_direct_body(_padded(x, ph, pw), _c(W), bias, sh, sw, y)
+    else:
+        single_threaded_inner_blas()
+        chunk = _chunk(n, c * kh * kw * oh * ow)
+        _gemm_forward_body(_c(x), _c(W).reshape(oc, -1), bias, kh, kw, sh, sw, ph, pw, chunk, y)
+    return y
+
+
+def conv2d_backward_input(gy, W, x_shape, stride, padding):
+    """See kernels.numpy_cpu.conv.conv2d_backward_input: gx (n, c, h, w)."""
+    (sh, sw), (ph, pw) = stride, padding
+    oc, c, kh, kw = W.shape
+    n, _, oh, ow = gy.shape
+    single_threaded_inner_blas()
+    gx = np.empty(tuple(x_shape), dtype=gy.dtype)
+    chunk = _chunk(n, c * kh * kw * oh * ow)
+    _gemm_grad_input_body(_c(gy), _c(W).reshape(oc, -1), kh, kw, sh, sw, ph, pw, chunk, gx)
+    return gx
+
+
+def conv2d_backward_weight(gy, x, kernel_size, stride, padding):
+    """See kernels.numpy_cpu.conv.conv2d_backward_weight: gW (oc, c, kh, kw)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    n, oc, oh, ow = gy.shape
+    c = x.shape[1]
+    if c * kh * kw <= DIRECT_MAX_K:
+        gW = np.empty((oc, c, kh, kw), dtype=gy.dtype)
+        _conv_direct_grad_weight_body(_c(gy), _padded(x, ph, pw), sh, sw, gW)
+        return gW
+    single_threaded_inner_blas()
+    chunk = _chunk(n, c * kh * kw * oh * ow)
+    partial = np.empty((-(-n // chunk), oc, c * kh * kw), dtype=gy.dtype)
+    _gemm_grad_weight_body(_c(gy), _c(x), kh, kw, sh, sw, ph, pw, chunk, partial)
+    return partial.sum(axis=0).reshape(oc, c, kh, kw)
+
+
+_blas_limited = False
+
+
+def single_threaded_inner_blas() -> None:
+    """Run the BLAS that Numba's np.dot calls (SciPy's) on one thread, once per process.
+
+    The GEMM bodies already run one BLAS call per prange task; a multi-threaded BLAS inside them
+    oversubscribes the cores (measured: 57 vs 128 GFLOP/s on conv2's GEMM, 2 cores). NumPy's own
+    BLAS is left as it is. Needs threadpoolctl; without it the kernels stay correct, only slower.
+    """
+    global _blas_limited
+    if _blas_limited:
+        return
+    _blas_limited = True
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS Numba will call)
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return
+    for lib in ThreadpoolController().lib_controllers:
+        if lib.user_api == "blas" and "scipy" in lib.filepath and "numpy" not in lib.filepath:
+            lib.set_num_threads(1)

@@ -1,0 +1,138 @@
+"""Max and average pooling compiled by Numba, NCHW: one (image, channel) plane per parallel task.
+
+Index conventions: output pixel (i, j), tap (u, v) reads input row i*sh + u - ph and column
+j*sw + v - pw; taps outside [0, h) x [0, w) are padding: they never win a max (-inf padding) and
+count as zeros in an average (PyTorch's count_include_pad=True). Tap number = u*kw + v (row-major);
+the max tie rule is "first maximum in that order", and a NaN wins (as np.argmax), so NaNs propagate.
+Backward bodies zero each gradient plane while it is in cache, then scatter into it: no separate
+zero-fill pass over the whole array (where PyTorch spends ~10% of its step).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+JIT = dict(cache=True, fastmath=False, nogil=True)
+
+
+@njit(parallel=True, **JIT)
+def _max_forward_body(x, kh, kw, sh, sw, ph, pw, y, argmax):
+    """y[b, ch, i, j] = max over taps of x; argmax[b, ch, i, j] = its tap number u*kw + v."""
+    n, c, h, w = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    for p in prange(n * c):
+        b, ch = p // c, p % c  # one (image, channel) plane
+        for i in range(oh):
+            for j in range(ow):
+                best = x[b, ch, 0, 0]  # placeholder, replaced by the first tap inside
+                arg = -1
+                for u in range(kh):
+                    yy = i * sh + u - ph  # input row of tap row u
+                    if yy < 0 or yy >= h:
+                        continue
+                    for v in range(kw):
+                        xx = j * sw + v - pw  # input column of tap column v
+                        if xx < 0 or xx >= w:
+                            continue
+                        val = x[b, ch, yy, xx]
+                        # strict '>' keeps the first maximum; a NaN replaces a number, once
+                        if arg < 0 or val > best or (val != val and best == best):
+                            best, arg = val, u * kw + v
+                y[b, ch, i, j] = best
+                argmax[b, ch, i, j] = arg
+
+
+@njit(parallel=True, **JIT)
+def _max_backward_body(gy, argmax, kw, sh, sw, ph, pw, gx):
+    """gx[b, ch, i*sh + u - ph, j*sw + v - pw] += gy[b, ch, i, j] where u*kw + v = argmax[...]."""
+    n, c, h, w = gx.shape
+    oh, ow = gy.shape[2], gy.shape[3]
+    for p in prange(n * c):
+        b, ch = p // c, p % c
+        gx[b, ch] = 0
+        for i in range(oh):
+            for j in range(ow):
+                a = argmax[b, ch, i, j]
+                yy = i * sh + a // kw - ph  # the winning tap's input row
+                xx = j * sw + a % kw - pw  # and column
+                gx[b, ch, yy, xx] += gy[b, ch, i, j]
+
+
+@njit(parallel=True, **JIT)
+def _avg_forward_body(x, kh, kw, sh, sw, ph, pw, y):
+    """y[b, ch, i, j] = (sum of the taps inside the input) / (kh*kw)."""
+    n, c, h, w = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    for p in prange(n * c):
+        b, ch = p // c, p % c
+        for i in range(oh):
+            for j in range(ow):
+                s = 0.0  # accumulated in float64, rounded once on the store
+                for u in range(kh):
+                    yy = i * sh + u - ph
+                    if yy < 0 or yy >= h:
+                        continue
+                    for v in range(kw):
+                        xx = j * sw + v - pw
+                        if 0 <= xx < w:
+                            s += x[b, ch, yy, xx]
+                y[b, ch, i, j] = s / (kh * kw)
+
+
+@njit(parallel=True, **JIT)
+def _avg_backward_body(gy, kh, kw, sh, sw, ph, pw, gx):
+    """gx[b, ch, i*sh + u - ph, j*sw + v - pw] += gy[b, ch, i, j] / (kh*kw) for every tap inside."""
+    n, c, h, w = gx.shape
+    oh, ow = gy.shape[2], gy.shape[3]
+    for p in prange(n * c):
+        b, ch = p // c, p % c
+        gx[b, ch] = 0
+        for i in range(oh):
+            for j in range(ow):
+                share = gy[b, ch, i, j] / (kh * kw)
+                for u in range(kh):
+                    yy = i * sh + u - ph
+                    if yy < 0 or yy >= h:
+                        continue
+                    for v in range(kw):
+                        xx = j * sw + v - pw
+                        if 0 <= xx < w:
+                            gx[b, ch, yy, xx] += share
+
+
+def _out_shape(x_shape, kernel_size, stride, padding):
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    n, c, h, w = x_shape
+    return n, c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+
+def max_pool2d_forward(x, kernel_size, stride, padding):
+    """See kernels.numpy_cpu.pool.max_pool2d_forward: (y, argmax int32), both (n, c, oh, ow)."""
+    shape = _out_shape(x.shape, kernel_size, stride, padding)
+    y = np.empty(shape, dtype=x.dtype)
+    argmax = np.empty(shape, dtype=np.int32)
+    _max_forward_body(np.ascontiguousarray(x), *kernel_size, *stride, *padding, y, argmax)
+    return y, argmax
+
+
+def max_pool2d_backward(gy, argmax, x_shape, kernel_size, stride, padding):
+    """See kernels.numpy_cpu.pool.max_pool2d_backward: gx (n, c, h, w)."""
+    gx = np.empty(tuple(x_shape), dtype=gy.dtype)
+    gy, argmax = np.ascontiguousarray(gy), np.ascontiguousarray(argmax)
+    _max_backward_body(gy, argmax, kernel_size[1], *stride, *padding, gx)
+    return gx
+
+
+def avg_pool2d_forward(x, kernel_size, stride, padding):
+    """See kernels.numpy_cpu.pool.avg_pool2d_forward: y (n, c, oh, ow)."""
+    y = np.empty(_out_shape(x.shape, kernel_size, stride, padding), dtype=x.dtype)
+    _avg_forward_body(np.ascontiguousarray(x), *kernel_size, *stride, *padding, y)
+    return y
+
+
+def avg_pool2d_backward(gy, x_shape, kernel_size, stride, padding):
+    """See kernels.numpy_cpu.pool.avg_pool2d_backward: gx (n, c, h, w)."""
+    gx = np.empty(tuple(x_shape), dtype=gy.dtype)
+    _avg_backward_body(np.ascontiguousarray(gy), *kernel_size, *stride, *padding, gx)
+    return gx
