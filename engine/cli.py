@@ -4,38 +4,272 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from engine.errors import MedgradError
 
 
+def _train_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by `train` and `cv`: data, model, optimizer, schedule, device."""
+    p.add_argument(
+        "--data",
+        default="phantoms",
+        help="dataset: 'phantoms' (built-in synthetic lesion phantoms) or a path that "
+        "engine.data.datasets reads (DICOM folder with labels.csv, MedMNIST .npz, ...)",
+    )
+    p.add_argument(
+        "--n-phantoms",
+        type=int,
+        default=2000,
+        help="number of images when --data phantoms (default 2000)",
+    )
+    p.add_argument(
+        "--input-size", type=int, default=28, help="images are resized to SIZE x SIZE (default 28)"
+    )
+    p.add_argument("--model", default="seed_cnn", help="architecture: seed_cnn, lenet5, mlp")
+    p.add_argument(
+        "--optimizer",
+        default="adam",
+        choices=["gd", "sgd", "adam"],
+        help="gd = full-batch gradient descent, sgd (momentum), adam (default)",
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (default: gd 0.1, sgd 0.05, adam 0.002)",
+    )
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (default 0)")
+    p.add_argument("--epochs", type=int, default=8, help="epochs (default 8)")
+    p.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default 64)")
+    p.add_argument(
+        "--schedule",
+        default="constant",
+        choices=["constant", "step", "cosine"],
+        help="learning-rate schedule per epoch (default constant)",
+    )
+    p.add_argument(
+        "--step-size",
+        type=int,
+        default=5,
+        help="step schedule: multiply the rate by --gamma every N epochs (default 5)",
+    )
+    p.add_argument("--gamma", type=float, default=0.1, help="step schedule factor (default 0.1)")
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="random scaling, rotation, flips and intensity changes while training",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="where to train (cuda needs CuPy and a GPU)",
+    )
+    p.add_argument(
+        "--kernels",
+        default=None,
+        choices=["numpy", "numba", "cupy"],
+        help="kernel flavour (default: numba on cpu, cupy on cuda)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed for initialisation, splits, shuffling and augmentation (default 0)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+
+def _settings(args: argparse.Namespace, **extra):
+    from engine.workflow import TrainSettings
+
+    return TrainSettings(
+        model=args.model, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, epochs=args.epochs, batch_size=args.batch_size,
+        schedule=args.schedule, step_size=args.step_size, gamma=args.gamma, augment=args.augment,
+        input_size=args.input_size, n_phantoms=args.n_phantoms, seed=args.seed,
+        device=args.device, kernels=args.kernels, **extra,
+    )  # fmt: skip
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a model with a patient-level hold-out; writes a run directory",
+        description="Train a model, validate on held-out patients after every epoch, then write "
+        "model.npz, checkpoint.npz, metrics.json, plots, Grad-CAM overlays and report.md to the "
+        "run directory. --resume continues an interrupted run exactly.",
+    )  # fmt: skip
+    _train_options(p)
+    p.add_argument(
+        "--val-split",
+        type=float,
+        default=0.2,
+        help="fraction of patients held out for validation (default 0.2)",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="early stopping: stop after N epochs without a lower validation loss",
+    )
+    p.add_argument(
+        "--out",
+        "--run-dir",
+        dest="out",
+        default="runs/train",
+        help="run directory (default runs/train)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its checkpoint.npz (same settings; "
+        "--epochs may be raised)",
+    )
+    p.set_defaults(func=_cmd_train)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    import numpy as np
+    from engine import workflow
 
-    import models
-    from engine import optim
-    from engine.data.phantoms import make_phantoms
-    from engine.train import evaluate, fit
-
-    x, y = make_phantoms(args.n_train + args.n_test, size=28, seed=args.seed)
-    train, test = (x[: args.n_train], y[: args.n_train]), (x[args.n_train :], y[args.n_train :])
-    model = models.get(args.model, num_classes=2, rng=np.random.default_rng(args.seed))
-    kwargs = {"momentum": args.momentum} if args.optimizer == "sgd" else {}
-    opt = optim.OPTIMIZERS[args.optimizer](model.parameters(), lr=args.lr, **kwargs)
-    print(f"training {args.model} with {args.optimizer} (lr {args.lr}) on {len(train[0])} phantoms")
-    start = time.perf_counter()
-    fit(model, opt, train, test, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-        progress=not args.quiet)  # fmt: skip
-    result = evaluate(model, *test)
-    print(f"test accuracy {result['accuracy']:.4f}  test loss {result['loss']:.4f}  "
-          f"({time.perf_counter() - start:.1f} s)")  # fmt: skip
+    settings = _settings(args, val_split=args.val_split, patience=args.patience)
+    workflow.train(args.data, args.out, settings, resume=args.resume, progress=not args.quiet)
     return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="metrics of a saved model on a labelled dataset",
+                       description="Accuracy, balanced accuracy, precision, recall, specificity, "
+                       "F1 and ROC-AUC of a model file on a dataset.")  # fmt: skip
+    p.add_argument("model", help="model file (model.npz from a run directory)")
+    p.add_argument("data", help="dataset: 'phantoms' or a path engine.data.datasets reads")
+    p.add_argument("--out", default=None, help="also write the metrics to this JSON file")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from engine import workflow
+
+    workflow.evaluate(args.model, args.data, out=args.out)
+    return 0
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="class probabilities for image files or folders -> CSV",
+                       description="Run a model file on images (DICOM files, or folders of them) "
+                       "prepared as at training time; write one CSV row per image.")  # fmt: skip
+    p.add_argument("model", help="model file (model.npz from a run directory)")
+    p.add_argument("inputs", nargs="+", help="image files and/or folders")
+    p.add_argument(
+        "--out", default="predictions.csv", help="CSV to write (default predictions.csv)"
+    )
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from engine import workflow
+
+    workflow.predict(args.model, args.inputs, args.out)
+    return 0
+
+
+def _add_cv(sub) -> None:
+    p = sub.add_parser("cv", help="k-fold cross-validation by patient: per-fold and mean ± std",
+                       description="Train a fresh model per fold on k-1 folds and test it on the "
+                       "remaining one; no patient is in two folds' test sets.")  # fmt: skip
+    _train_options(p)
+    p.add_argument("--folds", type=int, default=5, help="number of folds k (default 5)")
+    p.add_argument("--out", default=None, help="also write per-fold and summary metrics to JSON")
+    p.set_defaults(func=_cmd_cv)
+
+
+def _cmd_cv(args: argparse.Namespace) -> int:
+    import json
+
+    from engine import workflow
+
+    result = workflow.cross_validate(args.data, args.folds, _settings(args), progress=False)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+def _add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="saliency and Grad-CAM overlays (PNG) for chosen images",
+                       description="For each chosen image of a dataset, save a PNG with the "
+                       "image, its gradient saliency map and its Grad-CAM heat map.")  # fmt: skip
+    p.add_argument("model", help="model file (model.npz from a run directory)")
+    p.add_argument("data", help="dataset: 'phantoms' or a path engine.data.datasets reads")
+    p.add_argument(
+        "--index",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2, 3],
+        help="which images of the dataset (default 0 1 2 3)",
+    )
+    p.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        help="index of the Conv2d layer for Grad-CAM (default: the last one)",
+    )
+    p.add_argument(
+        "--target", type=int, default=None, help="class to explain (default: the predicted class)"
+    )
+    p.add_argument("--out", default="explain", help="output folder (default explain)")
+    p.set_defaults(func=_cmd_explain)
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from engine import workflow
+
+    workflow.explain(args.model, args.data, args.index, args.out, layer=args.layer,
+                     target=args.target)  # fmt: skip
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="run the benchmark suite (pytest benchmarks --benchmark-only)",
+                       description="Run the kernel and layer benchmarks with pytest-benchmark; "
+                       "extra arguments go to pytest.")  # fmt: skip
+    p.add_argument(
+        "pytest_args",
+        nargs=argparse.REMAINDER,
+        help="passed on to pytest (e.g. -k conv --benchmark-json out.json)",
+    )
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+    from pathlib import Path
+
+    if not Path("benchmarks").is_dir():
+        raise MedgradError("no benchmarks/ folder here: run medgrad bench from the repository root")
+    cmd = [sys.executable, "-m", "pytest", "benchmarks", "--benchmark-only", *args.pytest_args]
+    return subprocess.call(cmd)
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the whole story: seed CNN with SGD and Adam, then DICOM "
+                       "data -> train -> evaluate -> explain -> report",
+                       description="What `make demo` runs; see engine/demo.py.")  # fmt: skip
+    p.add_argument(
+        "--data-dir",
+        default="demo-data",
+        help="where the synthetic DICOM data is generated (default demo-data)",
+    )
+    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--seed", type=int, default=0, help="seed for data and training (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from engine import demo
 
-    demo.run(seed=args.seed, progress=not args.quiet)
+    demo.run(seed=args.seed, progress=not args.quiet, data_dir=args.data_dir, run_dir=args.out)
     return 0
 
 
@@ -107,25 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = sub.add_parser("train", help="train a model on the built-in synthetic phantoms",
-                           description="Train a model and print per-epoch loss and accuracy.")  # fmt: skip
-    train.add_argument("--model", default="seed_cnn", help="architecture: seed_cnn, lenet5, mlp")
-    train.add_argument("--optimizer", default="adam", choices=["gd", "sgd", "adam"])
-    train.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    train.add_argument("--epochs", type=int, default=3)
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--n-train", type=int, default=2000, help="training phantoms (default 2000)")
-    train.add_argument("--n-test", type=int, default=500, help="test phantoms (default 500)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.set_defaults(func=_cmd_train)
-
-    demo = sub.add_parser("demo", help="the main job: train the seed CNN with SGD and Adam",
-                          description="Train the seed CNN with SGD and with Adam on the built-in data.")  # fmt: skip
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--quiet", action="store_true", help="no progress bar")
-    demo.set_defaults(func=_cmd_demo)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_predict(sub)
+    _add_cv(sub)
+    _add_explain(sub)
+    _add_bench(sub)
+    _add_demo(sub)
     _add_anonymize(sub)
     _add_verify(sub)
     return parser

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import engine.functional as F
-from engine import metrics, nn, optim
+from engine import backend, metrics, nn, optim
 from engine.checkpoint import (
     atomic_write,
     load_checkpoint,
@@ -44,13 +44,19 @@ def batches(
         yield order[start : start + batch_size]
 
 
+def _on(model: nn.Module, a: np.ndarray) -> Tensor:
+    """`a` as a constant Tensor on the device of the model's parameters (CuPy for "cuda")."""
+    params = model.parameters()
+    return Tensor(backend.to_device(a, params[0].device) if params else a)
+
+
 def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Logits (n, k) of `model` on images x (n, c, h, w), in eval mode and without a graph."""
     was_training = model.training
     model.eval()
     try:
         with no_grad():
-            out = [model(Tensor(x[idx])).numpy() for idx in batches(len(x), batch_size)]
+            out = [model(_on(model, x[idx])).numpy() for idx in batches(len(x), batch_size)]
     finally:
         model.train(was_training)
     return np.concatenate(out)
@@ -128,13 +134,14 @@ def train_epoch(model, optimizer, x, y, batch_size, rng, on_batch: Callable | No
     total_loss = correct = 0.0
     for idx in batches(len(x), batch_size, rng):
         xb = x[idx] if augment is None else augment(x[idx], rng)
-        logits = model(Tensor(xb))
-        loss = F.softmax_cross_entropy(logits, y[idx])
+        yb = _on(model, y[idx]).data
+        logits = model(_on(model, xb))
+        loss = F.softmax_cross_entropy(logits, yb)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         total_loss += loss.item() * len(idx)
-        correct += float((logits.data.argmax(axis=1) == y[idx]).sum())
+        correct += float((logits.data.argmax(axis=1) == yb).sum())
         if on_batch is not None:
             on_batch(loss.item())
     return total_loss / len(x), correct / len(x)

@@ -1,0 +1,345 @@
+"""The clinician-researcher's workflow behind the `medgrad` subcommands: train, evaluate, predict,
+cross-validate, explain. Each function takes plain settings, prints a short account, writes its
+files and returns a JSON-ready dict, so the command line stays a thin parser.
+
+Data sources: "phantoms" (the built-in synthetic lesion phantoms, each image its own patient) or a
+path that engine.data.datasets.load_dataset reads (a DICOM folder with labels.csv, MedMNIST .npz,
+...). Splits are by patient (engine.data.splits), so no patient is in both training and test data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from engine import backend, metrics
+from engine.checkpoint import atomic_write, load_model
+from engine.errors import DataError, MedgradError
+
+PHANTOM_CLASSES = ["no lesion", "lesion"]
+DEFAULT_LR = {"gd": 0.1, "sgd": 0.05, "adam": 2e-3}
+
+
+@dataclass
+class TrainSettings:
+    """Everything `medgrad train` / `medgrad cv` can set; stored in the run's metrics.json."""
+
+    model: str = "seed_cnn"
+    optimizer: str = "adam"
+    lr: float | None = None  # None: DEFAULT_LR[optimizer]
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    epochs: int = 8
+    batch_size: int = 64
+    schedule: str = "constant"
+    step_size: int = 5
+    gamma: float = 0.1
+    patience: int | None = None
+    augment: bool = False
+    val_split: float = 0.2
+    input_size: int = 28
+    n_phantoms: int = 2000
+    seed: int = 0
+    device: str = "cpu"
+    kernels: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+# ---- data ----
+
+
+def load_data(source: str | os.PathLike, *, input_size: int = 28, n_phantoms: int = 2000,
+              seed: int = 0):  # fmt: skip
+    """A dataset with .images float32 (n, c, h, w), .labels int64 (n,), .groups (n,) patient ids,
+    .paths, .classes and .preprocessing (how the images were prepared)."""
+    if str(source) == "phantoms":
+        from engine.data.phantoms import make_phantoms
+
+        x, y = make_phantoms(n_phantoms, size=input_size, seed=seed)
+        return SimpleNamespace(
+            images=x, labels=y, groups=np.arange(len(y)), paths=None, classes=PHANTOM_CLASSES,
+            preprocessing={"source": "phantoms", "input_size": input_size, "in_channels": 1},
+        )  # fmt: skip
+    if not Path(source).exists():
+        raise DataError(f"{source}: no such file or folder (or use --data phantoms)")
+    try:
+        from engine.data.datasets import load_dataset
+    except ImportError as exc:
+        raise DataError(f"{source}: reading datasets needs engine.data.datasets ({exc})") from exc
+    ds = load_dataset(source, input_size=input_size)
+    if getattr(ds, "preprocessing", None) is None:
+        ds.preprocessing = {}
+    ds.preprocessing = {"input_size": input_size, "in_channels": int(ds.images.shape[1]),
+                        **dict(ds.preprocessing)}  # fmt: skip
+    return ds
+
+
+def _classes(ds) -> list[str]:
+    classes = getattr(ds, "classes", None)
+    k = int(ds.labels.max()) + 1
+    return [str(c) for c in classes] if classes else [str(i) for i in range(k)]
+
+
+def holdout(ds, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, val_idx) by patient, stratified by label (engine.data.splits)."""
+    from engine.data.splits import holdout_split
+
+    if not 0 < val_fraction < 1:
+        raise DataError(f"--val-split must lie in (0, 1), got {val_fraction}")
+    return holdout_split(ds.labels, ds.groups, val_fraction, seed)
+
+
+# ---- training ----
+
+
+@contextlib.contextmanager
+def _compute(device: str, kernels: str | None):
+    """Check the device once (DeviceError with one line if it is missing) and pick the kernels."""
+    backend.backend_for(device)
+    with backend.use_kernels(kernels) if kernels else contextlib.nullcontext():
+        yield
+
+
+def _augment(enabled: bool):
+    if not enabled:
+        return None
+    from engine.data.transforms import Augment
+
+    return Augment(scale=0.1, rotate=10.0, flip=True, intensity=0.1)
+
+
+def _build(settings: TrainSettings, ds, num_classes: int):
+    import models
+    from engine import optim
+
+    rng = np.random.default_rng(settings.seed)
+    model = models.get(settings.model, in_channels=int(ds.images.shape[1]),
+                       input_size=int(ds.images.shape[-1]), num_classes=num_classes, rng=rng)  # fmt: skip
+    model.to(settings.device)
+    if settings.optimizer not in optim.OPTIMIZERS:
+        raise MedgradError(f"unknown optimizer {settings.optimizer!r}")
+    lr = settings.lr if settings.lr is not None else DEFAULT_LR[settings.optimizer]
+    kwargs = {"sgd": {"momentum": settings.momentum, "weight_decay": settings.weight_decay},
+              "adam": {"weight_decay": settings.weight_decay}}.get(settings.optimizer, {})  # fmt: skip
+    return model, optim.OPTIMIZERS[settings.optimizer](model.parameters(), lr=lr, **kwargs)
+
+
+def _fit(settings, model, opt, ds, train_idx, val_idx, run_dir, resume, progress):
+    from engine.train import Schedule, fit
+
+    schedule = Schedule(settings.schedule, step_size=settings.step_size, gamma=settings.gamma)
+    val = (ds.images[val_idx], ds.labels[val_idx]) if len(val_idx) else None
+    return fit(model, opt, (ds.images[train_idx], ds.labels[train_idx]), val,
+               epochs=settings.epochs, batch_size=settings.batch_size, seed=settings.seed,
+               progress=progress, schedule=schedule, patience=settings.patience,
+               augment=_augment(settings.augment), run_dir=run_dir, resume=resume,
+               preprocessing=ds.preprocessing, classes=_classes(ds))  # fmt: skip
+
+
+def _write_manifest(source, run_dir: Path) -> str | None:
+    """Record the SHA-256 of every data file in the run directory (engine.data.manifest), so
+    `medgrad verify` can later tell whether the data changed since this model was trained."""
+    if str(source) == "phantoms":
+        return None  # generated in memory from the seed: nothing on disk to fingerprint
+    from engine.data import manifest
+
+    source = Path(source)
+    found = manifest.build_manifest(source if source.is_dir() else [source])
+    manifest.write_manifest(found, run_dir / "manifest.json")
+    return "manifest.json"
+
+
+def train(source, run_dir: str | os.PathLike, settings: TrainSettings, *, resume: bool = False,
+          progress: bool = True, explain_n: int = 4) -> dict:  # fmt: skip
+    """Train on `source` with a patient-level hold-out, then evaluate, explain and report.
+
+    run_dir receives model.npz (best validation loss), checkpoint.npz (resume), metrics.json
+    (settings, history, held-out metrics), curves/confusion/ROC PNGs, explain/*.png, report.md.
+    """
+    from engine import explain, report
+    from engine.train import predict_proba
+
+    run_dir = Path(run_dir)
+    with _compute(settings.device, settings.kernels):
+        ds = load_data(source, input_size=settings.input_size, n_phantoms=settings.n_phantoms,
+                       seed=settings.seed)  # fmt: skip
+        classes = _classes(ds)
+        train_idx, val_idx = holdout(ds, settings.val_split, settings.seed)
+        print(f"data: {len(ds.labels)} images of {len(np.unique(ds.groups))} patients, classes "
+              f"{classes}; training on {len(train_idx)}, held out {len(val_idx)} (by patient)")  # fmt: skip
+        model, opt = _build(settings, ds, len(classes))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        manifest_name = _write_manifest(source, run_dir)
+        start = time.perf_counter()
+        history = _fit(settings, model, opt, ds, train_idx, val_idx, run_dir, resume, progress)
+        seconds = time.perf_counter() - start
+        model, _ = load_model(run_dir / "model.npz")  # the best epoch, on the CPU
+        xv, yv = ds.images[val_idx], ds.labels[val_idx]
+        probs = predict_proba(model, xv)
+        evaluation = metrics.summary(yv, probs)
+        # explain the held-out images the model is most sure contain the last class ("lesion")
+        pick = val_idx[np.argsort(-probs[:, -1])[:explain_n]]
+        names = [_name(ds, i) for i in pick]
+        shown = explain.explain_images(model, ds.images[pick], run_dir / "explain", names=names,
+                                       classes=classes)  # fmt: skip
+    result = {
+        "settings": asdict(settings), "source": str(source), "classes": classes,
+        "n_train": int(len(train_idx)), "n_val": int(len(val_idx)), "train_seconds": seconds,
+        "history": history.epochs, "held_out": evaluation, "manifest": manifest_name,
+    }  # fmt: skip
+    metrics_path = run_dir / "metrics.json"
+    previous = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    text = json.dumps({**previous, **result}, indent=1)
+    atomic_write(metrics_path, lambda f: f.write(text.encode()))
+    shown_settings = {"data": source, "model": settings.model, "optimizer": settings.optimizer,
+                      "lr": opt_lr(settings), "epochs": settings.epochs,
+                      "batch size": settings.batch_size, "schedule": settings.schedule,
+                      "augmentation": settings.augment, "held-out fraction": settings.val_split,
+                      "seed": settings.seed, "training images": len(train_idx),
+                      "held-out images": len(val_idx), "training time (s)": f"{seconds:.1f}"}  # fmt: skip
+    report.write_report(run_dir, title=f"medgrad run: {settings.model} on {source}",
+                        settings=shown_settings, history=history.epochs, evaluation=evaluation,
+                        y_true=yv, probs=probs, classes=classes, explanations=shown)  # fmt: skip
+    print_metrics("held-out", evaluation)
+    print(f"run directory: {run_dir} (model.npz, metrics.json, report.md)")
+    return result
+
+
+def opt_lr(settings: TrainSettings) -> float:
+    return settings.lr if settings.lr is not None else DEFAULT_LR[settings.optimizer]
+
+
+def _name(ds, i: int) -> str:
+    paths = getattr(ds, "paths", None)
+    return Path(str(paths[i])).stem if paths is not None else f"image{i:05d}"
+
+
+def print_metrics(label: str, m: dict) -> None:
+    auc = "n/a" if m["auc"] is None else f"{m['auc']:.4f}"
+    print(f"{label}: accuracy {m['accuracy']:.4f}  recall {m['recall']:.4f}  "
+          f"precision {m['precision']:.4f}  specificity {m['specificity']:.4f}  "
+          f"F1 {m['f1']:.4f}  AUC {auc}  (n = {m['n']})")  # fmt: skip
+
+
+# ---- evaluate / predict / explain a saved model ----
+
+
+def evaluate(model_path, source, *, out: str | os.PathLike | None = None) -> dict:
+    """Metrics of a saved model on a labelled dataset, prepared as at training time."""
+    from engine.train import predict_proba
+
+    model, ckpt = load_model(model_path)
+    ds = load_data(source, input_size=int(ckpt.preprocessing.get("input_size", 28)))
+    probs = predict_proba(model, ds.images)
+    result = metrics.summary(ds.labels, probs)
+    print_metrics(f"{Path(model_path).name} on {source}", result)
+    if out is not None:
+        text = json.dumps(result, indent=1)
+        atomic_write(Path(out), lambda f: f.write(text.encode()))
+    return result
+
+
+def _unlabelled(inputs: list[str], preprocessing: dict):
+    """Images (n, c, h, w) and names from files or folders, prepared like the training data."""
+    from engine.data import datasets
+
+    size = int(preprocessing.get("input_size", 28))
+    return datasets.load_images(inputs, input_size=size, preprocessing=preprocessing)
+
+
+def predict(model_path, inputs: list[str], out: str | os.PathLike) -> Path:
+    """Write a CSV with one row per image: path, predicted class, then one probability per class."""
+    from engine.train import predict_proba
+
+    model, ckpt = load_model(model_path)
+    images, paths = _unlabelled(inputs, ckpt.preprocessing)
+    probs = predict_proba(model, images)
+    classes = ckpt.classes or [str(i) for i in range(probs.shape[1])]
+    rows = [["path", "predicted", *[f"p_{c}" for c in classes]]]
+    rows += [[str(p), classes[int(np.argmax(q))], *[f"{v:.6f}" for v in q]]
+             for p, q in zip(paths, probs, strict=True)]  # fmt: skip
+    out = Path(out)
+
+    def write(f):
+        import io
+
+        text = io.StringIO()
+        csv.writer(text).writerows(rows)
+        f.write(text.getvalue().encode())
+
+    atomic_write(out, write)
+    print(f"{len(paths)} predictions -> {out}")
+    return out
+
+
+def explain(model_path, source, indices: list[int], out_dir, *, layer: int | None = None,
+            target: int | None = None) -> list[Path]:  # fmt: skip
+    """Saliency + Grad-CAM PNGs for images `indices` of dataset `source`."""
+    from engine import explain as ex
+
+    model, ckpt = load_model(model_path)
+    ds = load_data(source, input_size=int(ckpt.preprocessing.get("input_size", 28)))
+    bad = [i for i in indices if not 0 <= i < len(ds.labels)]
+    if bad:
+        raise DataError(f"image indices {bad} out of range 0..{len(ds.labels) - 1}")
+    idx = np.asarray(indices, dtype=np.int64)
+    paths = ex.explain_images(model, ds.images[idx], out_dir, names=[_name(ds, i) for i in idx],
+                              classes=ckpt.classes, target=target, layer=layer)  # fmt: skip
+    print(f"{len(paths)} explanations -> {out_dir}")
+    return paths
+
+
+# ---- cross-validation ----
+
+
+def cross_validate(source, folds: int, settings: TrainSettings, *, progress: bool = False) -> dict:
+    """k-fold cross-validation by patient: train a fresh model per fold, test on the held-out fold.
+
+    Returns per-fold metrics and their mean and standard deviation (ddof=1). Raises if any patient
+    appears in two folds' test sets (the splitter's promise, checked here too).
+    """
+    from engine.data.splits import stratified_group_kfold
+    from engine.train import predict_proba
+
+    names = ("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "auc")
+    with _compute(settings.device, settings.kernels):
+        ds = load_data(source, input_size=settings.input_size, n_phantoms=settings.n_phantoms,
+                       seed=settings.seed)  # fmt: skip
+        classes = _classes(ds)
+        splits = stratified_group_kfold(ds.labels, ds.groups, folds, settings.seed)
+        seen: dict = {}
+        for f, (_, test_idx) in enumerate(splits):
+            for g in np.unique(ds.groups[test_idx]):
+                if g in seen:
+                    raise DataError(f"patient {g} is in the test sets of folds {seen[g]} and {f}")
+                seen[g] = f
+        rows = []
+        for f, (train_idx, test_idx) in enumerate(splits):
+            model, opt = _build(settings, ds, len(classes))
+            _fit(settings, model, opt, ds, train_idx, np.array([], np.int64), None, False, progress)
+            m = metrics.summary(ds.labels[test_idx], predict_proba(model, ds.images[test_idx]))
+            m["patients"] = int(len(np.unique(ds.groups[test_idx])))
+            rows.append(m)
+            print(f"fold {f + 1}/{folds}: " + "  ".join(_cell(m[k], k) for k in names)
+                  + f"  ({len(test_idx)} images, {m['patients']} patients)")  # fmt: skip
+    summary = {}
+    for k in names:
+        values = np.array([r[k] for r in rows if r[k] is not None], dtype=np.float64)
+        std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        summary[k] = {"mean": float(values.mean()) if len(values) else None, "std": std}
+    print("mean ± std: " + "  ".join(
+        f"{k} {summary[k]['mean']:.4f} ± {summary[k]['std']:.4f}" for k in names
+        if summary[k]["mean"] is not None))  # fmt: skip
+    return {"folds": rows, "summary": summary, "test_patients_disjoint": True}
+
+
+def _cell(value, name: str) -> str:
+    return f"{name} {'n/a' if value is None else f'{value:.4f}'}"
