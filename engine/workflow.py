@@ -326,7 +326,8 @@ def cross_validate(source, folds: int, settings: TrainSettings, *, progress: boo
             model, opt = _build(settings, ds, len(classes))
             _fit(settings, model, opt, ds, train_idx, np.array([], np.int64), None, False, progress)
             m = metrics.summary(ds.labels[test_idx], predict_proba(model, ds.images[test_idx]))
-            m["patients"] = int(len(np.unique(ds.groups[test_idx])))
+            m["test_patients"] = sorted(str(g) for g in np.unique(ds.groups[test_idx]))
+            m["patients"] = len(m["test_patients"])
             rows.append(m)
             print(f"fold {f + 1}/{folds}: " + "  ".join(_cell(m[k], k) for k in names)
                   + f"  ({len(test_idx)} images, {m['patients']} patients)")  # fmt: skip
