@@ -1,4 +1,5 @@
-# make demo: set up .venv and run the main job on the built-in data.
+# make demo: set up .venv and run the whole story: the seed CNN with SGD and Adam on phantoms, then
+#            synthetic DICOM -> train -> evaluate -> explain -> report (demo-data/, runs/demo/).
 # make test: set up .venv and run the whole test suite.
 PYTHON ?= python3
 VENV := .venv
@@ -26,4 +27,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check engine kernels models tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .benchmarks
+	rm -rf $(VENV) runs demo-data .pytest_cache .benchmarks
