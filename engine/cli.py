@@ -335,6 +335,28 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _add_make_demo_data(sub) -> None:
+    p = sub.add_parser("make-demo-data", help="write the synthetic chest-CT DICOM study set",
+                       description="Write deterministic CT Image Storage files (fake patients, "
+                       "lung nodules as labels) and DIR/labels.csv; see "
+                       "engine/data/synthetic_dicom.py.")  # fmt: skip
+    p.add_argument("out_dir", metavar="DIR", help="folder to write (created if missing)")
+    p.add_argument("--patients", type=int, default=40, help="number of patients (default 40)")
+    p.add_argument("--slices", type=int, default=48, help="slices per patient (default 48)")
+    p.add_argument("--size", type=int, default=128, help="image rows and columns (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="seed: same seed, same files (default 0)")
+    p.set_defaults(func=_cmd_make_demo_data)
+
+
+def _cmd_make_demo_data(args: argparse.Namespace) -> int:
+    from engine.data.synthetic_dicom import make_demo_data
+
+    out = make_demo_data(args.out_dir, n_patients=args.patients,
+                         slices_per_patient=args.slices, size=args.size, seed=args.seed)  # fmt: skip
+    print(f"wrote {args.patients * args.slices} DICOM files and {out / 'labels.csv'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medgrad", description="Framework-free deep learning for medical images."
@@ -350,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_anonymize(sub)
     _add_verify(sub)
+    _add_make_demo_data(sub)
     return parser
 
 
