@@ -1,0 +1,73 @@
+"""The seed CNN's training step and inference, for the engine (per kernel flavour) and for PyTorch.
+
+Both are built from the same initial weights, so their first losses can be compared before timing.
+One training step = zero_grad, forward, softmax cross-entropy, backward, SGD(momentum 0.9) update.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import engine.functional as F
+import models
+from engine import backend, no_grad, optim
+from engine.tensor import Tensor
+
+LR, MOMENTUM = 0.01, 0.9
+
+
+def data(batch: int, seed: int = 0):
+    """x (batch, 1, 28, 28) float32, t (batch,) int64 classes 0..9."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((batch, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, batch)
+
+
+class EngineStep:
+    """The engine's seed CNN on one kernel flavour ("numpy" | "numba")."""
+
+    def __init__(self, flavour: str, batch: int, seed: int = 0):
+        self.flavour = flavour
+        self.model = models.get("seed_cnn", rng=np.random.default_rng(seed))
+        self.opt = optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
+        self.x, self.t = data(batch, seed)
+
+    def train_step(self) -> float:
+        with backend.use_kernels(self.flavour):
+            self.opt.zero_grad()
+            loss = F.softmax_cross_entropy(self.model(Tensor(self.x)), self.t)
+            loss.backward()
+            self.opt.step()
+        return float(loss.data)
+
+    def infer(self) -> np.ndarray:
+        with backend.use_kernels(self.flavour), no_grad():
+            return self.model(Tensor(self.x)).data
+
+
+class TorchStep:
+    """The same network in PyTorch eager (float32, torch.set_num_threads(2)), same weights."""
+
+    def __init__(self, torch, batch: int, seed: int = 0):
+        nn = torch.nn
+        self.torch = torch
+        self.model = nn.Sequential(
+            nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(1600, 64), nn.ReLU(), nn.Linear(64, 10),
+        )  # fmt: skip
+        state = models.get("seed_cnn", rng=np.random.default_rng(seed)).state_dict()
+        self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
+        x, t = data(batch, seed)
+        self.x, self.t = torch.from_numpy(x), torch.from_numpy(t)
+
+    def train_step(self) -> float:
+        self.opt.zero_grad()
+        loss = self.torch.nn.functional.cross_entropy(self.model(self.x), self.t)
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach())
+
+    def infer(self) -> np.ndarray:
+        with self.torch.no_grad():
+            return self.model(self.x).numpy()
