@@ -127,7 +127,7 @@ def _op_cases(cp):
         ),  # fmt: skip
         (
             "sum_mean_reshape",
-            lambda x: (x.sum(axis=1) * x.mean(axis=(0, 2)).reshape(1, 3, 1)).transpose(),
+            lambda x: (x.sum(axis=1) * x.mean(axis=(0, 1)).reshape(1, 4)).transpose(),
             [rng.standard_normal((2, 3, 4))],
         ),  # fmt: skip
         (
@@ -191,7 +191,7 @@ def test_gpu_sequential_grad(gpu):
 # ---- devices ----
 def test_tensor_and_module_move_between_devices(gpu):
     cp, _ = gpu
-    x = Tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    x = Tensor(np.arange(6, dtype=np.float32).reshape(2, 3), requires_grad=True)
     on_gpu = x.to("cuda")
     assert on_gpu.device == "cuda" and isinstance(on_gpu.data, cp.ndarray) and on_gpu.requires_grad
     np.testing.assert_array_equal(on_gpu.to("cpu").data, x.data)
