@@ -78,6 +78,10 @@ def load_npz(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES, max
                 where = f"{path}[{name}]"
                 with zf.open(info) as f:
                     _, _, _, nbytes = _read_header(f, where, max_bytes - total, error)
+                    header_bytes = f.tell()
+                # numpy allocates before reading: a member shorter than its header claims is refused
+                if info.file_size < header_bytes + nbytes:
+                    raise error(f"{where}: truncated (header needs {nbytes} bytes of data)")
                 total += nbytes
                 with zf.open(info) as f:
                     out[name] = np.lib.format.read_array(f, allow_pickle=False)
