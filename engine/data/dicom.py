@@ -493,6 +493,8 @@ def read_image(path: str | os.PathLike, *, window=None, max_pixels: int = DEFAUL
 
 
 def _pixels(path, ds, window, max_pixels):
+    if len(ds) == 0:  # a preamble and "DICM" with nothing after, or a file cut that early
+        raise _error(path, Reason.NOT_DICOM, "no data elements after the file meta header")
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         sop = ds.get("SOPClassUID")
         what = f" ({sop.name})" if sop is not None and hasattr(sop, "name") else ""
