@@ -112,6 +112,10 @@ def grad_cam(model: nn.Module, x: np.ndarray, target=None, layer: int | None = N
     """
     layers = _layers(model)
     convs = conv_layers(model)
+    if not convs:
+        raise ValueError(
+            "Grad-CAM needs a Conv2d layer; this model has none (conv layers are at [])"
+        )
     layer = convs[-1] if layer is None else layer
     if layer not in convs:
         raise ValueError(f"layer {layer} is not a Conv2d; conv layers are at {convs}")
@@ -141,24 +145,26 @@ def grad_cam(model: nn.Module, x: np.ndarray, target=None, layer: int | None = N
     return np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
 
 
-def save_explanation(path: str | os.PathLike, image: np.ndarray, sal: np.ndarray, cam: np.ndarray,
-                     title: str = "") -> Path:  # fmt: skip
+def save_explanation(path: str | os.PathLike, image: np.ndarray, sal: np.ndarray,
+                     cam: np.ndarray | None, title: str = "") -> Path:  # fmt: skip
     """A PNG with three panels: the image (c, h, w; channel 0 shown), the saliency map and the
-    Grad-CAM heat map overlaid on the image. matplotlib (Agg) is imported here, lazily."""
+    Grad-CAM heat map overlaid on the image (two panels when cam is None: a model without conv
+    layers). matplotlib (Agg) is imported here, lazily."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     gray = np.asarray(image)[0]
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
+    fig, axes = plt.subplots(1, 2 if cam is None else 3, figsize=(6 if cam is None else 9, 3.3))
     axes[0].imshow(gray, cmap="gray")
     axes[0].set_title("input")
     axes[1].imshow(sal, cmap="hot")
     axes[1].set_title("saliency |d score / d x|")
-    axes[2].imshow(gray, cmap="gray")
-    axes[2].imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=1)
-    axes[2].set_title("Grad-CAM")
+    if cam is not None:
+        axes[2].imshow(gray, cmap="gray")
+        axes[2].imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        axes[2].set_title("Grad-CAM")
     for ax in axes:
         ax.axis("off")
     if title:
@@ -174,7 +180,8 @@ def explain_images(model: nn.Module, x: np.ndarray, out_dir: str | os.PathLike, 
                    names: list[str] | None = None, classes: list[str] | None = None,
                    target=None, layer: int | None = None) -> list[Path]:  # fmt: skip
     """Saliency + Grad-CAM PNGs for images x (n, c, h, w), one file per image in out_dir, named
-    after `names` (default 0000, 0001, ...). Titles give the explained class and its probability."""
+    after `names` (default 0000, 0001, ...). Titles give the explained class and its probability.
+    layer: the Conv2d for Grad-CAM (default the last); models without conv layers get saliency only."""
     from engine.train import predict_proba
 
     out_dir = Path(out_dir)
@@ -182,7 +189,7 @@ def explain_images(model: nn.Module, x: np.ndarray, out_dir: str | os.PathLike, 
     probs = predict_proba(model, x)
     t = _targets(probs, target)
     sal, _ = saliency(model, x, t)
-    cams = grad_cam(model, x, t, layer)
+    cams = grad_cam(model, x, t, layer) if conv_layers(model) else [None] * len(x)
     names = names or [f"{i:04d}" for i in range(len(x))]
     paths = []
     for i in range(len(x)):

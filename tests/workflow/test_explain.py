@@ -64,14 +64,8 @@ def test_grad_cam_peak_falls_inside_the_lesion(trained):
     peaks = np.array([np.unravel_index(c.argmax(), c.shape) for c in cams])
     distance = np.linalg.norm(peaks - centres[sure], axis=1)
     assert distance.max() <= 4.0 and np.mean(distance <= 3.0) >= 0.9, distance
-    # and each peak is nearer its lesion than the image centre (the control for a central bias)
-    assert np.all(distance < np.linalg.norm(peaks - 13.5, axis=1))
-    # On the last conv layer (11 x 11 maps, 2 px cells) most peaks do; a few land on the body
-    # edge, which the coarse dense head also weighs.
-    cams = grad_cam(model, x[sure], target=1)
-    peaks = np.array([np.unravel_index(c.argmax(), c.shape) for c in cams])
-    distance = np.linalg.norm(peaks - centres[sure], axis=1)
-    assert np.median(distance) <= 3.0, distance
+    # the control for a central bias: the peaks follow the lesions, not the middle of the image
+    assert distance.mean() < 0.5 * np.linalg.norm(peaks - 13.5, axis=1).mean()
 
 
 def test_grad_cam_cells_map_to_their_receptive_field_centres():
@@ -105,3 +99,12 @@ def test_overlays_are_written_as_png(trained, tmp_path):
     assert [p.name for p in paths] == ["explain_a_b.png", "explain_c.png"]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+def test_model_without_conv_layers_gets_saliency_only(tmp_path, rng):
+    model = models.get("mlp", input_size=8, num_classes=2, hidden=4, rng=rng)
+    x = rng.random((1, 1, 8, 8), dtype=np.float32)
+    (path,) = explain_images(model, x, tmp_path)
+    assert path.name == "explain_0000.png" and path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="conv layers are at"):
+        grad_cam(model, x)
