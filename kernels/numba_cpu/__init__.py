@@ -6,8 +6,7 @@ to the NumPy reference. Only engine/backend.py imports this package (it needs Nu
 
 from __future__ import annotations
 
-from kernels import build_table
-from kernels import numpy_cpu
+from kernels import build_table, numpy_cpu
 
 from .conv import col2im, conv2d_backward_input, conv2d_backward_weight, conv2d_forward, im2col
 from .elementwise import (

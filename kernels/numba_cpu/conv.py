@@ -19,11 +19,12 @@ Bodies (`_*_body`) fill preallocated outputs; the launchers allocate, pick the p
 
 from __future__ import annotations
 
-import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from kernels.numpy_cpu._xp import out_size
+
+from ._tasks import run_tasks, threads
 
 JIT = dict(cache=True, fastmath=False, nogil=True)
 DIRECT_MAX_K = 32  # c*kh*kw up to which the direct loop beats im2col + GEMM (measured, see above)
@@ -31,11 +32,11 @@ CHUNK_ELEMS = 1 << 17  # elements of one GEMM task's columns: 512 KiB in float32
 
 
 # ---------------------------------------------------------------- bodies ----
-@njit(parallel=True, **JIT)
+@njit(**JIT)
 def _pad_body(x, ph, pw, xpad):
     """xpad[b, ch, ph + y, pw + x] = x[b, ch, y, x]; the border of xpad is set to 0."""
     n, c, h, w = x.shape
-    for p in prange(n * c):
+    for p in range(n * c):
         b, ch = p // c, p % c  # one (image, channel) plane per iteration
         xpad[b, ch] = 0
         for y in range(h):
@@ -43,13 +44,14 @@ def _pad_body(x, ph, pw, xpad):
                 xpad[b, ch, ph + y, pw + xx] = x[b, ch, y, xx]
 
 
-@njit(parallel=True, **JIT)
-def _conv_direct_body(xpad, W, bias, sh, sw, y):
+@njit(**JIT)
+def _conv_direct_body(xpad, W, bias, sh, sw, y, lo, hi):
     """y[b, o, i, j] = bias[o] + sum_{ch,u,v} W[o, ch, u, v] * xpad[b, ch, i*sh + u, j*sw + v].
-    xpad is the zero-padded input, so no bounds checks; one (image, out channel) plane per task."""
+    xpad is the zero-padded input, so no bounds checks. Task p in [lo, hi) is plane (b, o) =
+    divmod(p, oc)."""
     n, oc, oh, ow = y.shape
     c, kh, kw = W.shape[1], W.shape[2], W.shape[3]
-    for p in prange(n * oc):
+    for p in range(lo, hi):
         b, o = p // oc, p % oc
         for i in range(oh):
             row = y[b, o, i]  # output row (ow,), accumulated tap by tap: an axpy the CPU vectorises
@@ -63,14 +65,14 @@ def _conv_direct_body(xpad, W, bias, sh, sw, y):
                             row[j] += wv * xrow[j * sw + v]
 
 
-@njit(parallel=True, **JIT)
-def _conv_direct_grad_weight_body(gy, xpad, sh, sw, gW):
+@njit(**JIT)
+def _conv_direct_grad_weight_body(gy, xpad, sh, sw, gW, lo, hi):
     """gW[o, ch, u, v] = sum_{b,i,j} gy[b, o, i, j] * xpad[b, ch, i*sh + u, j*sw + v].
-    One output channel per task; partial sums are kept per output column j (lane-parallel, so the
+    Task o in [lo, hi) is output channel o; partial sums are kept per output column j (lane-parallel, so the
     loop vectorises without reassociating a scalar sum) and reduced once at the end."""
     n, oc, oh, ow = gy.shape
     c, kh, kw = gW.shape[1], gW.shape[2], gW.shape[3]
-    for o in prange(oc):
+    for o in range(lo, hi):
         acc = np.zeros((c, kh, kw, ow), dtype=gW.dtype)
         for b in range(n):
             for i in range(oh):
@@ -139,15 +141,15 @@ def _gy_t(gy, b0, b1):
     return out
 
 
-@njit(parallel=True, **JIT)
-def _gemm_forward_body(x, Wm, bias, kh, kw, sh, sw, ph, pw, chunk, y):
+@njit(**JIT)
+def _gemm_forward_body(x, Wm, bias, kh, kw, sh, sw, ph, pw, chunk, y, lo, hi):
     """y[b, o, p] = bias[o] + (Wm @ cols)[o, (b - b0)*P + p], per chunk of `chunk` images.
     Wm = W.reshape(oc, c*kh*kw); each task builds its chunk's columns in cache, multiplies with a
     single-threaded BLAS call, and writes NCHW rows directly (K-major columns need no transpose)."""
     n = x.shape[0]
     oc, oh, ow = y.shape[1], y.shape[2], y.shape[3]
     npix = oh * ow
-    for t in prange((n + chunk - 1) // chunk):
+    for t in range(lo, hi):  # task t = images [t*chunk, (t+1)*chunk)
         b0 = t * chunk
         b1 = min(n, b0 + chunk)
         cols = np.empty((Wm.shape[1], (b1 - b0) * npix), dtype=x.dtype)
@@ -161,26 +163,27 @@ def _gemm_forward_body(x, Wm, bias, kh, kw, sh, sw, ph, pw, chunk, y):
                     yo[p] = src[p] + bias[o]
 
 
-@njit(parallel=True, **JIT)
-def _gemm_grad_input_body(gy, Wm, kh, kw, sh, sw, ph, pw, chunk, gx):
-    """gx = col2im(Wm^T @ gy_t) per chunk of images: gy_t[o, (b - b0)*P + p] = gy[b, o, p]."""
+@njit(**JIT)
+def _gemm_grad_input_body(gy, WmT, kh, kw, sh, sw, ph, pw, chunk, gx, lo, hi):
+    """gx = col2im(WmT @ gy_t) per chunk of images: gy_t[o, (b - b0)*P + p] = gy[b, o, p];
+    WmT = W.reshape(oc, c*kh*kw).T, C-contiguous."""
     n, oc, oh, ow = gy.shape
     gy3 = gy.reshape(n, oc, oh * ow)
-    for t in prange((n + chunk - 1) // chunk):
+    for t in range(lo, hi):
         b0 = t * chunk
         b1 = min(n, b0 + chunk)
-        gcols = np.dot(Wm.T, _gy_t(gy3, b0, b1))  # (c*kh*kw, (b1 - b0)*P)
+        gcols = np.dot(WmT, _gy_t(gy3, b0, b1))  # (c*kh*kw, (b1 - b0)*P)
         gx[b0:b1] = 0  # zeroed per chunk, while in cache: no separate zero-fill pass
         _col2im_t(gcols, b0, b1, kh, kw, sh, sw, ph, pw, oh, ow, gx)
 
 
-@njit(parallel=True, **JIT)
-def _gemm_grad_weight_body(gy, x, kh, kw, sh, sw, ph, pw, chunk, partial):
+@njit(**JIT)
+def _gemm_grad_weight_body(gy, x, kh, kw, sh, sw, ph, pw, chunk, partial, lo, hi):
     """partial[t] = gy_t @ cols^T for chunk t (oc, c*kh*kw); the caller sums over t. One partial
     per task keeps the reduction race-free and its order fixed (deterministic results)."""
     n, oc, oh, ow = gy.shape
     gy3 = gy.reshape(n, oc, oh * ow)
-    for t in prange(partial.shape[0]):
+    for t in range(lo, hi):
         b0 = t * chunk
         b1 = min(n, b0 + chunk)
         cols = np.empty((partial.shape[2], (b1 - b0) * oh * ow), dtype=x.dtype)
@@ -188,13 +191,14 @@ def _gemm_grad_weight_body(gy, x, kh, kw, sh, sw, ph, pw, chunk, partial):
         partial[t] = np.dot(_gy_t(gy3, b0, b1), cols.T)
 
 
-@njit(parallel=True, **JIT)
+@njit(**JIT)
 def _im2col_body(x, kh, kw, sh, sw, ph, pw, cols):
     """Row-major im2col (the contract's layout): cols[(b*oh + i)*ow + j, (ch*kh + u)*kw + v] =
-    x[b, ch, i*sh + u - ph, j*sw + v - pw], or 0 in the padding. One image per task."""
+    x[b, ch, i*sh + u - ph, j*sw + v - pw], or 0 in the padding. Serial: the conv kernels use
+    the chunked K-major bodies above; this one serves the im2col kernel name."""
     n, c, h, w = x.shape
     oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    for b in prange(n):
+    for b in range(n):
         for i in range(oh):
             for j in range(ow):
                 r = (b * oh + i) * ow + j  # row of output pixel (b, i, j)
@@ -208,12 +212,12 @@ def _im2col_body(x, kh, kw, sh, sw, ph, pw, cols):
                             cols[r, base + v] = x[b, ch, yy, xx] if inside else 0
 
 
-@njit(parallel=True, **JIT)
+@njit(**JIT)
 def _col2im_body(cols, kh, kw, sh, sw, ph, pw, x):
-    """Adjoint of the row-major im2col; one image per task, its planes zeroed first."""
+    """Adjoint of the row-major im2col; image by image, each zeroed first while in cache."""
     n, c, h, w = x.shape
     oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    for b in prange(n):
+    for b in range(n):
         x[b] = 0
         for i in range(oh):
             for j in range(ow):
@@ -247,9 +251,9 @@ def _padded(x, ph, pw):
 
 def _chunk(n: int, per_image: int) -> int:
     """Images per GEMM task: columns of about CHUNK_ELEMS elements (they stay in L2), and at
-    least two tasks per thread so prange can balance."""
+    least two tasks per thread so the threads can balance."""
     by_cache = max(1, CHUNK_ELEMS // max(per_image, 1))
-    by_balance = max(1, -(-n // (2 * numba.get_num_threads())))
+    by_balance = max(1, -(-n // (2 * threads())))
     return min(by_cache, by_balance)
 
 
@@ -280,11 +284,13 @@ def conv2d_forward(x, W, b, stride, padding):
     bias = np.zeros(oc, dtype=x.dtype) if b is None else _c(b)
     y = np.empty((n, oc, oh, ow), dtype=x.dtype)
     if c * kh * kw <= DIRECT_MAX_K:
-        _conv_direct_body(_padded(x, ph, pw), _c(W), bias, sh, sw, y)
+        run_tasks(_conv_direct_body, n * oc, _padded(x, ph, pw), _c(W), bias, sh, sw, y)
     else:
         single_threaded_inner_blas()
         chunk = _chunk(n, c * kh * kw * oh * ow)
-        _gemm_forward_body(_c(x), _c(W).reshape(oc, -1), bias, kh, kw, sh, sw, ph, pw, chunk, y)
+        Wm = _c(W).reshape(oc, -1)
+        args = (_c(x), Wm, bias, kh, kw, sh, sw, ph, pw, chunk, y)
+        run_tasks(_gemm_forward_body, -(-n // chunk), *args)
     return y
 
 
@@ -296,7 +302,8 @@ def conv2d_backward_input(gy, W, x_shape, stride, padding):
     single_threaded_inner_blas()
     gx = np.empty(tuple(x_shape), dtype=gy.dtype)
     chunk = _chunk(n, c * kh * kw * oh * ow)
-    _gemm_grad_input_body(_c(gy), _c(W).reshape(oc, -1), kh, kw, sh, sw, ph, pw, chunk, gx)
+    args = (_c(gy), _c(W.reshape(oc, -1).T), kh, kw, sh, sw, ph, pw, chunk, gx)
+    run_tasks(_gemm_grad_input_body, -(-n // chunk), *args)
     return gx
 
 
@@ -307,12 +314,13 @@ def conv2d_backward_weight(gy, x, kernel_size, stride, padding):
     c = x.shape[1]
     if c * kh * kw <= DIRECT_MAX_K:
         gW = np.empty((oc, c, kh, kw), dtype=gy.dtype)
-        _conv_direct_grad_weight_body(_c(gy), _padded(x, ph, pw), sh, sw, gW)
+        run_tasks(_conv_direct_grad_weight_body, oc, _c(gy), _padded(x, ph, pw), sh, sw, gW)
         return gW
     single_threaded_inner_blas()
     chunk = _chunk(n, c * kh * kw * oh * ow)
     partial = np.empty((-(-n // chunk), oc, c * kh * kw), dtype=gy.dtype)
-    _gemm_grad_weight_body(_c(gy), _c(x), kh, kw, sh, sw, ph, pw, chunk, partial)
+    args = (_c(gy), _c(x), kh, kw, sh, sw, ph, pw, chunk, partial)
+    run_tasks(_gemm_grad_weight_body, partial.shape[0], *args)
     return partial.sum(axis=0).reshape(oc, c, kh, kw)
 
 
@@ -322,7 +330,7 @@ _blas_limited = False
 def single_threaded_inner_blas() -> None:
     """Run the BLAS that Numba's np.dot calls (SciPy's) on one thread, once per process.
 
-    The GEMM bodies already run one BLAS call per prange task; a multi-threaded BLAS inside them
+    The GEMM bodies already run one BLAS call per task on every thread; a multi-threaded BLAS inside them
     oversubscribes the cores (measured: 57 vs 128 GFLOP/s on conv2's GEMM, 2 cores). NumPy's own
     BLAS is left as it is. Needs threadpoolctl; without it the kernels stay correct, only slower.
     """

@@ -1,4 +1,7 @@
-"""Max and average pooling compiled by Numba, NCHW: one (image, channel) plane per parallel task.
+"""Max and average pooling compiled by Numba, NCHW, one (image, channel) plane at a time.
+
+The loops are serial: pooling is memory-bound, and serial bodies compile in a fraction of the time
+of parallel ones (first-step compile budget) and do not stall when another process holds a core.
 
 Index conventions: output pixel (i, j), tap (u, v) reads input row i*sh + u - ph and column
 j*sw + v - pw; taps outside [0, h) x [0, w) are padding: they never win a max (-inf padding) and
@@ -11,17 +14,17 @@ zero-fill pass over the whole array (where PyTorch spends ~10% of its step).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 JIT = dict(cache=True, fastmath=False, nogil=True)
 
 
-@njit(parallel=True, **JIT)
+@njit(**JIT)
 def _max_forward_body(x, kh, kw, sh, sw, ph, pw, y, argmax):
     """y[b, ch, i, j] = max over taps of x; argmax[b, ch, i, j] = its tap number u*kw + v."""
     n, c, h, w = x.shape
     oh, ow = y.shape[2], y.shape[3]
-    for p in prange(n * c):
+    for p in range(n * c):
         b, ch = p // c, p % c  # one (image, channel) plane
         for i in range(oh):
             for j in range(ow):
@@ -43,12 +46,12 @@ def _max_forward_body(x, kh, kw, sh, sw, ph, pw, y, argmax):
                 argmax[b, ch, i, j] = arg
 
 
-@njit(parallel=True, **JIT)
+@njit(**JIT)
 def _max_backward_body(gy, argmax, kw, sh, sw, ph, pw, gx):
     """gx[b, ch, i*sh + u - ph, j*sw + v - pw] += gy[b, ch, i, j] where u*kw + v = argmax[...]."""
     n, c, h, w = gx.shape
     oh, ow = gy.shape[2], gy.shape[3]
-    for p in prange(n * c):
+    for p in range(n * c):
         b, ch = p // c, p % c
         gx[b, ch] = 0
         for i in range(oh):
@@ -59,12 +62,12 @@ def _max_backward_body(gy, argmax, kw, sh, sw, ph, pw, gx):
                 gx[b, ch, yy, xx] += gy[b, ch, i, j]
 
 
-@njit(parallel=True, **JIT)
+@njit(**JIT)
 def _avg_forward_body(x, kh, kw, sh, sw, ph, pw, y):
     """y[b, ch, i, j] = (sum of the taps inside the input) / (kh*kw)."""
     n, c, h, w = x.shape
     oh, ow = y.shape[2], y.shape[3]
-    for p in prange(n * c):
+    for p in range(n * c):
         b, ch = p // c, p % c
         for i in range(oh):
             for j in range(ow):
@@ -80,12 +83,12 @@ def _avg_forward_body(x, kh, kw, sh, sw, ph, pw, y):
                 y[b, ch, i, j] = s / (kh * kw)
 
 
-@njit(parallel=True, **JIT)
+@njit(**JIT)
 def _avg_backward_body(gy, kh, kw, sh, sw, ph, pw, gx):
     """gx[b, ch, i*sh + u - ph, j*sw + v - pw] += gy[b, ch, i, j] / (kh*kw) for every tap inside."""
     n, c, h, w = gx.shape
     oh, ow = gy.shape[2], gy.shape[3]
-    for p in prange(n * c):
+    for p in range(n * c):
         b, ch = p // c, p % c
         gx[b, ch] = 0
         for i in range(oh):
