@@ -26,7 +26,8 @@ from engine import safeio
 from engine.errors import DataError, DicomReadError
 
 CACHE_VERSION = 1  # bump when the preprocessing code changes what a cached image holds
-CHUNK = 512  # images per chunk streamed from a source to the builder
+CHUNK = 512  # at most this many images per chunk streamed from a source to the builder
+CHUNK_BYTES = 1 << 20  # and at most about this many bytes: the streaming memory bound
 
 
 @dataclass
@@ -36,7 +37,8 @@ class Dataset:
     images: float32 (n, c, h, w), possibly a read-only np.memmap; labels: int64 (n,) indices into
     `classes`; groups: (n,) str patient ids (no patient may be on both sides of a split); paths:
     n source references (file path, "file#frame", or "file:index"); skipped: (path, reason) for
-    files left out with on_error="skip"; info: source, settings, cache key, pixel mean and std.
+    files left out with on_error="skip"; info: source, settings, cache key, pixel mean and std;
+    preprocessing: what `load_images` needs to prepare new images the same way (JSON-able).
     """
 
     images: np.ndarray
@@ -46,6 +48,7 @@ class Dataset:
     classes: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    preprocessing: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -167,7 +170,7 @@ def _dicom_source(folder: Path, *, window, channels, input_size, method, on_erro
     if not items:
         raise DataError(f"{folder}: no files")
     index = {c: i for i, c in enumerate(classes)}
-    desc = {"kind": "dicom", "files": _file_stamp(stamp_files, folder),
+    desc = {"kind": "dicom", "root": str(folder.resolve()), "files": _file_stamp(stamp_files, folder),
             "window": window, "channels": channels, "max_pixels": max_pixels}  # fmt: skip
 
     def chunks():
@@ -192,7 +195,7 @@ def _dicom_source(folder: Path, *, window, channels, input_size, method, on_erro
             x = resize(_to_nchw(image, channels), input_size, method)
             refs = [str(path)] if len(x) == 1 else [f"{path}#{i}" for i in range(len(x))]
             buf.append((x, [index[label]] * len(x), [group] * len(x), refs))
-            if sum(len(b[0]) for b in buf) >= CHUNK:
+            if sum(b[0].nbytes for b in buf) >= CHUNK_BYTES or sum(len(b[0]) for b in buf) >= CHUNK:
                 yield _join(buf)
                 buf = []
         if buf:
@@ -283,7 +286,11 @@ def _mnist_source(source: Path, *, split, input_size, method, max_bytes) -> tupl
         raise DataError(f"{labels_path}: negative labels")
     classes = [str(i) for i in range(int(labels.max()) + 1)]
     scale = 255.0 if dtype.kind == "u" and dtype.itemsize == 1 else 1.0
-    desc = {"kind": "idx", "files": _file_stamp([images_path, labels_path], images_path.parent)}
+    desc = {
+        "kind": "idx",
+        "root": str(images_path.parent.resolve()),
+        "files": _file_stamp([images_path, labels_path], images_path.parent),
+    }
 
     def chunks():
         from engine.data.transforms import resize
@@ -325,7 +332,12 @@ def _medmnist_source(path: Path, *, split, input_size, method, channels, max_byt
         )
     labels = labels.astype(np.int64)
     ch = channels or (3 if images.ndim == 4 else 1)
-    desc = {"kind": "medmnist", "files": _file_stamp([path], path.parent), "split": split}
+    desc = {
+        "kind": "medmnist",
+        "root": str(path.parent.resolve()),
+        "files": _file_stamp([path], path.parent),
+        "split": split,
+    }
     classes = [str(i) for i in range(int(labels.max()) + 1)]
 
     def chunks():
@@ -411,8 +423,9 @@ def _build(chunks: Iterator, classes: list[str], *, normalize, writer: _NpyWrite
     for x, y, g, p in chunks:
         if isinstance(normalize, tuple):
             x = (x - np.float32(normalize[0])) / np.float32(normalize[1])
-        total += float(x.sum(dtype=np.float64))
-        total_sq += float(np.square(x, dtype=np.float64).sum())
+        flat = x.reshape(-1)
+        total += float(flat.sum(dtype=np.float64))
+        total_sq += float(np.dot(flat.astype(np.float64), flat))
         count += x.size
         if writer is not None:
             writer.append(x)
@@ -514,10 +527,59 @@ def load_dataset(source: str | os.PathLike, *, input_size: int = 28, window="fil
         if normalize == "dataset":
             _standardise_in_place(images, mean, std)
         info.update(mean=mean, std=std)
-        return Dataset(images, labels, groups, paths, classes, skipped, info)
-    return _cached(
-        Path(cache_dir), _cache_key(desc, settings), chunks, classes, normalize, skipped, info
-    )
+        ds = Dataset(images, labels, groups, paths, classes, skipped, info)
+    else:
+        key = _cache_key(desc, settings)
+        ds = _cached(Path(cache_dir), key, chunks, classes, normalize, skipped, info)
+    ds.preprocessing = _preprocessing(ds, desc["kind"], window, resize_method, normalize)
+    return ds
+
+
+def _preprocessing(ds: Dataset, kind: str, window, method: str, normalize) -> dict:
+    """The recipe for new images: window, resize, channels and the (mean, std) actually applied."""
+    if normalize == "dataset":
+        stats = [ds.info["mean"], ds.info["std"]]
+    else:
+        stats = list(normalize) if isinstance(normalize, tuple) else None
+    return {"source_kind": kind, "input_size": int(ds.images.shape[-1]),
+            "in_channels": int(ds.images.shape[1]), "window": window,
+            "resize_method": method, "normalize": stats}  # fmt: skip
+
+
+def load_images(inputs, *, input_size: int = 28, preprocessing: dict | None = None,
+                max_pixels: int | None = None) -> tuple[np.ndarray, list[str]]:  # fmt: skip
+    """Unlabelled DICOM files or folders -> (images float32 (n, c, s, s), paths), prepared by the
+    recipe a Dataset recorded in `.preprocessing` (window, resize, channels, normalisation).
+
+    Folders are searched recursively; a multi-frame file gives one image per frame
+    ("file#frame" in paths). An unreadable file raises DicomReadError naming it.
+    """
+    from engine.data.dicom import DEFAULT_MAX_PIXELS, list_files, read_image
+    from engine.data.transforms import resize
+
+    recipe = preprocessing or {}
+    window = recipe.get("window", "file")
+    window = tuple(window) if isinstance(window, list) else window
+    method = recipe.get("resize_method", "area")
+    channels = int(recipe.get("in_channels", recipe.get("channels", 1)))
+    size = int(recipe.get("input_size", input_size))
+    files: list[Path] = []
+    for item in [inputs] if isinstance(inputs, str | os.PathLike) else inputs:
+        item = Path(item)
+        files.extend(list_files(item) if item.is_dir() else [item])
+    if not files:
+        raise DataError(f"no image files in {inputs}")
+    images, paths = [], []
+    for path in files:
+        image, _ = read_image(path, window=window, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+        x = resize(_to_nchw(image, channels), size, method)
+        images.append(x)
+        paths.extend([str(path)] if len(x) == 1 else [f"{path}#{i}" for i in range(len(x))])
+    out = np.concatenate(images)
+    stats = recipe.get("normalize")
+    if stats:
+        out = (out - np.float32(stats[0])) / np.float32(stats[1] if stats[1] > 0 else 1.0)
+    return out.astype(np.float32), paths
 
 
 def _cached(cache_dir: Path, key: str, chunks, classes, normalize, skipped, info) -> Dataset:

@@ -16,7 +16,7 @@ import numpy as np
 
 FOV_MM = 340.0  # reconstruction field of view: pixel spacing = FOV_MM / size
 SLICE_MM = 5.0  # slice thickness and spacing
-MIN_VISIBLE = 0.75  # a nodule is drawn (and labels the slice) where its cut is >= 0.75 R
+MIN_VISIBLE = 0.8  # a nodule is drawn (and labels the slice) where its cut is >= 0.8 R
 
 _FIRST = ["JANE", "JOHN", "MARIA", "AHMED", "WEI", "OLGA", "PEDRO", "AIKO", "FATIMA", "LUCAS",
           "EMMA", "NOAH", "ZOE", "IVAN", "SARA", "KOFI"]  # fmt: skip
@@ -121,7 +121,7 @@ def _place_nodules(rng, a: dict, size: int, n_slices: int, target: int) -> list:
     for _ in range(60):
         if covered.sum() >= target:
             break
-        radius = rng.uniform(12.0, 25.0)  # mm
+        radius = rng.uniform(14.0, 28.0)  # mm
         k = int(rng.integers(2, n_slices - 2))
         z = k / max(n_slices - 1, 1)
         grow = np.clip(np.sin(np.pi * (0.1 + 0.85 * z)), 0.25, 1.0)
@@ -137,7 +137,7 @@ def _place_nodules(rng, a: dict, size: int, n_slices: int, target: int) -> list:
         nz = k * SLICE_MM  # mm along the series
         reach = radius * np.sqrt(1 - MIN_VISIBLE**2)
         hit = np.abs(np.arange(n_slices) * SLICE_MM - nz) < reach
-        nodules.append((nz, ny, nx, radius, rng.uniform(-350.0, 60.0)))
+        nodules.append((nz, ny, nx, radius, rng.uniform(-150.0, 60.0)))
         covered |= hit
     return nodules
 
