@@ -75,10 +75,12 @@ def load_data(source: str | os.PathLike, *, input_size: int = 28, n_phantoms: in
     except ImportError as exc:
         raise DataError(f"{source}: reading datasets needs engine.data.datasets ({exc})") from exc
     ds = load_dataset(source, input_size=input_size)
-    if getattr(ds, "preprocessing", None) is None:
-        ds.preprocessing = {}
-    ds.preprocessing = {"input_size": input_size, "in_channels": int(ds.images.shape[1]),
-                        **dict(ds.preprocessing)}  # fmt: skip
+    info = getattr(ds, "info", {}) or {}
+    # what inference needs to prepare new images the same way (predict, engine.deploy users)
+    ds.preprocessing = {
+        "input_size": input_size, "in_channels": int(ds.images.shape[1]),
+        **{k: info[k] for k in ("window", "method", "normalize") if k in info},
+    }  # fmt: skip
     return ds
 
 
@@ -220,7 +222,10 @@ def opt_lr(settings: TrainSettings) -> float:
 
 def _name(ds, i: int) -> str:
     paths = getattr(ds, "paths", None)
-    return Path(str(paths[i])).stem if paths is not None else f"image{i:05d}"
+    if paths is None:
+        return f"image{i:05d}"
+    path = Path(str(paths[i]))  # folder + file: slice file names repeat across patients
+    return f"{path.parent.name}_{path.stem}" if path.parent.name else path.stem
 
 
 def print_metrics(label: str, m: dict) -> None:
@@ -248,12 +253,35 @@ def evaluate(model_path, source, *, out: str | os.PathLike | None = None) -> dic
     return result
 
 
-def _unlabelled(inputs: list[str], preprocessing: dict):
-    """Images (n, c, h, w) and names from files or folders, prepared like the training data."""
-    from engine.data import datasets
+def _unlabelled(inputs: list[str], preprocessing: dict) -> tuple[np.ndarray, list[str]]:
+    """Images (n, c, h, w) and their paths from DICOM files or folders, prepared like the training
+    data (window, resize method and size from the model file's preprocessing settings)."""
+    from engine.data.dicom import list_files, read_image
+    from engine.data.transforms import resize
 
+    if preprocessing.get("normalize") not in (None, "none"):
+        raise MedgradError("predict: models trained on normalised images are not supported yet")
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if not path.exists():
+            raise DataError(f"{path}: no such file or folder")
+        files += list_files(path) if path.is_dir() else [path]
+    if not files:
+        raise DataError(f"no image files in {', '.join(inputs)}")
     size = int(preprocessing.get("input_size", 28))
-    return datasets.load_images(inputs, input_size=size, preprocessing=preprocessing)
+    channels = int(preprocessing.get("in_channels", 1))
+    window = preprocessing.get("window", "file")
+    window = tuple(window) if isinstance(window, list) else window
+    images, names = [], []
+    for path in files:
+        pixels, _ = read_image(path, window=window)  # (frames, h, w) grey in [0, 1]
+        if pixels.ndim == 4:  # colour (frames, h, w, 3): the grey luma, as datasets does
+            pixels = pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        x = np.repeat(pixels[:, None], channels, axis=1).astype(np.float32)
+        images.append(resize(x, size, preprocessing.get("method", "area")))
+        names += [str(path)] if len(x) == 1 else [f"{path}#{i}" for i in range(len(x))]
+    return np.concatenate(images), names
 
 
 def predict(model_path, inputs: list[str], out: str | os.PathLike) -> Path:
