@@ -190,9 +190,8 @@ def train(source, run_dir: str | os.PathLike, settings: TrainSettings, *, resume
         # explain the held-out images the model is most sure contain the last class ("lesion")
         pick = val_idx[np.argsort(-probs[:, -1])[:explain_n]]
         names = [_name(ds, i) for i in pick]
-        convs = explain.conv_layers(model)  # the first conv gives the sharpest Grad-CAM maps
         shown = explain.explain_images(model, ds.images[pick], run_dir / "explain", names=names,
-                                       classes=classes, layer=convs[0] if convs else None)  # fmt: skip
+                                       classes=classes)  # fmt: skip
     result = {
         "settings": asdict(settings), "source": str(source), "classes": classes,
         "n_train": int(len(train_idx)), "n_val": int(len(val_idx)), "train_seconds": seconds,
