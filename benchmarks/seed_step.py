@@ -6,10 +6,13 @@ One training step = zero_grad, forward, softmax cross-entropy, backward, SGD(mom
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 import engine.functional as F
 import models
+from benchmarks import harness
 from engine import backend, no_grad, optim
 from engine.tensor import Tensor
 
@@ -22,6 +25,23 @@ def data(batch: int, seed: int = 0):
     return rng.standard_normal((batch, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, batch)
 
 
+def blas_threads(flavour: str):
+    """The numpy flavour runs with NumPy's BLAS on THREADS threads, its default; the numba flavour
+    sets BLAS to one thread itself (kernels/numba_cpu/conv.py), which would otherwise also slow
+    the numpy baseline measured in the same process."""
+    global _controller
+    if flavour != "numpy":
+        return contextlib.nullcontext()
+    if _controller is None:  # built once: inspecting the loaded libraries costs milliseconds
+        from threadpoolctl import ThreadpoolController
+
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=harness.THREADS, user_api="blas")
+
+
+_controller = None
+
+
 class EngineStep:
     """The engine's seed CNN on one kernel flavour ("numpy" | "numba")."""
 
@@ -32,7 +52,7 @@ class EngineStep:
         self.x, self.t = data(batch, seed)
 
     def train_step(self) -> float:
-        with backend.use_kernels(self.flavour):
+        with backend.use_kernels(self.flavour), blas_threads(self.flavour):
             self.opt.zero_grad()
             loss = F.softmax_cross_entropy(self.model(Tensor(self.x)), self.t)
             loss.backward()
@@ -40,7 +60,7 @@ class EngineStep:
         return float(loss.data)
 
     def infer(self) -> np.ndarray:
-        with backend.use_kernels(self.flavour), no_grad():
+        with backend.use_kernels(self.flavour), no_grad(), blas_threads(self.flavour):
             return self.model(Tensor(self.x)).data
 
 

@@ -328,11 +328,15 @@ _blas_limited = False
 
 
 def single_threaded_inner_blas() -> None:
-    """Run the BLAS that Numba's np.dot calls (SciPy's) on one thread, once per process.
+    """Run every loaded BLAS (SciPy's, which Numba's np.dot calls, and NumPy's) on one thread,
+    once per process, the first time a numba_cpu GEMM kernel runs.
 
-    The GEMM bodies already run one BLAS call per task on every thread; a multi-threaded BLAS inside them
-    oversubscribes the cores (measured: 57 vs 128 GFLOP/s on conv2's GEMM, 2 cores). NumPy's own
-    BLAS is left as it is. Needs threadpoolctl; without it the kernels stay correct, only slower.
+    This flavour does its own threading (run_tasks); a multi-threaded BLAS inside or between its
+    tasks oversubscribes the cores: conv2's GEMM ran at 57 vs 128 GFLOP/s, and the seed CNN's small
+    dense-layer GEMMs (NumPy's BLAS) stalled on OpenBLAS barriers whenever another process held a
+    core (b64 step 2x slower). It is a process-wide setting, as PyTorch's own thread pool is;
+    `threadpoolctl.threadpool_limits` restores more threads for other work. Needs threadpoolctl;
+    without it the kernels stay correct, only slower.
     """
     global _blas_limited
     if _blas_limited:
@@ -344,5 +348,5 @@ def single_threaded_inner_blas() -> None:
     except ImportError:
         return
     for lib in ThreadpoolController().lib_controllers:
-        if lib.user_api == "blas" and "scipy" in lib.filepath and "numpy" not in lib.filepath:
+        if lib.user_api == "blas":
             lib.set_num_threads(1)
