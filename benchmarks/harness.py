@@ -100,9 +100,12 @@ def summary(times: np.ndarray) -> dict[str, float]:
 
 
 def gemm_ceiling(size: int = 2048, repeat: int = 5) -> float:
-    """Float32 GEMM GFLOP/s of NumPy's BLAS on this machine, now (best of `repeat`)."""
+    """Float32 GEMM GFLOP/s of NumPy's BLAS on THREADS threads, now (best of `repeat`)."""
+    from threadpoolctl import threadpool_limits  # numba_cpu sets BLAS to 1 thread: undo here
+
     a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
-    best = time_calls(np.matmul, a, a, warmup=1, repeat=repeat).min()
+    with threadpool_limits(limits=THREADS, user_api="blas"):
+        best = time_calls(np.matmul, a, a, warmup=1, repeat=repeat).min()
     return 2 * size**3 / best / 1e9
 
 
