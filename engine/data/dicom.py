@@ -199,12 +199,31 @@ def _check_decoder(path, ds) -> None:
             Reason.UNSUPPORTED_TRANSFER_SYNTAX,
             f"transfer syntax {tsyntax} ({tsyntax.name}) has no pixel decoder in pydicom",
         ) from exc
+    if tsyntax == "1.2.840.10008.1.2.5":  # RLE Lossless
+        _check_rle_size(path, ds)
     if not decoder.is_available:
         raise _error(
             path,
             Reason.UNSUPPORTED_TRANSFER_SYNTAX,
             f"{tsyntax.name} ({tsyntax}) needs a decoder that is not installed: install "
             f"{_CODEC_ADVICE[_codec_family(tsyntax)]}, e.g. {_INSTALL_HINT}",
+        )
+
+
+def _check_rle_size(path, ds) -> None:
+    """RLE (PackBits) turns at most 2 bytes into 128, so the decoded size is bounded by 64 x the
+    encoded size; a header claiming more would make the decoder allocate the whole claimed
+    output before noticing the data are short (a decompression bomb). Refuse it up front."""
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    decoded = (int(ds.Rows) * int(ds.Columns) * frames * int(ds.get("SamplesPerPixel", 1) or 1)
+               * -(-int(ds.BitsAllocated) // 8))  # fmt: skip
+    encoded = len(ds.PixelData)
+    if decoded > 64 * encoded + 64 * frames:
+        raise _error(
+            path,
+            Reason.TRUNCATED,
+            f"RLE pixel data of {encoded} bytes cannot hold the {decoded} bytes that Rows, "
+            "Columns, NumberOfFrames and BitsAllocated declare",
         )
 
 

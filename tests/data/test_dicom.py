@@ -338,3 +338,37 @@ def test_unexpected_exception_is_mapped_with_its_type(monkeypatch):
     with pytest.raises(DicomReadError, match="ZeroDivisionError") as info:
         read_image(get_testdata_file("CT_small.dcm"))
     assert isinstance(info.value.__cause__, ZeroDivisionError)
+
+
+@pytest.mark.parametrize(
+    "compressed,plain",
+    [("MR_small_jp2klossless.dcm", "MR_small.dcm"), ("MR2_J2KR.dcm", "MR2_UNCR.dcm"),
+     ("emri_small_jpeg_ls_lossless.dcm", "emri_small.dcm")],  # fmt: skip
+)
+def test_lossless_compressed_equals_uncompressed_when_a_decoder_is_installed(compressed, plain):
+    """With the dicom-codecs extra (or Pillow for JPEG 2000) lossless files decode bit-exactly."""
+    from pydicom.pixels import get_decoder
+
+    paths = get_testdata_file(compressed), get_testdata_file(plain)
+    if None in paths:
+        pytest.skip("needs the pydicom-data files")
+    tsyntax = pydicom.dcmread(paths[0], stop_before_pixels=True).file_meta.TransferSyntaxUID
+    if not get_decoder(tsyntax).is_available:
+        pytest.skip(f"no decoder for {tsyntax.name} installed (pip install 'medgrad[dicom-codecs]')")
+    np.testing.assert_array_equal(read_image(paths[0])[0], read_image(paths[1])[0])
+
+
+def test_rle_dimension_bomb_refused_before_decoding(tmp_path):
+    """RLE can expand 2 bytes to at most 128: a header claiming 4096 x 4096 over MR_small's 8 KB
+    of segments is refused before the decoder allocates the claimed output."""
+    ds = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
+    ds.Rows = ds.Columns = 4096
+    ds.save_as(tmp_path / "bomb.dcm")
+    tracemalloc.start()
+    try:
+        with pytest.raises(DicomReadError, match="RLE pixel data") as info:
+            read_image(tmp_path / "bomb.dcm")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info.value.reason == Reason.TRUNCATED and peak < 16 << 20
