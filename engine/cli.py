@@ -236,7 +236,7 @@ def _add_bench(sub) -> None:
     p.add_argument(
         "pytest_args",
         nargs=argparse.REMAINDER,
-        help="passed on to pytest (e.g. -k conv --benchmark-json out.json)",
+        help="passed on to pytest after a -- (e.g. medgrad bench -- -k conv)",
     )
     p.set_defaults(func=_cmd_bench)
 
@@ -247,7 +247,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     if not Path("benchmarks").is_dir():
         raise MedgradError("no benchmarks/ folder here: run medgrad bench from the repository root")
-    cmd = [sys.executable, "-m", "pytest", "benchmarks", "--benchmark-only", *args.pytest_args]
+    extra = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
+    cmd = [sys.executable, "-m", "pytest", "benchmarks", "--benchmark-only", *extra]
     return subprocess.call(cmd)
 
 

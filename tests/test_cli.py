@@ -107,3 +107,12 @@ def test_device_cuda_without_gpu_is_one_clear_line(capsys):
     err = capsys.readouterr().err
     assert err.startswith("medgrad: error:") and err.count("\n") == 1 and "Traceback" not in err
     assert "CuPy" in err or "CUDA" in err
+
+
+def test_bench_passes_arguments_to_pytest(monkeypatch):
+    import subprocess as sp
+
+    seen = []
+    monkeypatch.setattr(sp, "call", lambda cmd: seen.append(cmd) or 0)
+    assert main(["bench", "--", "-k", "conv"]) == 0
+    assert seen[0][1:] == ["-m", "pytest", "benchmarks", "--benchmark-only", "-k", "conv"]
