@@ -184,11 +184,14 @@ def save_checkpoint(path: str | os.PathLike, model, *, preprocessing: dict | Non
     preprocessing: how inputs were prepared (input_size, channels, windowing ...), so inference
     can prepare new images the same way. train_state: JSON-safe dict (epoch, history, RNG states).
     """
+    import engine
+
     weights = model.state_dict()
     arrays = {f"weights/{k}": v for k, v in weights.items()}
     meta = {
         "format": FORMAT,
         "version": VERSION,
+        "engine_version": engine.__version__,
         "model": getattr(model, "config", None),
         "layers": layer_spec(model),
         "preprocessing": preprocessing or {},
