@@ -53,7 +53,9 @@ print("available:", backend.available())
 EOF
 
 echo "== pytest -m gpu"
+# numba-cuda on the image warns (DeprecationWarning) at import; the suite turns warnings into errors
 timeout 300 "$PY" -m pytest -m gpu tests -q -p no:cacheprovider --continue-on-collection-errors \
+    -W "ignore::DeprecationWarning" \
     --junitxml="$OUT/gpu-tests.xml" 2>&1 | tee "$OUT/gpu-tests.log"
 tests_rc=${PIPESTATUS[0]}
 
