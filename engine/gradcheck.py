@@ -10,16 +10,18 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from engine.backend import to_device
 from engine.function import no_grad
 from engine.tensor import Tensor
 
 
-def numerical_grad(f: Callable[[], float], x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """d f / d x by central differences, perturbing x in place one element at a time (restored)."""
-    g = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), g.reshape(-1)
+def numerical_grad(f: Callable[[], float], x, eps: float = 1e-6) -> np.ndarray:
+    """d f / d x by central differences, perturbing x (a NumPy or CuPy array) in place one element
+    at a time (restored); returns a NumPy array."""
+    g = np.zeros(x.shape, dtype=np.float64)
+    flat, gflat = x.reshape(-1), g.reshape(-1)  # flat is a view: perturbing it perturbs x
     for i in range(flat.size):
-        old = flat[i]
+        old = float(flat[i])
         flat[i] = old + eps
         up = f()
         flat[i] = old - eps
@@ -29,22 +31,29 @@ def numerical_grad(f: Callable[[], float], x: np.ndarray, eps: float = 1e-6) -> 
     return g
 
 
-def check_grad(fn: Callable, inputs: Iterable, params: Iterable = (), *, eps: float = 1e-6,
-               atol: float = 1e-5, rtol: float = 1e-4, seed: int = 0) -> None:  # fmt: skip
-    """Assert autograd == finite differences for every input and parameter of `fn` (float64, CPU).
+def check_grad(fn: Callable, inputs: Iterable, params: Iterable = (), *, device: str = "cpu",
+               eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-4, seed: int = 0) -> None:  # fmt: skip
+    """Assert autograd == finite differences for every input and parameter of `fn`, in float64.
 
-    inputs: arrays, each made a float64 Tensor that requires grad; params: (name, Parameter) pairs,
-    e.g. `layer.named_parameters()` after `layer.astype(np.float64)`. Raises AssertionError naming
-    the first input or parameter whose gradient disagrees.
+    inputs: arrays, each made a float64 Tensor on `device` that requires grad; params: (name,
+    Parameter) pairs, e.g. `layer.named_parameters()` after `layer.astype(np.float64)` (and
+    `.to(device)`). The differences are taken on the device, so this checks the GPU kernels too.
+    Raises AssertionError naming the first input or parameter whose gradient disagrees.
     """
-    xs = [Tensor(np.array(a, dtype=np.float64), requires_grad=True) for a in inputs]
+    xs = [
+        Tensor(to_device(np.array(a, dtype=np.float64), device), requires_grad=True) for a in inputs
+    ]
     params = list(params)
     for name, p in params:
-        if p.dtype != np.float64:
-            raise TypeError(f"check_grad needs float64 parameters; {name} is {p.dtype}")
+        if p.dtype != np.float64 or p.device != device:
+            raise TypeError(
+                f"check_grad needs float64 parameters on {device}; {name} is {p.dtype} on {p.device}"
+            )
         p.grad = None
     y = fn(*xs)
-    gy = np.random.default_rng(seed).standard_normal(y.shape)
+    if y.device != device:
+        raise AssertionError(f"fn returned a tensor on {y.device}, expected {device}")
+    gy = to_device(np.random.default_rng(seed).standard_normal(y.shape), device)
     y.backward(gy)
 
     def projected() -> float:
@@ -53,5 +62,5 @@ def check_grad(fn: Callable, inputs: Iterable, params: Iterable = (), *, eps: fl
 
     for name, t in [*((f"input{i}", x) for i, x in enumerate(xs)), *params]:
         num = numerical_grad(projected, t.data, eps)
-        got = t.grad if t.grad is not None else np.zeros_like(t.data)
+        got = to_device(t.grad, "cpu") if t.grad is not None else np.zeros(t.shape)
         np.testing.assert_allclose(got, num, atol=atol, rtol=rtol, err_msg=f"gradient of {name}")

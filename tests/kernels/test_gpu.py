@@ -22,6 +22,7 @@ from engine import backend, nn, optim
 from engine.data.phantoms import make_phantoms
 from engine.errors import DeviceError
 from engine.function import no_grad
+from engine.gradcheck import check_grad
 from engine.tensor import Tensor
 from tests.conftest import TOL
 from tests.helpers import away_from_zero, distinct
@@ -61,35 +62,9 @@ def test_gpu_kernels_run_on_cupys_current_stream(gpu):
 
 
 # ---- gradient checks on the device ----
-def check_grad_cuda(cp, fn, inputs, params=(), *, eps=1e-6, atol=1e-5, rtol=1e-4, seed=0):
+def check_grad_cuda(cp, fn, inputs, params=(), **tol):
     """engine.gradcheck.check_grad with every array on the GPU: autograd vs central differences."""
-    xs = [Tensor(cp.asarray(np.asarray(a, dtype=np.float64)), requires_grad=True) for a in inputs]
-    params = list(params)
-    for _, p in params:
-        assert p.dtype == np.float64 and p.device == "cuda"
-        p.grad = None
-    y = fn(*xs)
-    assert y.device == "cuda"
-    gy = cp.asarray(np.random.default_rng(seed).standard_normal(y.shape))
-    y.backward(gy)
-
-    def projected() -> float:
-        with no_grad():
-            return float((fn(*xs).data * gy).sum())
-
-    for name, t in [*((f"input{i}", x) for i, x in enumerate(xs)), *params]:
-        flat = t.data.reshape(-1)  # a view: perturbing it perturbs the tensor
-        num = np.zeros(flat.size)
-        for i in range(flat.size):
-            old = float(flat[i])
-            flat[i] = old + eps
-            up = projected()
-            flat[i] = old - eps
-            down = projected()
-            flat[i] = old
-            num[i] = (up - down) / (2 * eps)
-        got = cp.asnumpy(t.grad).reshape(-1) if t.grad is not None else np.zeros(flat.size)
-        np.testing.assert_allclose(got, num, atol=atol, rtol=rtol, err_msg=f"gradient of {name}")
+    check_grad(fn, inputs, params, device="cuda", **tol)
 
 
 def _op_cases(cp):
