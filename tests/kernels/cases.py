@@ -171,8 +171,51 @@ def _optim_cases():
     }
 
 
+# conv geometry (a CONV label) + pool kernel_size, stride, padding: the fused conv-ReLU-pool layer
+FUSED = [
+    ("seed_conv1", (2, 2), (2, 2), (0, 0)),
+    ("seed_conv2", (2, 2), (2, 2), (0, 0)),  # 11x11 conv output: the last row/column is dropped
+    ("stride2_pad1", (3, 3), (2, 2), (1, 1)),  # overlapping, padded pool windows
+    ("nonsquare_gemm", (2, 1), (1, 1), (0, 0)),
+    ("batch1_nonsquare", (1, 2), (1, 2), (0, 1)),
+    ("batch1_pad_gemm", (3, 3), (1, 1), (1, 1)),
+]
+
+
+def _fused_cases():
+    """Inputs chosen so that many windows rectify to all zeros (the ReLU/pool tie rule)."""
+    from kernels.numpy_cpu import fused
+
+    cases = {"conv2d_relu_max_pool2d_forward": [], "relu_max_pool2d_backward": []}
+    geometry = {label: (xs, ws, s, p) for label, xs, ws, s, p in CONV}
+    for label, pk, ps, pp in FUSED:
+        xs, ws, s, p = geometry[label]
+        conv = (xs, ws, s, p)
+
+        def forward(r, d, conv=conv, pool=(pk, ps, pp), bias=True):
+            xs, ws, s, p = conv
+            b = _normal(r, ws[0], d) - 1.0 if bias else None  # a negative bias: many zero windows
+            return (_normal(r, xs, d), _normal(r, ws, d), b, s, p, *pool)
+
+        def backward(r, d, forward=forward):
+            x, W, b, s, p, *pool = forward(r, np.float64)
+            y, argmax = fused.conv2d_relu_max_pool2d_forward(x, W, b, s, p, *pool)
+            conv_shape = (x.shape[0], W.shape[0], *out_hw(*x.shape[2:], W.shape[2:], s, p))
+            gy = _normal(r, y.shape, d)
+            return (gy, y.astype(d), argmax, conv_shape, *pool)
+
+        cases["conv2d_relu_max_pool2d_forward"].append((label, forward))
+        cases["relu_max_pool2d_backward"].append((label, backward))
+    cases["conv2d_relu_max_pool2d_forward"].append(
+        ("no_bias", lambda r, d: (_normal(r, (2, 3, 9, 8), d), _normal(r, (4, 3, 3, 3), d), None,
+                                  (1, 1), (0, 0), (2, 2), (2, 2), (0, 0)))
+    )  # fmt: skip
+    return cases
+
+
 CASES: dict[str, list] = {
     **_conv_cases(),
+    **_fused_cases(),
     **_pool_cases(),
     **_elementwise_cases(),
     **_optim_cases(),
