@@ -94,7 +94,8 @@ def backend_for(device: str) -> Backend:
         backend = _load(device, flavour)
         if backend is not None:
             return backend
-    raise DeviceError(f"no kernel flavour is available on {device}: {_unavailable}")
+    reasons = sorted({_unavailable[(device, f)] for f in offered if (device, f) in _unavailable})
+    raise DeviceError(f"no kernel flavour is available on {device}: {'; '.join(reasons)}")
 
 
 def get_backend(*arrays) -> Backend:

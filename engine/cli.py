@@ -8,6 +8,32 @@ import sys
 from engine.errors import MedgradError
 
 
+def _number(kind, low: float, *, inclusive: bool, high: float | None = None):
+    """An argparse type: `kind` (int or float) >= low (or > low), and < high when given."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+        ok = (value >= low if inclusive else value > low) and (high is None or value < high)
+        if not ok:
+            bound = f"{'>=' if inclusive else '>'} {low}" + (
+                f" and < {high}" if high is not None else ""
+            )
+            raise argparse.ArgumentTypeError(f"{text} must be {bound}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+POSITIVE_INT = _number(int, 1, inclusive=True)
+POSITIVE_FLOAT = _number(float, 0, inclusive=False)
+NON_NEGATIVE_FLOAT = _number(float, 0, inclusive=True)
+FRACTION = _number(float, 0, inclusive=False, high=1)
+
+
 def _train_options(p: argparse.ArgumentParser) -> None:
     """Options shared by `train` and `cv`: data, model, optimizer, schedule, device."""
     p.add_argument(
@@ -18,12 +44,15 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--n-phantoms",
-        type=int,
+        type=POSITIVE_INT,
         default=2000,
         help="number of images when --data phantoms (default 2000)",
     )
     p.add_argument(
-        "--input-size", type=int, default=28, help="images are resized to SIZE x SIZE (default 28)"
+        "--input-size",
+        type=POSITIVE_INT,
+        default=28,
+        help="images are resized to SIZE x SIZE (default 28)",
     )
     p.add_argument("--model", default="seed_cnn", help="architecture: seed_cnn, lenet5, mlp")
     p.add_argument(
@@ -34,14 +63,20 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--lr",
-        type=float,
+        type=POSITIVE_FLOAT,
         default=None,
         help="learning rate (default: gd 0.1, sgd 0.05, adam 0.002)",
     )
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (default 0)")
-    p.add_argument("--epochs", type=int, default=8, help="epochs (default 8)")
-    p.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default 64)")
+    p.add_argument(
+        "--momentum", type=NON_NEGATIVE_FLOAT, default=0.9, help="SGD momentum (default 0.9)"
+    )
+    p.add_argument(
+        "--weight-decay", type=NON_NEGATIVE_FLOAT, default=0.0, help="L2 weight decay (default 0)"
+    )
+    p.add_argument("--epochs", type=POSITIVE_INT, default=8, help="epochs (default 8)")
+    p.add_argument(
+        "--batch-size", type=POSITIVE_INT, default=64, help="mini-batch size (default 64)"
+    )
     p.add_argument(
         "--schedule",
         default="constant",
@@ -50,11 +85,13 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--step-size",
-        type=int,
+        type=POSITIVE_INT,
         default=5,
         help="step schedule: multiply the rate by --gamma every N epochs (default 5)",
     )
-    p.add_argument("--gamma", type=float, default=0.1, help="step schedule factor (default 0.1)")
+    p.add_argument(
+        "--gamma", type=POSITIVE_FLOAT, default=0.1, help="step schedule factor (default 0.1)"
+    )
     p.add_argument(
         "--augment",
         action="store_true",
@@ -103,13 +140,13 @@ def _add_train(sub) -> None:
     _train_options(p)
     p.add_argument(
         "--val-split",
-        type=float,
+        type=FRACTION,
         default=0.2,
         help="fraction of patients held out for validation (default 0.2)",
     )
     p.add_argument(
         "--patience",
-        type=int,
+        type=POSITIVE_INT,
         default=None,
         help="early stopping: stop after N epochs without a lower validation loss",
     )
@@ -178,7 +215,12 @@ def _add_cv(sub) -> None:
                        description="Train a fresh model per fold on k-1 folds and test it on the "
                        "remaining one; no patient is in two folds' test sets.")  # fmt: skip
     _train_options(p)
-    p.add_argument("--folds", type=int, default=5, help="number of folds k (default 5)")
+    p.add_argument(
+        "--folds",
+        type=_number(int, 2, inclusive=True),
+        default=5,
+        help="number of folds k (default 5)",
+    )
     p.add_argument("--out", default=None, help="also write per-fold and summary metrics to JSON")
     p.set_defaults(func=_cmd_cv)
 
@@ -342,9 +384,18 @@ def _add_make_demo_data(sub) -> None:
                        "lung nodules as labels) and DIR/labels.csv; see "
                        "engine/data/synthetic_dicom.py.")  # fmt: skip
     p.add_argument("out_dir", metavar="DIR", help="folder to write (created if missing)")
-    p.add_argument("--patients", type=int, default=40, help="number of patients (default 40)")
-    p.add_argument("--slices", type=int, default=48, help="slices per patient (default 48)")
-    p.add_argument("--size", type=int, default=128, help="image rows and columns (default 128)")
+    p.add_argument(
+        "--patients", type=POSITIVE_INT, default=40, help="number of patients (default 40)"
+    )
+    p.add_argument(
+        "--slices", type=POSITIVE_INT, default=48, help="slices per patient (default 48)"
+    )
+    p.add_argument(
+        "--size",
+        type=_number(int, 16, inclusive=True),
+        default=128,
+        help="image rows and columns (default 128)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed: same seed, same files (default 0)")
     p.set_defaults(func=_cmd_make_demo_data)
 

@@ -116,3 +116,20 @@ def test_bench_passes_arguments_to_pytest(monkeypatch):
     monkeypatch.setattr(sp, "call", lambda cmd: seen.append(cmd) or 0)
     assert main(["bench", "--", "-k", "conv"]) == 0
     assert seen[0][1:] == ["-m", "pytest", "benchmarks", "--benchmark-only", "-k", "conv"]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--epochs", "0"], "--epochs: 0 must be >= 1"),
+        (["train", "--lr", "-1"], "--lr: -1 must be > 0"),
+        (["train", "--batch-size", "zero"], "--batch-size: 'zero' is not a valid int"),
+        (["train", "--val-split", "1.5"], "--val-split: 1.5 must be > 0 and < 1"),
+        (["cv", "--folds", "1"], "--folds: 1 must be >= 2"),
+    ],
+)
+def test_bad_numbers_are_usage_errors_not_tracebacks(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
