@@ -21,3 +21,8 @@ class DataError(MedgradError, ValueError):
 
 class DicomReadError(DataError):
     """A DICOM file cannot be turned into pixels: not DICOM, truncated, no pixel data, no decoder, too big."""
+
+
+class ArgumentError(MedgradError, ValueError):
+    """A user-supplied choice is invalid (unknown model name, a layer that is not a conv, a class
+    index out of range): reported by the `medgrad` command as one line, without a traceback."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import nn
+from engine.errors import ArgumentError
 from engine.ops import pair
 from engine.tensor import Tensor
 
@@ -36,7 +37,7 @@ def _targets(logits: np.ndarray, target) -> np.ndarray:
     n, k = logits.shape
     t = logits.argmax(axis=1) if target is None else np.broadcast_to(np.asarray(target), (n,))
     if t.min() < 0 or t.max() >= k:
-        raise ValueError(f"target class must lie in 0..{k - 1}, got {t}")
+        raise ArgumentError(f"target class must lie in 0..{k - 1}, got {t}")
     return t.astype(np.int64)
 
 
@@ -113,12 +114,12 @@ def grad_cam(model: nn.Module, x: np.ndarray, target=None, layer: int | None = N
     layers = _layers(model)
     convs = conv_layers(model)
     if not convs:
-        raise ValueError(
+        raise ArgumentError(
             "Grad-CAM needs a Conv2d layer; this model has none (conv layers are at [])"
         )
     layer = convs[-1] if layer is None else layer
     if layer not in convs:
-        raise ValueError(f"layer {layer} is not a Conv2d; conv layers are at {convs}")
+        raise ArgumentError(f"layer {layer} is not a Conv2d; conv layers are at {convs}")
     if layer + 1 < len(layers) and isinstance(layers[layer + 1], nn.ReLU):
         layer += 1  # explain the rectified maps, the ones the rest of the network reads
     was_training = model.training

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from engine import nn
+from engine.errors import ArgumentError
 from models.lenet import lenet5
 from models.mlp import mlp
 from models.seed_cnn import seed_cnn
@@ -23,7 +24,7 @@ def names() -> list[str]:
 def get(name: str, **kwargs) -> nn.Module:
     """Build model `name` with keyword arguments (in_channels, input_size, num_classes, rng, ...)."""
     if name not in REGISTRY:
-        raise ValueError(f"unknown model {name!r}: expected one of {', '.join(names())}")
+        raise ArgumentError(f"unknown model {name!r}: expected one of {', '.join(names())}")
     model = REGISTRY[name](**kwargs)
     model.config = {"name": name, **{k: v for k, v in kwargs.items() if k != "rng"}}
     return model
