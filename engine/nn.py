@@ -14,6 +14,7 @@ import engine.functional as F
 from engine import backend
 from engine.init import INITIALISERS
 from engine.ops import pair
+from engine.ops.fused import conv2d_relu_max_pool2d
 from engine.tensor import Tensor
 
 
@@ -194,7 +195,16 @@ class Dropout(Module):
 
 
 class Sequential(Module):
-    """Layers applied in order; children are named "0", "1", ... as in PyTorch."""
+    """Layers applied in order; children are named "0", "1", ... as in PyTorch.
+
+    Execution detail: with `fuse` True (the default), each run Conv2d -> ReLU -> MaxPool2d of
+    exactly these classes runs as one fused op (engine/ops/fused.py), which equals the three
+    layers' composition (values and gradients) but never materialises the conv output. The layers,
+    their parameters and state_dict names are unchanged. Set `model.fuse = False` to run every
+    layer's own forward (code that iterates `model.layers` itself, like engine.explain, is
+    unaffected either way)."""
+
+    fuse: bool = True
 
     def __init__(self, *layers: Module):
         self.layers = list(layers)
@@ -210,6 +220,21 @@ class Sequential(Module):
         return len(self.layers)
 
     def forward(self, x):
-        for layer in self.layers:
-            x = layer(x)
+        layers, i = self.layers, 0
+        while i < len(layers):
+            if self.fuse and _conv_relu_pool_at(layers, i):
+                conv, pool = layers[i], layers[i + 2]
+                x = conv2d_relu_max_pool2d(x, conv.weight, conv.bias, conv.stride, conv.padding,
+                                           pool.kernel_size, pool.stride, pool.padding)  # fmt: skip
+                i += 3
+            else:
+                x = layers[i](x)
+                i += 1
         return x
+
+
+def _conv_relu_pool_at(layers: list[Module], i: int) -> bool:
+    """True when layers[i:i+3] are exactly Conv2d, ReLU, MaxPool2d (subclasses may override
+    forward, so they are never fused)."""
+    kinds = tuple(type(layer) for layer in layers[i : i + 3])
+    return kinds == (Conv2d, ReLU, MaxPool2d)

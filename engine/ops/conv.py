@@ -30,9 +30,9 @@ class Conv2dFn(Function):
         return gx, gW, gb
 
 
-def conv2d(x, W, b=None, stride=1, padding=0) -> Tensor:
-    """x (n, c, h, w), W (oc, c, kh, kw), b (oc,) -> y (n, oc, oh, ow),
-    oh = (h + 2 ph - kh) // sh + 1. stride and padding: an int or a pair (rows, columns)."""
+def conv_args(x, W, b, stride, padding):
+    """Validate conv2d's arguments once: (x, W, b) as Tensors (b may be None), stride and padding
+    as pairs, and the output size (oh, ow). Errors name the shapes involved."""
     x, W = as_tensor(x), as_tensor(W)
     stride, padding = pair(stride, "stride"), pair(padding, "padding")
     if x.ndim != 4 or W.ndim != 4:
@@ -54,9 +54,17 @@ def conv2d(x, W, b=None, stride=1, padding=0) -> Tensor:
         )
     if x.dtype != W.dtype:
         raise TypeError(f"conv2d: x is {x.dtype} but W is {W.dtype}")
+    if b is not None:
+        b = as_tensor(b)
+        if b.shape != (W.shape[0],):
+            raise ValueError(f"conv2d bias must have shape ({W.shape[0]},), got {b.shape}")
+    return x, W, b, stride, padding, (oh, ow)
+
+
+def conv2d(x, W, b=None, stride=1, padding=0) -> Tensor:
+    """x (n, c, h, w), W (oc, c, kh, kw), b (oc,) -> y (n, oc, oh, ow),
+    oh = (h + 2 ph - kh) // sh + 1. stride and padding: an int or a pair (rows, columns)."""
+    x, W, b, stride, padding, _ = conv_args(x, W, b, stride, padding)
     if b is None:
         return Conv2dFn.apply(x, W, stride=stride, padding=padding)
-    b = as_tensor(b)
-    if b.shape != (W.shape[0],):
-        raise ValueError(f"conv2d bias must have shape ({W.shape[0]},), got {b.shape}")
     return Conv2dFn.apply(x, W, b, stride=stride, padding=padding)

@@ -36,22 +36,28 @@ class AvgPool2dFn(Function):
 
 def _pool_args(x, kernel_size, stride, padding, name):
     x = as_tensor(x)
+    return x, pool_attrs(x.shape, kernel_size, stride, padding, name)
+
+
+def pool_attrs(x_shape, kernel_size, stride, padding, name):
+    """Validate a pool's arguments for input shape x_shape (n, c, h, w): dict(kernel_size, stride,
+    padding) as pairs; stride None means the kernel size."""
     k = pair(kernel_size, "kernel_size")
     s = pair(stride, "stride") if stride is not None else k
     p = pair(padding, "padding")
-    if x.ndim != 4:
-        raise ValueError(f"{name} expects x (n, c, h, w), got shape {x.shape}")
+    if len(x_shape) != 4:
+        raise ValueError(f"{name} expects x (n, c, h, w), got shape {tuple(x_shape)}")
     if min(k) < 1 or min(s) < 1 or min(p) < 0:
         raise ValueError(
             f"{name}: kernel_size and stride must be >= 1, padding >= 0: {k}, {s}, {p}"
         )
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
         raise ValueError(f"{name}: padding {p} must be at most half the kernel size {k}")
-    if (x.shape[2] + 2 * p[0] - k[0]) // s[0] + 1 < 1 or (x.shape[3] + 2 * p[1] - k[1]) // s[
-        1
-    ] + 1 < 1:
-        raise ValueError(f"{name}: kernel {k} does not fit input {x.shape[2:]} with padding {p}")
-    return x, dict(kernel_size=k, stride=s, padding=p)
+    oh = (x_shape[2] + 2 * p[0] - k[0]) // s[0] + 1
+    ow = (x_shape[3] + 2 * p[1] - k[1]) // s[1] + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"{name}: kernel {k} does not fit input {x_shape[2:]} with padding {p}")
+    return dict(kernel_size=k, stride=s, padding=p)
 
 
 def max_pool2d(x, kernel_size=2, stride=None, padding=0) -> Tensor:

@@ -1,0 +1,62 @@
+"""Fused layer ops: conv2d + bias + ReLU + max-pool as one Function (an execution detail).
+
+max_pool2d(relu(conv2d(x, W, b))) is the CNN's most common block. As three ops it writes the conv
+output, the rectified copy and, in backward, two full-size gradients; fused, the fast kernels keep
+the conv output in cache (kernels/numba_cpu/fused.py). The result and its gradients equal the
+three-op composition's, which is also the numpy_cpu kernels' definition.
+"""
+
+from __future__ import annotations
+
+from engine.function import Function
+from engine.ops.conv import conv_args
+from engine.ops.pool import pool_attrs
+from engine.tensor import Tensor
+
+
+class ConvReLUPool2dFn(Function):
+    """y = max_pool2d(relu(conv2d(x, W, b))): NCHW, weight (oc, c, kh, kw), first-max tie rule."""
+
+    def forward(self, x, W, b=None, *, stride, padding, pool_size, pool_stride, pool_padding):
+        self.x, self.W = x, W  # x for gW, W for gx
+        self.conv = (stride, padding)
+        self.pool = (pool_size, pool_stride, pool_padding)
+        y, self.argmax = self.k.conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, *self.pool)
+        self.y = y  # y > 0 marks the windows whose maximum the ReLU passed
+        return y
+
+    def backward(self, gy):
+        # z = conv(x) + b, y = pool(relu(z)): dy/dz routes gy to each window's argmax where
+        # y > 0; then the conv's own backward: gx = conv^T(gz, W), gW = gz (x) im2col(x),
+        # gb = sum gz = sum of gy over the windows with y > 0 (each routes to one z)
+        n, oc = self.y.shape[:2]
+        oh = (self.x.shape[2] + 2 * self.conv[1][0] - self.W.shape[2]) // self.conv[0][0] + 1
+        ow = (self.x.shape[3] + 2 * self.conv[1][1] - self.W.shape[3]) // self.conv[0][1] + 1
+        gz = self.k.relu_max_pool2d_backward(gy, self.y, self.argmax, (n, oc, oh, ow), *self.pool)
+        gx = gW = None
+        if self.needs_grad[0]:
+            gx = self.k.conv2d_backward_input(gz, self.W, self.x.shape, *self.conv)
+        if self.needs_grad[1]:
+            gW = self.k.conv2d_backward_weight(gz, self.x, self.W.shape[2:], *self.conv)
+        if len(self.needs_grad) == 2:
+            return gx, gW
+        gb = None
+        if self.needs_grad[2]:
+            gb = self.xp.where(self.y > 0, gy, 0).sum(axis=(0, 2, 3)).astype(gy.dtype)
+        return gx, gW, gb
+
+
+def conv2d_relu_max_pool2d(x, W, b=None, stride=1, padding=0, pool_size=2, pool_stride=None,
+                           pool_padding=0) -> Tensor:  # fmt: skip
+    """max_pool2d(relu(conv2d(x, W, b, stride, padding)), pool_size, pool_stride, pool_padding)
+    as one op. x (n, c, h, w), W (oc, c, kh, kw), b (oc,) or None -> y (n, oc, qh, qw) with
+    oh = (h + 2 ph - kh) // sh + 1 for the conv and qh = (oh + 2 pph - pkh) // psh + 1 for the
+    pool (pool_stride defaults to pool_size). Arguments are checked as conv2d and max_pool2d do."""
+    x, W, b, stride, padding, (oh, ow) = conv_args(x, W, b, stride, padding)
+    pool = pool_attrs((x.shape[0], W.shape[0], oh, ow), pool_size, pool_stride, pool_padding,
+                      "max_pool2d")  # fmt: skip
+    attrs = dict(stride=stride, padding=padding, pool_size=pool["kernel_size"],
+                 pool_stride=pool["stride"], pool_padding=pool["padding"])  # fmt: skip
+    if b is None:
+        return ConvReLUPool2dFn.apply(x, W, **attrs)
+    return ConvReLUPool2dFn.apply(x, W, b, **attrs)
