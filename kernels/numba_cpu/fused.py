@@ -65,23 +65,16 @@ def _relu_pool_plane(z, rs, oh, ow, bias, kh, kw, sh, sw, ph, pw, y, argmax):
                 tap = u * kw + v
                 for k in range(j1 - j0):
                     val = zs[k * sw] + bias
-                    val = val if (val > 0 or val != val) else 0  # ReLU; NaN stays NaN
+                    val = val if (val > 0) | (val != val) else 0  # ReLU; NaN stays NaN
                     best = ys[k]
                     # strict '>' keeps the first maximum; a NaN replaces a number, once
-                    win = val > best or (val != val and best == best)
+                    # (`|`, `&`: selects, not branches, as in _relu_pool_2x2)
+                    win = (val > best) | ((val != val) & (best == best))
                     ys[k] = val if win else best
                     as_[k] = tap if win else as_[k]
 
 
-@njit(**JIT)
-def _relu_tap(val, best, arg, tap):
-    """One tap of the running (best, arg): ReLU, then the tie rule of _relu_pool_plane."""
-    val = val if (val > 0 or val != val) else 0
-    win = val > best or (val != val and best == best)
-    return (val, tap) if win else (best, arg)
-
-
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _relu_pool_2x2(z, rs, bias, y, argmax):
     """_relu_pool_plane for kernel 2x2, stride 2, no padding: window (i, j) reads conv rows 2i,
     2i + 1 and columns 2j, 2j + 1. Constant strides and selects only, so the loop vectorises."""
@@ -90,12 +83,28 @@ def _relu_pool_2x2(z, rs, bias, y, argmax):
         z0 = z[2 * i * rs : 2 * i * rs + 2 * qw]  # conv row 2i
         z1 = z[(2 * i + 1) * rs : (2 * i + 1) * rs + 2 * qw]  # conv row 2i + 1
         yr, ar = y[i], argmax[i]
+        # written out tap by tap, with `|` and `&` rather than `or`/`and`: short-circuit
+        # operators become branches, which mispredict on real data (5x slower, measured);
+        # these are selects, and the loop vectorises
         for j in range(qw):
-            best = z0[2 * j] + bias
-            best = best if (best > 0 or best != best) else 0  # tap 0 always starts the window
-            best, arg = _relu_tap(z0[2 * j + 1] + bias, best, 0, 1)
-            best, arg = _relu_tap(z1[2 * j] + bias, best, arg, 2)
-            best, arg = _relu_tap(z1[2 * j + 1] + bias, best, arg, 3)
+            best = z0[2 * j] + bias  # tap 0 always starts the window
+            best = best if (best > 0) | (best != best) else 0  # ReLU; NaN stays NaN
+            arg = 0
+            val = z0[2 * j + 1] + bias
+            val = val if (val > 0) | (val != val) else 0
+            win = (val > best) | ((val != val) & (best == best))  # first max wins; NaN once
+            best = val if win else best
+            arg = 1 if win else arg
+            val = z1[2 * j] + bias
+            val = val if (val > 0) | (val != val) else 0
+            win = (val > best) | ((val != val) & (best == best))
+            best = val if win else best
+            arg = 2 if win else arg
+            val = z1[2 * j + 1] + bias
+            val = val if (val > 0) | (val != val) else 0
+            win = (val > best) | ((val != val) & (best == best))
+            best = val if win else best
+            arg = 3 if win else arg
             yr[j] = best
             ar[j] = arg
 
@@ -135,13 +144,17 @@ def _fused_gemm_body(x, Wm, bias, ckh, ckw, sh, sw, ph, pw, oh, ow, chunk,
 
 
 @njit(**JIT)
-def _relu_pool_backward_body(gy, y, argmax, kw, sh, sw, ph, pw, gz, lo, hi):
+def _relu_pool_backward_body(gy, y, argmax, kh, kw, sh, sw, ph, pw, gz, lo, hi):
     """Task p = plane (b, ch): gz[b, ch] = 0, then gz[b, ch, i*sh + u - ph, j*sw + v - pw] +=
     gy[b, ch, i, j] where y[b, ch, i, j] > 0 and u*kw + v = argmax[b, ch, i, j]."""
     c, oh, ow = gz.shape[1], gz.shape[2], gz.shape[3]
     qh, qw = gy.shape[2], gy.shape[3]
+    fast = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
     for p in range(lo, hi):
         b, ch = p // c, p % c
+        if fast:
+            _relu_pool_backward_2x2(gy[b, ch], y[b, ch], argmax[b, ch], gz[b, ch])
+            continue
         g = gz[b, ch].reshape(oh * ow)
         g[:] = 0  # zeroed while in cache: no separate zero-fill pass
         for i in range(qh):
@@ -151,6 +164,24 @@ def _relu_pool_backward_body(gy, y, argmax, kw, sh, sw, ph, pw, gz, lo, hi):
                     r = i * sh + a // kw - ph  # the winning tap's conv row
                     col = j * sw + a % kw - pw  # and column
                     g[r * ow + col] += gy[b, ch, i, j]
+
+
+@njit(**JIT)
+def _relu_pool_backward_2x2(gy, y, argmax, gz):
+    """One plane of _relu_pool_backward_body for 2x2 windows, stride 2, no padding: the plane is
+    zeroed while in cache, then each passed window writes its gradient to conv row 2i + a // 2,
+    column 2j + a % 2 (bit operations: an integer division per element cost more than the copy)."""
+    qh, qw = gy.shape
+    oh, ow = gz.shape
+    g = gz.reshape(oh * ow)
+    g[:] = 0
+    for i in range(qh):
+        gr, yr, ar = gy[i], y[i], argmax[i]
+        for j in range(qw):
+            a = ar[j]
+            # every window stores (0 where the ReLU blocked it): no data-dependent branch, and
+            # 2x2 stride-2 windows never share a tap, so no store overwrites another's
+            g[(2 * i + (a >> 1)) * ow + 2 * j + (a & 1)] = gr[j] if yr[j] > 0 else 0
 
 
 def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_stride, pool_padding):
@@ -179,6 +210,6 @@ def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_str
 def relu_max_pool2d_backward(gy, y, argmax, conv_shape, pool_size, pool_stride, pool_padding):
     """See kernels.numpy_cpu.fused.relu_max_pool2d_backward: gz (conv_shape)."""
     gz = np.empty(tuple(conv_shape), dtype=gy.dtype)
-    args = (_c(gy), _c(y), _c(argmax), pool_size[1], *pool_stride, *pool_padding, gz)
+    args = (_c(gy), _c(y), _c(argmax), *pool_size, *pool_stride, *pool_padding, gz)
     run_tasks(_relu_pool_backward_body, conv_shape[0] * conv_shape[1], *args)
     return gz
