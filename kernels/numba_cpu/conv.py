@@ -258,6 +258,105 @@ def _gemm_grad_weight_body(gy, x, kh, kw, sh, sw, ph, pw, chunk, partial, lo, hi
         partial[t] = np.dot(_gy_t(gy3, b0, b1), cols.T)
 
 
+# ---- stride 1: "wide" GEMM layout (see _direct_plane) ----
+# For stride 1 the im2col row of tap (ch, u, v) for image b is one contiguous run of the padded
+# input plane: cols[(ch*kh + u)*kw + v, (b - b0)*span + q] = xpad[b, ch].flat[q + u*wp + v], with
+# q = i*wp + j for output pixel (i, j) and span = (oh - 1)*wp + ow. Columns with j >= ow are junk:
+# the forward epilogue skips them and the backward passes give them a zero gradient (so they add
+# nothing to gW or gx). One memcpy of span elements replaces oh runs of ow with bounds checks:
+# im2col and col2im of the seed CNN's conv2 cost as much as its GEMM before this.
+
+
+@njit(**JIT)
+def _im2col_wide(xpad, b0, b1, kh, kw, span, cols):
+    """Wide K-major im2col of images b0..b1-1 (layout above)."""
+    c, hp, wp = xpad.shape[1], xpad.shape[2], xpad.shape[3]
+    for b in range(b0, b1):
+        for ch in range(c):
+            xf = xpad[b, ch].reshape(hp * wp)
+            for u in range(kh):
+                for v in range(kw):
+                    dst = cols[(ch * kh + u) * kw + v, (b - b0) * span : (b - b0 + 1) * span]
+                    src = xf[u * wp + v : u * wp + v + span]
+                    for q in range(span):
+                        dst[q] = src[q]
+
+
+@njit(**JIT)
+def _gy_wide(gy, b0, b1, wp, span):
+    """gy (n, oc, oh, ow) -> (oc, (b1 - b0)*span): [o, (b - b0)*span + i*wp + j] = gy[b, o, i, j],
+    junk columns (j >= ow) zero."""
+    oc, oh, ow = gy.shape[1], gy.shape[2], gy.shape[3]
+    g = np.zeros((oc, (b1 - b0) * span), dtype=gy.dtype)
+    for o in range(oc):
+        for b in range(b0, b1):
+            for i in range(oh):
+                g[o, (b - b0) * span + i * wp : (b - b0) * span + i * wp + ow] = gy[b, o, i]
+    return g
+
+
+@njit(**JIT)
+def _wide_forward_body(xpad, Wm, bias, kh, kw, oh, ow, chunk, y, lo, hi):
+    """Stride-1 conv per chunk of images: wide im2col, out = Wm @ cols (one single-threaded BLAS
+    call), then y[b, o, i] = out[o, (b - b0)*span + i*wp : ... + ow] + bias[o]."""
+    n, wp = xpad.shape[0], xpad.shape[3]
+    oc, span = Wm.shape[0], (oh - 1) * xpad.shape[3] + ow
+    for t in range(lo, hi):
+        b0 = t * chunk
+        b1 = min(n, b0 + chunk)
+        cols = np.empty((Wm.shape[1], (b1 - b0) * span), dtype=xpad.dtype)
+        _im2col_wide(xpad, b0, b1, kh, kw, span, cols)
+        out = np.dot(Wm, cols)
+        for b in range(b0, b1):
+            for o in range(oc):
+                for i in range(oh):
+                    src = out[o, (b - b0) * span + i * wp : (b - b0) * span + i * wp + ow]
+                    yr = y[b, o, i]
+                    for j in range(ow):
+                        yr[j] = src[j] + bias[o]
+
+
+@njit(**JIT)
+def _wide_grad_input_body(gy, WmT, kh, kw, ph, pw, chunk, gx, lo, hi):
+    """Stride-1 gx per chunk: gcols = WmT @ gy_wide, then the adjoint of _im2col_wide into a
+    zeroed padded plane buffer (contiguous runs of span), whose interior is copied to gx."""
+    n, oc, oh, ow = gy.shape
+    c, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
+    hp, wp = h + 2 * ph, w + 2 * pw
+    span = (oh - 1) * wp + ow
+    buf = np.empty(hp * wp, dtype=gx.dtype)  # one padded input plane
+    for t in range(lo, hi):
+        b0 = t * chunk
+        b1 = min(n, b0 + chunk)
+        gcols = np.dot(WmT, _gy_wide(gy, b0, b1, wp, span))  # (c*kh*kw, (b1 - b0)*span)
+        for b in range(b0, b1):
+            for ch in range(c):
+                buf[:] = 0
+                for u in range(kh):
+                    for v in range(kw):
+                        src = gcols[(ch * kh + u) * kw + v, (b - b0) * span : (b - b0 + 1) * span]
+                        dst = buf[u * wp + v : u * wp + v + span]
+                        for q in range(span):
+                            dst[q] += src[q]
+                for yy in range(h):  # drop the padding
+                    gx[b, ch, yy] = buf[(yy + ph) * wp + pw : (yy + ph) * wp + pw + w]
+
+
+@njit(**JIT)
+def _wide_grad_weight_body(gy, xpad, kh, kw, chunk, partial, lo, hi):
+    """Stride-1 gW per chunk t: partial[t] = gy_wide @ cols_wide^T (junk columns of gy_wide are 0);
+    the caller sums over t (fixed order: deterministic)."""
+    n, oc, oh, ow = gy.shape
+    wp = xpad.shape[3]
+    span = (oh - 1) * wp + ow
+    for t in range(lo, hi):
+        b0 = t * chunk
+        b1 = min(n, b0 + chunk)
+        cols = np.empty((partial.shape[2], (b1 - b0) * span), dtype=xpad.dtype)
+        _im2col_wide(xpad, b0, b1, kh, kw, span, cols)
+        partial[t] = np.dot(_gy_wide(gy, b0, b1, wp, span), cols.T)
+
+
 @njit(**JIT)
 def _im2col_body(x, kh, kw, sh, sw, ph, pw, cols):
     """Row-major im2col (the contract's layout): cols[(b*oh + i)*ow + j, (ch*kh + u)*kw + v] =
@@ -352,6 +451,11 @@ def conv2d_forward(x, W, b, stride, padding):
     y = np.empty((n, oc, oh, ow), dtype=x.dtype)
     if c * kh * kw <= DIRECT_MAX_K:
         run_tasks(_conv_direct_body, n * oc, _padded(x, ph, pw), _c(W), bias, sh, sw, y)
+    elif sh == 1 and sw == 1:
+        single_threaded_inner_blas()
+        chunk = _chunk(n, c * kh * kw * oh * ow)
+        args = (_padded(x, ph, pw), _c(W).reshape(oc, -1), bias, kh, kw, oh, ow, chunk, y)
+        run_tasks(_wide_forward_body, -(-n // chunk), *args)
     else:
         single_threaded_inner_blas()
         chunk = _chunk(n, c * kh * kw * oh * ow)
@@ -369,7 +473,11 @@ def conv2d_backward_input(gy, W, x_shape, stride, padding):
     single_threaded_inner_blas()
     gx = np.empty(tuple(x_shape), dtype=gy.dtype)
     chunk = _chunk(n, c * kh * kw * oh * ow)
-    args = (_c(gy), _c(W.reshape(oc, -1).T), kh, kw, sh, sw, ph, pw, chunk, gx)
+    WmT = _c(W.reshape(oc, -1).T)
+    if sh == 1 and sw == 1:
+        run_tasks(_wide_grad_input_body, -(-n // chunk), _c(gy), WmT, kh, kw, ph, pw, chunk, gx)
+        return gx
+    args = (_c(gy), WmT, kh, kw, sh, sw, ph, pw, chunk, gx)
     run_tasks(_gemm_grad_input_body, -(-n // chunk), *args)
     return gx
 
@@ -386,6 +494,10 @@ def conv2d_backward_weight(gy, x, kernel_size, stride, padding):
     single_threaded_inner_blas()
     chunk = _chunk(n, c * kh * kw * oh * ow)
     partial = np.empty((-(-n // chunk), oc, c * kh * kw), dtype=gy.dtype)
+    if sh == 1 and sw == 1:
+        args = (_c(gy), _padded(x, ph, pw), kh, kw, chunk, partial)
+        run_tasks(_wide_grad_weight_body, partial.shape[0], *args)
+        return partial.sum(axis=0).reshape(oc, c, kh, kw)
     args = (_c(gy), _c(x), kh, kw, sh, sw, ph, pw, chunk, partial)
     run_tasks(_gemm_grad_weight_body, partial.shape[0], *args)
     return partial.sum(axis=0).reshape(oc, c, kh, kw)

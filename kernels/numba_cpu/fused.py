@@ -27,6 +27,7 @@ from .conv import (
     _chunk,
     _direct_plane,
     _im2col_t,
+    _im2col_wide,
     _jrange,
     _padded,
     single_threaded_inner_blas,
@@ -144,6 +145,26 @@ def _fused_gemm_body(x, Wm, bias, ckh, ckw, sh, sw, ph, pw, oh, ow, chunk,
 
 
 @njit(**JIT)
+def _fused_wide_body(xpad, Wm, bias, ckh, ckw, oh, ow, chunk, kh, kw, psh, psw, pph, ppw,
+                     y, argmax, lo, hi):  # fmt: skip
+    """_fused_gemm_body for a stride-1 conv, in the wide layout of kernels/numba_cpu/conv.py
+    (padded input, one memcpy per im2col run; the pool reads each plane with row stride wp)."""
+    n, oc, wp = xpad.shape[0], Wm.shape[0], xpad.shape[3]
+    span = (oh - 1) * wp + ow
+    for t in range(lo, hi):
+        b0 = t * chunk
+        b1 = min(n, b0 + chunk)
+        cols = np.empty((Wm.shape[1], (b1 - b0) * span), dtype=xpad.dtype)
+        _im2col_wide(xpad, b0, b1, ckh, ckw, span, cols)
+        out = np.dot(Wm, cols)
+        for b in range(b0, b1):
+            for o in range(oc):
+                plane = out[o, (b - b0) * span : (b - b0 + 1) * span]
+                _relu_pool_plane(plane, wp, oh, ow, bias[o], kh, kw, psh, psw, pph, ppw,
+                                 y[b, o], argmax[b, o])  # fmt: skip
+
+
+@njit(**JIT)
 def _relu_pool_backward_body(gy, y, argmax, kh, kw, sh, sw, ph, pw, gz, lo, hi):
     """Task p = plane (b, ch): gz[b, ch] = 0, then gz[b, ch, i*sh + u - ph, j*sw + v - pw] +=
     gy[b, ch, i, j] where y[b, ch, i, j] > 0 and u*kw + v = argmax[b, ch, i, j]."""
@@ -199,6 +220,11 @@ def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_str
     if c * ckh * ckw <= DIRECT_MAX_K:
         args = (_padded(x, ph, pw), _c(W), bias, sh, sw, oh, ow, *pool, y, argmax)
         run_tasks(_fused_direct_body, n * oc, *args)
+    elif sh == 1 and sw == 1:
+        single_threaded_inner_blas()
+        chunk = _chunk(n, c * ckh * ckw * oh * ow)
+        args = (_padded(x, ph, pw), _c(W).reshape(oc, -1), bias, ckh, ckw, oh, ow, chunk)
+        run_tasks(_fused_wide_body, -(-n // chunk), *args, *pool, y, argmax)
     else:
         single_threaded_inner_blas()
         chunk = _chunk(n, c * ckh * ckw * oh * ow)
