@@ -25,14 +25,14 @@ KERNEL_NAMES: dict[str, str] = {
     "sgd_update": "in place: p, g, velocity; PyTorch's SGD rule (momentum, nesterov, weight decay)",
     "adam_update": "in place: p, g, m, v; PyTorch's Adam rule (L2 weight decay, bias correction)",
     "conv2d_relu_max_pool2d_forward": "x, W, b|None -> (y, argmax int32) of max_pool2d(relu(conv2d))",
-    "relu_max_pool2d_backward": "gy, y, argmax -> gz (conv output's shape) = pool backward of gy*(y>0)",
+    "conv2d_relu_max_pool2d_backward": "gy, y, argmax, x, W, ..., need_gx -> (gx|None, gW, gb)",
 }
 
 # Fused kernels whose GPU flavours take the xp-generic numpy_cpu version (numpy_cpu.GENERIC) by
 # design: they exist to save CPU memory passes. The GPU runners exclude them from "every kernel has
 # its own launcher"; tests/kernels/test_parity.py still checks them on every flavour and device.
 GENERIC_ON_GPU: frozenset[str] = frozenset(
-    {"conv2d_relu_max_pool2d_forward", "relu_max_pool2d_backward"}
+    {"conv2d_relu_max_pool2d_forward", "conv2d_relu_max_pool2d_backward"}
 )
 
 

@@ -29,21 +29,12 @@ class ConvReLUPool2dFn(Function):
         # z = conv(x) + b, y = pool(relu(z)): dy/dz routes gy to each window's argmax where
         # y > 0; then the conv's own backward: gx = conv^T(gz, W), gW = gz (x) im2col(x),
         # gb = sum gz = sum of gy over the windows with y > 0 (each routes to one z)
-        n, oc = self.y.shape[:2]
-        oh = (self.x.shape[2] + 2 * self.conv[1][0] - self.W.shape[2]) // self.conv[0][0] + 1
-        ow = (self.x.shape[3] + 2 * self.conv[1][1] - self.W.shape[3]) // self.conv[0][1] + 1
-        gz = self.k.relu_max_pool2d_backward(gy, self.y, self.argmax, (n, oc, oh, ow), *self.pool)
-        gx = gW = None
-        if self.needs_grad[0]:
-            gx = self.k.conv2d_backward_input(gz, self.W, self.x.shape, *self.conv)
-        if self.needs_grad[1]:
-            gW = self.k.conv2d_backward_weight(gz, self.x, self.W.shape[2:], *self.conv)
+        gx, gW, gb = self.k.conv2d_relu_max_pool2d_backward(
+            gy, self.y, self.argmax, self.x, self.W, *self.conv, *self.pool, self.needs_grad[0]
+        )
         if len(self.needs_grad) == 2:
-            return gx, gW
-        gb = None
-        if self.needs_grad[2]:
-            gb = self.xp.where(self.y > 0, gy, 0).sum(axis=(0, 2, 3)).astype(gy.dtype)
-        return gx, gW, gb
+            return gx, (gW if self.needs_grad[1] else None)
+        return gx, (gW if self.needs_grad[1] else None), (gb if self.needs_grad[2] else None)
 
 
 def conv2d_relu_max_pool2d(x, W, b=None, stride=1, padding=0, pool_size=2, pool_stride=None,

@@ -15,7 +15,7 @@ from .elementwise import (
     softmax_cross_entropy_backward,
     softmax_cross_entropy_forward,
 )
-from .fused import conv2d_relu_max_pool2d_forward, relu_max_pool2d_backward
+from .fused import conv2d_relu_max_pool2d_backward, conv2d_relu_max_pool2d_forward
 from .optim import adam_update, sgd_update
 from .pool import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
 
@@ -36,7 +36,7 @@ OWN = {
     "sgd_update": sgd_update,
     "adam_update": adam_update,
     "conv2d_relu_max_pool2d_forward": conv2d_relu_max_pool2d_forward,
-    "relu_max_pool2d_backward": relu_max_pool2d_backward,
+    "conv2d_relu_max_pool2d_backward": conv2d_relu_max_pool2d_backward,
 }
 
 KERNELS = build_table("numba_cpu", {**numpy_cpu.KERNELS, **OWN})

@@ -321,7 +321,7 @@ def _wide_grad_input_body(gy, WmT, kh, kw, ph, pw, chunk, gx, lo, hi):
     """Stride-1 gx per chunk: gcols = WmT @ gy_wide, then the adjoint of _im2col_wide into a
     zeroed padded plane buffer (contiguous runs of span), whose interior is copied to gx."""
     n, oc, oh, ow = gy.shape
-    c, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
+    h, w = gx.shape[2], gx.shape[3]
     hp, wp = h + 2 * ph, w + 2 * pw
     span = (oh - 1) * wp + ow
     buf = np.empty(hp * wp, dtype=gx.dtype)  # one padded input plane
@@ -329,17 +329,26 @@ def _wide_grad_input_body(gy, WmT, kh, kw, ph, pw, chunk, gx, lo, hi):
         b0 = t * chunk
         b1 = min(n, b0 + chunk)
         gcols = np.dot(WmT, _gy_wide(gy, b0, b1, wp, span))  # (c*kh*kw, (b1 - b0)*span)
-        for b in range(b0, b1):
-            for ch in range(c):
-                buf[:] = 0
-                for u in range(kh):
-                    for v in range(kw):
-                        src = gcols[(ch * kh + u) * kw + v, (b - b0) * span : (b - b0 + 1) * span]
-                        dst = buf[u * wp + v : u * wp + v + span]
-                        for q in range(span):
-                            dst[q] += src[q]
-                for yy in range(h):  # drop the padding
-                    gx[b, ch, yy] = buf[(yy + ph) * wp + pw : (yy + ph) * wp + pw + w]
+        _col2im_wide(gcols, b0, b1, kh, kw, ph, pw, span, buf, gx)
+
+
+@njit(**JIT)
+def _col2im_wide(gcols, b0, b1, kh, kw, ph, pw, span, buf, gx):
+    """Adjoint of _im2col_wide into gx[b0:b1] (n, c, h, w): each plane is accumulated in the
+    padded buffer buf (hp*wp, zeroed here) by contiguous runs, then its interior copied out."""
+    c, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
+    wp = w + 2 * pw
+    for b in range(b0, b1):
+        for ch in range(c):
+            buf[:] = 0
+            for u in range(kh):
+                for v in range(kw):
+                    src = gcols[(ch * kh + u) * kw + v, (b - b0) * span : (b - b0 + 1) * span]
+                    dst = buf[u * wp + v : u * wp + v + span]
+                    for q in range(span):
+                        dst[q] += src[q]
+            for yy in range(h):  # drop the padding
+                gx[b, ch, yy] = buf[(yy + ph) * wp + pw : (yy + ph) * wp + pw + w]
 
 
 @njit(**JIT)

@@ -25,11 +25,14 @@ from .conv import (
     DIRECT_MAX_K,
     _c,
     _chunk,
+    _col2im_wide,
     _direct_plane,
     _im2col_t,
     _im2col_wide,
     _jrange,
     _padded,
+    conv2d_backward_input,
+    conv2d_backward_weight,
     single_threaded_inner_blas,
 )
 
@@ -165,44 +168,96 @@ def _fused_wide_body(xpad, Wm, bias, ckh, ckw, oh, ow, chunk, kh, kw, psh, psw, 
 
 
 @njit(**JIT)
-def _relu_pool_backward_body(gy, y, argmax, kh, kw, sh, sw, ph, pw, gz, lo, hi):
-    """Task p = plane (b, ch): gz[b, ch] = 0, then gz[b, ch, i*sh + u - ph, j*sw + v - pw] +=
-    gy[b, ch, i, j] where y[b, ch, i, j] > 0 and u*kw + v = argmax[b, ch, i, j]."""
-    c, oh, ow = gz.shape[1], gz.shape[2], gz.shape[3]
-    qh, qw = gy.shape[2], gy.shape[3]
-    fast = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
-    for p in range(lo, hi):
-        b, ch = p // c, p % c
-        if fast:
-            _relu_pool_backward_2x2(gy[b, ch], y[b, ch], argmax[b, ch], gz[b, ch])
-            continue
-        g = gz[b, ch].reshape(oh * ow)
-        g[:] = 0  # zeroed while in cache: no separate zero-fill pass
+def _scatter_windows(gy, y, argmax, kh, kw, sh, sw, ph, pw, dst, rs):
+    """dst[r*rs + col] += gy[i, j] for every window (i, j) of one plane with y[i, j] > 0, where
+    (r, col) is the conv pixel of its argmax tap u*kw + v: r = i*sh + u - ph, col = j*sw + v - pw.
+    dst is a flat plane with row stride rs, zero on entry (the caller's)."""
+    qh, qw = gy.shape
+    if kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0:
         for i in range(qh):
+            gr, yr, ar = gy[i], y[i], argmax[i]
             for j in range(qw):
-                if y[b, ch, i, j] > 0:  # the ReLU passed the window's maximum
-                    a = argmax[b, ch, i, j]
-                    r = i * sh + a // kw - ph  # the winning tap's conv row
-                    col = j * sw + a % kw - pw  # and column
-                    g[r * ow + col] += gy[b, ch, i, j]
+                a = ar[j]
+                # every window stores (0 where the ReLU blocked it): no data-dependent branch;
+                # 2x2 stride-2 windows never share a pixel, so no store overwrites another's.
+                # Bit operations: an integer division per window cost more than the store.
+                dst[(2 * i + (a >> 1)) * rs + 2 * j + (a & 1)] = gr[j] if yr[j] > 0 else 0
+        return
+    for i in range(qh):
+        for j in range(qw):
+            if y[i, j] > 0:  # the ReLU passed the window's maximum
+                a = argmax[i, j]
+                r = i * sh + a // kw - ph  # the winning tap's conv row
+                col = j * sw + a % kw - pw  # and column
+                dst[r * rs + col] += gy[i, j]
 
 
 @njit(**JIT)
-def _relu_pool_backward_2x2(gy, y, argmax, gz):
-    """One plane of _relu_pool_backward_body for 2x2 windows, stride 2, no padding: the plane is
-    zeroed while in cache, then each passed window writes its gradient to conv row 2i + a // 2,
-    column 2j + a % 2 (bit operations: an integer division per element cost more than the copy)."""
-    qh, qw = gy.shape
-    oh, ow = gz.shape
-    g = gz.reshape(oh * ow)
-    g[:] = 0
-    for i in range(qh):
-        gr, yr, ar = gy[i], y[i], argmax[i]
-        for j in range(qw):
-            a = ar[j]
-            # every window stores (0 where the ReLU blocked it): no data-dependent branch, and
-            # 2x2 stride-2 windows never share a tap, so no store overwrites another's
-            g[(2 * i + (a >> 1)) * ow + 2 * j + (a & 1)] = gr[j] if yr[j] > 0 else 0
+def _relu_pool_backward_body(gy, y, argmax, kh, kw, sh, sw, ph, pw, gz, lo, hi):
+    """Task p = plane (b, ch): gz[b, ch] = 0 (while in cache: no separate zero-fill pass), then
+    the windows' gradients scattered in (_scatter_windows)."""
+    c, oh, ow = gz.shape[1], gz.shape[2], gz.shape[3]
+    for p in range(lo, hi):
+        b, ch = p // c, p % c
+        g = gz[b, ch].reshape(oh * ow)
+        g[:] = 0
+        _scatter_windows(gy[b, ch], y[b, ch], argmax[b, ch], kh, kw, sh, sw, ph, pw, g, ow)
+
+
+@njit(**JIT)
+def _fused_direct_grad_weight_body(gy, y, argmax, xpad, oh, ow, kh, kw, sh, sw, ph, pw, gW, lo, hi):
+    """Stride-1 conv, small c*kh*kw: gW[o, ch, u, v] = sum_{b,q} g[q] * xpad[b, ch].flat[q + u*wp
+    + v], with g the conv-output gradient of plane (b, o) in wide rows (row stride wp), rebuilt
+    from the pooled windows in a cache-resident buffer: the full-size gradient never exists.
+    Task o in [lo, hi); per-lane partial sums as _conv_direct_grad_weight_body."""
+    n = gy.shape[0]
+    c, ckh, ckw = gW.shape[1], gW.shape[2], gW.shape[3]
+    hp, wp = xpad.shape[2], xpad.shape[3]
+    span = (oh - 1) * wp + ow
+    g = np.empty(span, dtype=gW.dtype)
+    for o in range(lo, hi):
+        acc = np.zeros((c, ckh, ckw, span), dtype=gW.dtype)
+        for b in range(n):
+            g[:] = 0
+            _scatter_windows(gy[b, o], y[b, o], argmax[b, o], kh, kw, sh, sw, ph, pw, g, wp)
+            for ch in range(c):
+                xf = xpad[b, ch].reshape(hp * wp)
+                for u in range(ckh):
+                    for v in range(ckw):
+                        a = acc[ch, u, v]
+                        xs = xf[u * wp + v : u * wp + v + span]
+                        for q in range(span):
+                            a[q] += g[q] * xs[q]
+        for ch in range(c):
+            for u in range(ckh):
+                for v in range(ckw):
+                    gW[o, ch, u, v] = acc[ch, u, v].sum()
+
+
+@njit(**JIT)
+def _fused_wide_grad_body(gy, y, argmax, xpad, WmT, ckh, ckw, oh, ow, ph, pw, chunk, kh, kw, sh,
+                          sw, pph, ppw, need_gx, partial, gx, lo, hi):  # fmt: skip
+    """Stride-1 conv, GEMM path, per chunk t of images: the conv-output gradient in the wide
+    layout g (oc, chunk*span) is built straight from the pooled windows, then partial[t] =
+    g @ cols^T (the caller sums over t) and, if need_gx, gx = col2im_wide(WmT @ g)."""
+    n, oc = gy.shape[0], gy.shape[1]
+    hp, wp = xpad.shape[2], xpad.shape[3]
+    ckk = WmT.shape[0]
+    span = (oh - 1) * wp + ow
+    buf = np.empty(hp * wp, dtype=gy.dtype)
+    for t in range(lo, hi):
+        b0 = t * chunk
+        b1 = min(n, b0 + chunk)
+        g = np.zeros((oc, (b1 - b0) * span), dtype=gy.dtype)
+        for b in range(b0, b1):
+            for o in range(oc):
+                dst = g[o, (b - b0) * span : (b - b0 + 1) * span]
+                _scatter_windows(gy[b, o], y[b, o], argmax[b, o], kh, kw, sh, sw, pph, ppw, dst, wp)
+        cols = np.empty((ckk, (b1 - b0) * span), dtype=gy.dtype)
+        _im2col_wide(xpad, b0, b1, ckh, ckw, span, cols)
+        partial[t] = np.dot(g, cols.T)
+        if need_gx:
+            _col2im_wide(np.dot(WmT, g), b0, b1, ckh, ckw, ph, pw, span, buf, gx)
 
 
 def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_stride, pool_padding):
@@ -239,3 +294,38 @@ def relu_max_pool2d_backward(gy, y, argmax, conv_shape, pool_size, pool_stride, 
     args = (_c(gy), _c(y), _c(argmax), *pool_size, *pool_stride, *pool_padding, gz)
     run_tasks(_relu_pool_backward_body, conv_shape[0] * conv_shape[1], *args)
     return gz
+
+
+def conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding, pool_size, pool_stride,
+                                    pool_padding, need_gx):  # fmt: skip
+    """See kernels.numpy_cpu.fused.conv2d_relu_max_pool2d_backward: (gx or None, gW, gb).
+    Stride-1 convs never build the full conv-output gradient (direct path without gx: per plane
+    in cache; GEMM path: per chunk, in the wide layout); other geometries compose this flavour's
+    own kernels."""
+    (sh, sw), (ph, pw) = stride, padding
+    oc, c, ckh, ckw = W.shape
+    n, _, h, w = x.shape
+    oh, ow = out_size(h, ckh, sh, ph), out_size(w, ckw, sw, pw)
+    gy, y, argmax = _c(gy), _c(y), _c(argmax)
+    gb = np.where(y > 0, gy, 0).sum(axis=(0, 2, 3)).astype(gy.dtype)
+    pool = (*pool_size, *pool_stride, *pool_padding)
+    direct = c * ckh * ckw <= DIRECT_MAX_K
+    if sh == 1 and sw == 1 and direct and not need_gx:
+        gW = np.empty(W.shape, dtype=gy.dtype)
+        args = (gy, y, argmax, _padded(x, ph, pw), oh, ow, *pool, gW)
+        run_tasks(_fused_direct_grad_weight_body, oc, *args)
+        return None, gW, gb
+    if sh == 1 and sw == 1 and not direct:
+        single_threaded_inner_blas()
+        chunk = _chunk(n, c * ckh * ckw * oh * ow)
+        partial = np.empty((-(-n // chunk), oc, c * ckh * ckw), dtype=gy.dtype)
+        gx = np.empty(x.shape if need_gx else (0, c, h, w), dtype=gy.dtype)
+        WmT = _c(W.reshape(oc, -1).T)
+        xpad = _padded(x, ph, pw)
+        args = (gy, y, argmax, xpad, WmT, ckh, ckw, oh, ow, ph, pw, chunk, *pool, need_gx)
+        run_tasks(_fused_wide_grad_body, partial.shape[0], *args, partial, gx)
+        return (gx if need_gx else None), partial.sum(axis=0).reshape(W.shape), gb
+    gz = relu_max_pool2d_backward(gy, y, argmax, (n, oc, oh, ow), pool_size, pool_stride,
+                                  pool_padding)  # fmt: skip
+    gx = conv2d_backward_input(gz, W, x.shape, stride, padding) if need_gx else None
+    return gx, conv2d_backward_weight(gz, x, W.shape[2:], stride, padding), gb

@@ -7,8 +7,8 @@ y = 0 and argmax = its first tap (the tie rule of max_pool2d_forward). Written a
 
 from __future__ import annotations
 
-from ._xp import array_module
-from .conv import conv2d_forward
+from ._xp import array_module, out_size
+from .conv import conv2d_backward_input, conv2d_backward_weight, conv2d_forward
 from .elementwise import relu_forward
 from .pool import max_pool2d_backward, max_pool2d_forward
 
@@ -27,3 +27,20 @@ def relu_max_pool2d_backward(gy, y, argmax, conv_shape, pool_size, pool_stride, 
     xp = array_module(gy)
     g = xp.where(y > 0, gy, 0)
     return max_pool2d_backward(g, argmax, conv_shape, pool_size, pool_stride, pool_padding)
+
+
+def conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding, pool_size, pool_stride,
+                                    pool_padding, need_gx):  # fmt: skip
+    """The fused layer's backward: gy (n, oc, qh, qw), y and argmax from the forward, x, W ->
+    (gx (n, c, h, w) or None when not need_gx, gW (oc, c, kh, kw), gb (oc,)). gz = the gradient
+    w.r.t. the conv output (relu_max_pool2d_backward); gx, gW are the conv's backward of gz, and
+    gb = sum of gz = sum of gy over the windows with y > 0 (each routes to one conv pixel)."""
+    xp = array_module(gy)
+    oh = out_size(x.shape[2], W.shape[2], stride[0], padding[0])
+    ow = out_size(x.shape[3], W.shape[3], stride[1], padding[1])
+    conv_shape = (y.shape[0], y.shape[1], oh, ow)
+    gz = relu_max_pool2d_backward(gy, y, argmax, conv_shape, pool_size, pool_stride, pool_padding)
+    gx = conv2d_backward_input(gz, W, x.shape, stride, padding) if need_gx else None
+    gW = conv2d_backward_weight(gz, x, W.shape[2:], stride, padding)
+    gb = xp.where(y > 0, gy, 0).sum(axis=(0, 2, 3)).astype(gy.dtype)
+    return gx, gW, gb

@@ -186,7 +186,8 @@ def _fused_cases():
     """Inputs chosen so that many windows rectify to all zeros (the ReLU/pool tie rule)."""
     from kernels.numpy_cpu import fused
 
-    cases = {"conv2d_relu_max_pool2d_forward": [], "relu_max_pool2d_backward": []}
+    BWD = "conv2d_relu_max_pool2d_backward"
+    cases = {"conv2d_relu_max_pool2d_forward": [], BWD: []}
     geometry = {label: (xs, ws, s, p) for label, xs, ws, s, p in CONV}
     for label, pk, ps, pp in FUSED:
         xs, ws, s, p = geometry[label]
@@ -197,15 +198,15 @@ def _fused_cases():
             b = _normal(r, ws[0], d) - 1.0 if bias else None  # a negative bias: many zero windows
             return (_normal(r, xs, d), _normal(r, ws, d), b, s, p, *pool)
 
-        def backward(r, d, forward=forward):
+        def backward(r, d, forward=forward, need_gx=False):
             x, W, b, s, p, *pool = forward(r, np.float64)
             y, argmax = fused.conv2d_relu_max_pool2d_forward(x, W, b, s, p, *pool)
-            conv_shape = (x.shape[0], W.shape[0], *out_hw(*x.shape[2:], W.shape[2:], s, p))
             gy = _normal(r, y.shape, d)
-            return (gy, y.astype(d), argmax, conv_shape, *pool)
+            return (gy, y.astype(d), argmax, x.astype(d), W.astype(d), s, p, *pool, need_gx)
 
         cases["conv2d_relu_max_pool2d_forward"].append((label, forward))
-        cases["relu_max_pool2d_backward"].append((label, backward))
+        cases[BWD].append((label, backward))
+        cases[BWD].append((f"{label}_gx", lambda r, d, f=backward: f(r, d, need_gx=True)))
     cases["conv2d_relu_max_pool2d_forward"].append(
         ("no_bias", lambda r, d: (_normal(r, (2, 3, 9, 8), d), _normal(r, (4, 3, 3, 3), d), None,
                                   (1, 1), (0, 0), (2, 2), (2, 2), (0, 0)))
