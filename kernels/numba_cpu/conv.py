@@ -32,6 +32,24 @@ CHUNK_ELEMS = 1 << 17  # elements of one GEMM task's columns: 512 KiB in float32
 
 
 # ---------------------------------------------------------------- bodies ----
+# Array-to-array slice assignment (`a[i:j] = b[k]`) costs Numba ~1.5 s of compilation per
+# signature (measured; the cold first step has a 10 s budget), a loop ~0.05 s: so copies are
+# loops, through these two helpers. Scalar fills (`a[:] = 0`) are cheap and stay.
+@njit(**JIT)
+def _copy(dst, src):
+    """dst[k] = src[k] for 1-D arrays of equal length."""
+    for k in range(dst.shape[0]):
+        dst[k] = src[k]
+
+
+@njit(**JIT)
+def _copy2d(dst, src):
+    """dst[r, k] = src[r, k] for 2-D arrays of equal shape (any layouts)."""
+    for r in range(dst.shape[0]):
+        for k in range(dst.shape[1]):
+            dst[r, k] = src[r, k]
+
+
 @njit(**JIT)
 def _pad_body(x, ph, pw, xpad):
     """xpad[b, ch, ph + y, pw + x] = x[b, ch, y, x]; the border of xpad is set to 0."""
@@ -114,7 +132,7 @@ def _conv_direct_grad_weight_body(gy, xpad, sh, sw, gW, lo, hi):
         for b in range(n):
             if wide:
                 for i in range(oh):
-                    g[i * wp : i * wp + ow] = gy[b, o, i]  # columns ow..wp-1 stay zero
+                    _copy(g[i * wp : i * wp + ow], gy[b, o, i])  # columns ow..wp-1 stay zero
                 for ch in range(c):
                     xf = xpad[b, ch].reshape(hp * wp)
                     for u in range(kh):
@@ -204,7 +222,7 @@ def _gy_t(gy, b0, b1):
     out = np.empty((oc, (b1 - b0) * npix), dtype=gy.dtype)
     for o in range(oc):
         for b in range(b0, b1):
-            out[o, (b - b0) * npix : (b - b0 + 1) * npix] = gy[b, o]
+            _copy(out[o, (b - b0) * npix : (b - b0 + 1) * npix], gy[b, o])
     return out
 
 
@@ -255,7 +273,7 @@ def _gemm_grad_weight_body(gy, x, kh, kw, sh, sw, ph, pw, chunk, partial, lo, hi
         b1 = min(n, b0 + chunk)
         cols = np.empty((partial.shape[2], (b1 - b0) * oh * ow), dtype=x.dtype)
         _im2col_t(x, b0, b1, kh, kw, sh, sw, ph, pw, oh, ow, cols)
-        partial[t] = np.dot(_gy_t(gy3, b0, b1), cols.T)
+        _copy2d(partial[t], np.dot(_gy_t(gy3, b0, b1), cols.T))
 
 
 # ---- stride 1: "wide" GEMM layout (see _direct_plane) ----
@@ -291,7 +309,7 @@ def _gy_wide(gy, b0, b1, wp, span):
     for o in range(oc):
         for b in range(b0, b1):
             for i in range(oh):
-                g[o, (b - b0) * span + i * wp : (b - b0) * span + i * wp + ow] = gy[b, o, i]
+                _copy(g[o, (b - b0) * span + i * wp : (b - b0) * span + i * wp + ow], gy[b, o, i])
     return g
 
 
@@ -348,7 +366,7 @@ def _col2im_wide(gcols, b0, b1, kh, kw, ph, pw, span, buf, gx):
                     for q in range(span):
                         dst[q] += src[q]
             for yy in range(h):  # drop the padding
-                gx[b, ch, yy] = buf[(yy + ph) * wp + pw : (yy + ph) * wp + pw + w]
+                _copy(gx[b, ch, yy], buf[(yy + ph) * wp + pw : (yy + ph) * wp + pw + w])
 
 
 @njit(**JIT)
@@ -363,7 +381,7 @@ def _wide_grad_weight_body(gy, xpad, kh, kw, chunk, partial, lo, hi):
         b1 = min(n, b0 + chunk)
         cols = np.empty((partial.shape[2], (b1 - b0) * span), dtype=xpad.dtype)
         _im2col_wide(xpad, b0, b1, kh, kw, span, cols)
-        partial[t] = np.dot(_gy_wide(gy, b0, b1, wp, span), cols.T)
+        _copy2d(partial[t], np.dot(_gy_wide(gy, b0, b1, wp, span), cols.T))
 
 
 @njit(**JIT)

@@ -26,6 +26,7 @@ from .conv import (
     _c,
     _chunk,
     _col2im_wide,
+    _copy2d,
     _direct_plane,
     _im2col_t,
     _im2col_wide,
@@ -255,7 +256,7 @@ def _fused_wide_grad_body(gy, y, argmax, xpad, WmT, ckh, ckw, oh, ow, ph, pw, ch
                 _scatter_windows(gy[b, o], y[b, o], argmax[b, o], kh, kw, sh, sw, pph, ppw, dst, wp)
         cols = np.empty((ckk, (b1 - b0) * span), dtype=gy.dtype)
         _im2col_wide(xpad, b0, b1, ckh, ckw, span, cols)
-        partial[t] = np.dot(g, cols.T)
+        _copy2d(partial[t], np.dot(g, cols.T))
         if need_gx:
             _col2im_wide(np.dot(WmT, g), b0, b1, ckh, ckw, ph, pw, span, buf, gx)
 
