@@ -26,7 +26,6 @@ from .conv import (
     _c,
     _chunk,
     _col2im_wide,
-    _copy2d,
     _direct_plane,
     _im2col_t,
     _im2col_wide,
@@ -155,12 +154,16 @@ def _fused_wide_body(xpad, Wm, bias, ckh, ckw, oh, ow, chunk, kh, kw, psh, psw, 
     (padded input, one memcpy per im2col run; the pool reads each plane with row stride wp)."""
     n, oc, wp = xpad.shape[0], Wm.shape[0], xpad.shape[3]
     span = (oh - 1) * wp + ow
+    # work buffers allocated once per call, not per chunk: fresh large allocations page-fault
+    colsbuf = np.empty(Wm.shape[1] * chunk * span, dtype=xpad.dtype)
+    outbuf = np.empty(oc * chunk * span, dtype=xpad.dtype)
     for t in range(lo, hi):
         b0 = t * chunk
         b1 = min(n, b0 + chunk)
-        cols = np.empty((Wm.shape[1], (b1 - b0) * span), dtype=xpad.dtype)
+        cols = colsbuf[: Wm.shape[1] * (b1 - b0) * span].reshape(Wm.shape[1], (b1 - b0) * span)
+        out = outbuf[: oc * (b1 - b0) * span].reshape(oc, (b1 - b0) * span)
         _im2col_wide(xpad, b0, b1, ckh, ckw, span, cols)
-        out = np.dot(Wm, cols)
+        np.dot(Wm, cols, out)
         for b in range(b0, b1):
             for o in range(oc):
                 plane = out[o, (b - b0) * span : (b - b0 + 1) * span]
@@ -246,19 +249,27 @@ def _fused_wide_grad_body(gy, y, argmax, xpad, WmT, ckh, ckw, oh, ow, ph, pw, ch
     ckk = WmT.shape[0]
     span = (oh - 1) * wp + ow
     buf = np.empty(hp * wp, dtype=gy.dtype)
+    # work buffers allocated once per call, not per chunk: fresh large allocations page-fault
+    gbuf = np.empty(oc * chunk * span, dtype=gy.dtype)
+    colsbuf = np.empty(ckk * chunk * span, dtype=gy.dtype)
+    gcolsbuf = np.empty(ckk * chunk * span, dtype=gy.dtype)
     for t in range(lo, hi):
         b0 = t * chunk
         b1 = min(n, b0 + chunk)
-        g = np.zeros((oc, (b1 - b0) * span), dtype=gy.dtype)
+        m = (b1 - b0) * span
+        g = gbuf[: oc * m].reshape(oc, m)
+        g[:] = 0
         for b in range(b0, b1):
             for o in range(oc):
                 dst = g[o, (b - b0) * span : (b - b0 + 1) * span]
                 _scatter_windows(gy[b, o], y[b, o], argmax[b, o], kh, kw, sh, sw, pph, ppw, dst, wp)
-        cols = np.empty((ckk, (b1 - b0) * span), dtype=gy.dtype)
+        cols = colsbuf[: ckk * m].reshape(ckk, m)
         _im2col_wide(xpad, b0, b1, ckh, ckw, span, cols)
-        _copy2d(partial[t], np.dot(g, cols.T))
+        np.dot(g, cols.T, partial[t])
         if need_gx:
-            _col2im_wide(np.dot(WmT, g), b0, b1, ckh, ckw, ph, pw, span, buf, gx)
+            gcols = gcolsbuf[: ckk * m].reshape(ckk, m)
+            np.dot(WmT, g, gcols)
+            _col2im_wide(gcols, b0, b1, ckh, ckw, ph, pw, span, buf, gx)
 
 
 def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_stride, pool_padding):
