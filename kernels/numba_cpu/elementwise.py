@@ -20,7 +20,7 @@ def _relu_forward_body(x, y):
     """y[k] = max(x[k], 0); NaN stays NaN, as np.maximum."""
     for k in range(x.size):
         v = x[k]
-        y[k] = v if (v > 0 or v != v) else 0
+        y[k] = v if (v > 0) | (v != v) else 0  # `|`, not `or`: a select, not a branch
 
 
 @njit(**JIT)

@@ -20,12 +20,44 @@ JIT = dict(cache=True, fastmath=False, nogil=True)
 
 
 @njit(**JIT)
+def _max_2x2_plane(x, y, argmax):
+    """One plane of _max_forward_body for 2x2 windows, stride 2, no padding: window (i, j) reads
+    rows 2i, 2i + 1 and columns 2j, 2j + 1. Selects only (`|`, `&`): no data-dependent branch,
+    which on real data mispredicted (5x slower, measured on the fused kernel's twin)."""
+    oh, ow = y.shape
+    for i in range(oh):
+        x0, x1 = x[2 * i], x[2 * i + 1]
+        yr, ar = y[i], argmax[i]
+        for j in range(ow):
+            best = x0[2 * j]  # tap 0 starts the window
+            arg = 0
+            val = x0[2 * j + 1]
+            win = (val > best) | ((val != val) & (best == best))  # first max wins; NaN once
+            best = val if win else best
+            arg = 1 if win else arg
+            val = x1[2 * j]
+            win = (val > best) | ((val != val) & (best == best))
+            best = val if win else best
+            arg = 2 if win else arg
+            val = x1[2 * j + 1]
+            win = (val > best) | ((val != val) & (best == best))
+            best = val if win else best
+            arg = 3 if win else arg
+            yr[j] = best
+            ar[j] = arg
+
+
+@njit(**JIT)
 def _max_forward_body(x, kh, kw, sh, sw, ph, pw, y, argmax):
     """y[b, ch, i, j] = max over taps of x; argmax[b, ch, i, j] = its tap number u*kw + v."""
     n, c, h, w = x.shape
     oh, ow = y.shape[2], y.shape[3]
+    fast = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
     for p in range(n * c):
         b, ch = p // c, p % c  # one (image, channel) plane
+        if fast:
+            _max_2x2_plane(x[b, ch], y[b, ch], argmax[b, ch])
+            continue
         for i in range(oh):
             for j in range(ow):
                 best = x[b, ch, 0, 0]  # placeholder, replaced by the first tap inside
@@ -40,7 +72,8 @@ def _max_forward_body(x, kh, kw, sh, sw, ph, pw, y, argmax):
                             continue
                         val = x[b, ch, yy, xx]
                         # strict '>' keeps the first maximum; a NaN replaces a number, once
-                        if arg < 0 or val > best or (val != val and best == best):
+                        # (`|`/`&` rather than `or`/`and`: selects, not mispredicted branches)
+                        if (arg < 0) | (val > best) | ((val != val) & (best == best)):
                             best, arg = val, u * kw + v
                 y[b, ch, i, j] = best
                 argmax[b, ch, i, j] = arg
