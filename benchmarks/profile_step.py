@@ -22,13 +22,17 @@ from engine.function import Function
 _totals: dict[str, float] = defaultdict(float)
 
 
-def _timed(label: str, fn):
+def _timed(label: str, fn, by_shape: bool = False):
+    """fn wrapped to add its wall time to _totals[label] (label + the first argument's shape
+    when by_shape: kernels are told apart per layer)."""
+
     def wrapper(*args, **kwargs):
         t0 = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            _totals[label] += time.perf_counter() - t0
+            key = f"{label} {tuple(args[0].shape)}" if by_shape and args else label
+            _totals[key] += time.perf_counter() - t0
 
     return wrapper
 
@@ -38,7 +42,7 @@ def _instrument(flavour: str) -> None:
     with backend.use_kernels(flavour):
         k = backend.backend_for("cpu").k
     for name, fn in list(vars(k).items()):
-        setattr(k, name, _timed(f"kernel {name}", fn))
+        setattr(k, name, _timed(f"kernel {name}", fn, by_shape=True))
     stack = list(Function.__subclasses__())
     while stack:
         cls = stack.pop()
