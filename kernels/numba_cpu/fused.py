@@ -243,7 +243,8 @@ def _fused_wide_grad_body(gy, y, argmax, xpad, WmT, ckh, ckw, oh, ow, ph, pw, ch
                           sw, pph, ppw, need_gx, partial, gx, lo, hi):  # fmt: skip
     """Stride-1 conv, GEMM path, per chunk t of images: the conv-output gradient in the wide
     layout g (oc, chunk*span) is built straight from the pooled windows, then partial[t] =
-    g @ cols^T (the caller sums over t) and, if need_gx, gx = col2im_wide(WmT @ g)."""
+    cols @ g^T = gW^T of the chunk (the caller sums over t) and, if need_gx, gx =
+    col2im_wide(WmT @ g)."""
     n, oc = gy.shape[0], gy.shape[1]
     hp, wp = xpad.shape[2], xpad.shape[3]
     ckk = WmT.shape[0]
@@ -265,7 +266,7 @@ def _fused_wide_grad_body(gy, y, argmax, xpad, WmT, ckh, ckw, oh, ow, ph, pw, ch
                 _scatter_windows(gy[b, o], y[b, o], argmax[b, o], kh, kw, sh, sw, pph, ppw, dst, wp)
         cols = colsbuf[: ckk * m].reshape(ckk, m)
         _im2col_wide(xpad, b0, b1, ckh, ckw, span, cols)
-        np.dot(g, cols.T, partial[t])
+        np.dot(cols, g.T, partial[t])  # gW^T: 30-40% faster in OpenBLAS than g @ cols.T
         if need_gx:
             gcols = gcolsbuf[: ckk * m].reshape(ckk, m)
             np.dot(WmT, g, gcols)
@@ -330,13 +331,14 @@ def conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding, pool_s
     if sh == 1 and sw == 1 and not direct:
         single_threaded_inner_blas()
         chunk = _chunk(n, c * ckh * ckw * oh * ow)
-        partial = np.empty((-(-n // chunk), oc, c * ckh * ckw), dtype=gy.dtype)
+        partial = np.empty((-(-n // chunk), c * ckh * ckw, oc), dtype=gy.dtype)  # gW^T per chunk
         gx = np.empty(x.shape if need_gx else (0, c, h, w), dtype=gy.dtype)
         WmT = _c(W.reshape(oc, -1).T)
         xpad = _padded(x, ph, pw)
         args = (gy, y, argmax, xpad, WmT, ckh, ckw, oh, ow, ph, pw, chunk, *pool, need_gx)
         run_tasks(_fused_wide_grad_body, partial.shape[0], *args, partial, gx)
-        return (gx if need_gx else None), partial.sum(axis=0).reshape(W.shape), gb
+        gW = np.ascontiguousarray(partial.sum(axis=0).T).reshape(W.shape)
+        return (gx if need_gx else None), gW, gb
     gz = relu_max_pool2d_backward(gy, y, argmax, (n, oc, oh, ow), pool_size, pool_stride,
                                   pool_padding)  # fmt: skip
     gx = conv2d_backward_input(gz, W, x.shape, stride, padding) if need_gx else None
