@@ -1,14 +1,19 @@
 """Convolution kernels compiled by Numba: a direct loop for thin inputs, im2col + BLAS GEMM otherwise.
 
 Why two paths (measured on the seed CNN, 2 cores, float32, batch 256; benchmarks/README.md):
-- conv1 (c*kh*kw = 9): a GEMM with K = 9 runs far below the BLAS ceiling, and im2col + the
-  (rows -> NCHW) transpose move 3x the output's bytes. The direct loop writes each output once,
-  with the inner loop a vectorised axpy along the output row: it is several times faster.
-- conv2 (c*kh*kw = 288): the GEMM is where the FLOPs are, and OpenBLAS runs it near its ceiling;
-  the direct loop cannot vectorise its reduction without fastmath. So: im2col in Numba (parallel
-  over images), the product by np.dot outside Numba (one large BLAS call, both cores), then a Numba
-  epilogue that adds the bias while transposing rows (n*oh*ow, oc) to NCHW.
+- conv1 (c*kh*kw = 9): a GEMM with K = 9 runs far below the BLAS ceiling, and im2col moves 9x the
+  input's bytes. The direct loop (_direct_plane) computes one output plane in a cache-resident
+  buffer with one long vectorised axpy per tap over "wide rows" (stride 1).
+- conv2 (c*kh*kw = 288): the GEMM is where the FLOPs are. Per chunk of images (run_tasks, one
+  task per chunk, BLAS on one thread inside Numba): im2col into K-major columns, one GEMM, and an
+  epilogue that writes NCHW directly. For stride 1 the columns use the "wide" layout (one memcpy
+  per run, see _im2col_wide), which made im2col/col2im cheap next to the GEMM.
 `DIRECT_MAX_K` is the switch between the two.
+
+Numba habits that the timings forced (each measured on these kernels): index arrays through
+slices so every index is provably >= 0 (an `a[q + off]` with a signed offset blocks vectorisation:
+8x); `|`/`&` instead of `or`/`and` in per-element conditions (short-circuits become mispredicted
+branches: 5x); loops instead of array-to-array slice assignments (1.5 s of compilation each).
 
 Index conventions (shared by every body below): x (n, c, h, w), W (oc, c, kh, kw), y (n, oc, oh, ow),
 oh = (h + 2 ph - kh) // sh + 1. Output pixel (i, j), tap (u, v) reads input row i*sh + u - ph and
