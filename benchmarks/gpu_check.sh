@@ -29,6 +29,9 @@ fi
 OUT="${OUT:-/tmp/medgrad-gpu-check}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+# tiny test shapes launch small grids on purpose: Numba's low-occupancy performance warning would
+# become an error under the suite's filterwarnings=error
+export NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS=0
 
 if compgen -G ".whl/*.whl" >/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -54,13 +57,13 @@ EOF
 
 echo "== pytest -m gpu"
 # numba-cuda on the image warns (DeprecationWarning) at import; the suite turns warnings into errors
-timeout 300 "$PY" -m pytest -m gpu tests -q -p no:cacheprovider --continue-on-collection-errors \
+timeout 260 "$PY" -m pytest -m gpu tests -q -p no:cacheprovider --continue-on-collection-errors \
     -W "ignore::DeprecationWarning" \
     --junitxml="$OUT/gpu-tests.xml" 2>&1 | tee "$OUT/gpu-tests.log"
 tests_rc=${PIPESTATUS[0]}
 
 echo "== benchmarks"
-timeout 200 "$PY" -m benchmarks.bench_cuda --csv "$OUT/bench_cuda.csv" 2>&1 | tee "$OUT/bench_cuda.log"
+timeout 180 "$PY" -m benchmarks.bench_cuda --csv "$OUT/bench_cuda.csv" 2>&1 | tee "$OUT/bench_cuda.log"
 bench_rc=${PIPESTATUS[0]}
 
 echo "== summary"

@@ -18,6 +18,7 @@ from engine.ops.elementwise import (
     sub,
     tanh,
 )
+from engine.ops.fused import conv2d_relu_max_pool2d
 from engine.ops.linalg import linear, matmul
 from engine.ops.loss import (
     binary_cross_entropy,
@@ -33,7 +34,7 @@ from engine.ops.shape import flatten, getitem, reshape, transpose
 
 __all__ = [
     "add", "avg_pool2d", "binary_cross_entropy", "binary_cross_entropy_with_logits", "cast",
-    "conv2d", "div", "dropout", "exp", "flatten", "getitem", "linear", "log", "log_softmax",
+    "conv2d", "conv2d_relu_max_pool2d", "div", "dropout", "exp", "flatten", "getitem", "linear", "log", "log_softmax",
     "matmul", "max_pool2d", "mean", "mse_loss", "mul", "neg", "pow", "relu", "reshape", "sigmoid",
     "softmax", "softmax_cross_entropy", "sub", "sum", "tanh", "transpose",
 ]  # fmt: skip
