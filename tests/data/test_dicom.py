@@ -342,8 +342,11 @@ def test_unexpected_exception_is_mapped_with_its_type(monkeypatch):
 
 @pytest.mark.parametrize(
     "compressed,plain",
-    [("MR_small_jp2klossless.dcm", "MR_small.dcm"), ("MR2_J2KR.dcm", "MR2_UNCR.dcm"),
-     ("emri_small_jpeg_ls_lossless.dcm", "emri_small.dcm")],  # fmt: skip
+    [
+        ("MR_small_jp2klossless.dcm", "MR_small.dcm"),
+        ("MR2_J2KR.dcm", "MR2_UNCR.dcm"),
+        ("emri_small_jpeg_ls_lossless.dcm", "emri_small.dcm"),
+    ],  # fmt: skip
 )
 def test_lossless_compressed_equals_uncompressed_when_a_decoder_is_installed(compressed, plain):
     """With the dicom-codecs extra (or Pillow for JPEG 2000) lossless files decode bit-exactly."""
@@ -354,7 +357,9 @@ def test_lossless_compressed_equals_uncompressed_when_a_decoder_is_installed(com
         pytest.skip("needs the pydicom-data files")
     tsyntax = pydicom.dcmread(paths[0], stop_before_pixels=True).file_meta.TransferSyntaxUID
     if not get_decoder(tsyntax).is_available:
-        pytest.skip(f"no decoder for {tsyntax.name} installed (pip install 'medgrad[dicom-codecs]')")
+        pytest.skip(
+            f"no decoder for {tsyntax.name} installed (pip install 'medgrad[dicom-codecs]')"
+        )
     np.testing.assert_array_equal(read_image(paths[0])[0], read_image(paths[1])[0])
 
 

@@ -43,6 +43,7 @@ def test_order_is_a_function_of_seed_and_epoch():
     first_a, first_b = _collect(a), _collect(b)
     for (xa, ya), (xb, yb) in zip(first_a, first_b, strict=True):
         np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
     second = _collect(a)  # epoch 2 is shuffled differently
     assert not np.array_equal(first_a[0][0], second[0][0])
     a.set_epoch(0)
