@@ -28,12 +28,11 @@ KERNEL_NAMES: dict[str, str] = {
     "conv2d_relu_max_pool2d_backward": "gy, y, argmax, x, W, ..., need_gx -> (gx|None, gW, gb)",
 }
 
-# Fused kernels whose GPU flavours take the xp-generic numpy_cpu version (numpy_cpu.GENERIC) by
-# design: they exist to save CPU memory passes. The GPU runners exclude them from "every kernel has
-# its own launcher"; tests/kernels/test_parity.py still checks them on every flavour and device.
-GENERIC_ON_GPU: frozenset[str] = frozenset(
-    {"conv2d_relu_max_pool2d_forward", "conv2d_relu_max_pool2d_backward"}
-)
+# Kernels whose GPU flavours take the xp-generic numpy_cpu version (numpy_cpu.GENERIC) by design;
+# the GPU runners exclude them from "every kernel has its own launcher". Empty since the fused
+# conv2d_relu_max_pool2d kernels got their own cupy_cuda and numba_cuda launchers (the generic
+# composition cost 13-18 launches and full-size intermediates per layer on a GPU).
+GENERIC_ON_GPU: frozenset[str] = frozenset()
 
 
 def build_table(flavour: str, table: Mapping[str, Callable]) -> dict[str, Callable]:

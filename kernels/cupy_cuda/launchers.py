@@ -134,6 +134,58 @@ def avg_pool2d_backward(gy, x_shape, kernel_size, stride, padding):
     return gx
 
 
+# ---- fused conv2d + bias + ReLU + max-pool ----
+def _fused_shapes(x_shape, W_shape, stride, padding, pool_size, pool_stride, pool_padding):
+    """(oh, ow) of the conv output and (qh, qw) of the pooled output."""
+    oh = out_size(x_shape[2], W_shape[2], stride[0], padding[0])
+    ow = out_size(x_shape[3], W_shape[3], stride[1], padding[1])
+    qh = out_size(oh, pool_size[0], pool_stride[0], pool_padding[0])
+    qw = out_size(ow, pool_size[1], pool_stride[1], pool_padding[1])
+    return oh, ow, qh, qw
+
+
+def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_stride, pool_padding):
+    # 3 launches: im2col, one GEMM z = W @ cols^T giving the conv output channel-major (oc, n*oh*ow)
+    # (cuBLAS reads the transposed view in place), and one kernel for bias + ReLU + pool + argmax
+    # that writes only the pooled NCHW output: the conv output is never rectified or transposed
+    xp = array_module(x)
+    n = x.shape[0]
+    oc, _, kh, kw = W.shape
+    oh, ow, qh, qw = _fused_shapes(x.shape, W.shape, stride, padding, pool_size, pool_stride,
+                                   pool_padding)  # fmt: skip
+    cols = im2col(x, (kh, kw), stride, padding)  # (n*oh*ow, c*kh*kw)
+    z = xp.matmul(W.reshape(oc, -1), cols.T)  # (oc, n*oh*ow)
+    y = xp.empty((n, oc, qh, qw), dtype=x.dtype)
+    argmax = xp.empty((n, oc, qh, qw), dtype=xp.int32)
+    bias = b if b is not None else z  # without a bias a dummy is never read
+    _kernel("bias_relu_max_pool2d_forward")(z, bias, b is not None, n, oc, oh, ow, qh, qw,
+                                            *_geometry(pool_size, pool_stride, pool_padding),
+                                            y, argmax)  # fmt: skip
+    return y, argmax
+
+
+def conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding, pool_size, pool_stride,
+                                    pool_padding, need_gx):  # fmt: skip
+    # one kernel gathers gz, the conv-output gradient, channel-major (oc, n*oh*ow) straight from
+    # the pooled windows; then gW = gz @ cols (im2col + GEMM), gb = gz summed over its rows (one
+    # reduction) and, if asked, gx = col2im(gz^T @ W) (GEMM + col2im): 4 launches, 6 with gx
+    xp = array_module(gy)
+    n = x.shape[0]
+    oc, _, kh, kw = W.shape
+    oh, ow, qh, qw = _fused_shapes(x.shape, W.shape, stride, padding, pool_size, pool_stride,
+                                   pool_padding)  # fmt: skip
+    gz = xp.empty((oc, n * oh * ow), dtype=gy.dtype)
+    _kernel("relu_max_pool2d_backward")(gy, y, argmax, n, oc, oh, ow, qh, qw,
+                                        *_geometry(pool_size, pool_stride, pool_padding),
+                                        gz)  # fmt: skip
+    gW = xp.matmul(gz, im2col(x, (kh, kw), stride, padding)).reshape(W.shape)
+    gb = gz.sum(axis=1)
+    gx = None
+    if need_gx:
+        gx = col2im(xp.matmul(gz.T, W.reshape(oc, -1)), x.shape, (kh, kw), stride, padding)
+    return gx, gW, gb
+
+
 # ---- elementwise and row-wise ----
 def relu_forward(x):
     y = array_module(x).empty(x.shape, dtype=x.dtype)
@@ -194,4 +246,6 @@ KERNELS = {
     "softmax_cross_entropy_backward": softmax_cross_entropy_backward,
     "sgd_update": sgd_update,
     "adam_update": adam_update,
+    "conv2d_relu_max_pool2d_forward": conv2d_relu_max_pool2d_forward,
+    "conv2d_relu_max_pool2d_backward": conv2d_relu_max_pool2d_backward,
 }

@@ -180,6 +180,62 @@ SOURCES: dict[str, Source] = {
         """,
         "medgrad_avg_pool2d_backward",
     ),
+    "bias_relu_max_pool2d_forward": Source(
+        f"raw T z, raw T bias, bool has_bias, int32 batch, int32 c, int32 h, int32 w, int32 oh, "
+        f"int32 ow, {_GEOMETRY}",
+        "T y, int32 argmax",
+        """
+        // thread i -> pooled window y[b, ch, oi, oj] (n, c, oh, ow) row-major. Its taps come from
+        // the channel-major conv output z (c, n, h, w) of the GEMM W @ cols^T: each tap is
+        // z + bias[ch], rectified, and the window keeps its first maximum (as max_pool2d_forward
+        // on relu(conv2d_forward)); padding is -inf and never wins
+        const ptrdiff_t oj = i % ow, oi = (i / ow) % oh, plane = i / ((ptrdiff_t)oh * ow);
+        const ptrdiff_t ch = plane % c, b = plane / c;
+        const ptrdiff_t base = (ch * batch + b) * h * w;
+        T best = (T)(-__longlong_as_double(0x7ff0000000000000LL));  // -inf
+        int best_tap = 0;
+        for (int u = 0; u < kh; ++u) {
+            const ptrdiff_t hh = oi * sh + u - ph;
+            for (int v = 0; v < kw; ++v) {
+                const ptrdiff_t ww = oj * sw + v - pw;
+                if (hh < 0 || hh >= h || ww < 0 || ww >= w) continue;
+                const T conv = z[base + hh * w + ww];
+                T value = has_bias ? conv + bias[ch] : conv;
+                value = value < (T)0 ? (T)0 : value;  // ReLU; NaN stays NaN
+                if (value > best) {
+                    best = value;
+                    best_tap = u * kw + v;
+                }
+            }
+        }
+        y = best;
+        argmax = best_tap;
+        """,
+        "medgrad_bias_relu_max_pool2d_forward",
+    ),
+    "relu_max_pool2d_backward": Source(
+        f"raw T gy, raw T y, raw int32 argmax, int32 batch, int32 c, int32 h, int32 w, int32 oh, "
+        f"int32 ow, {_GEOMETRY}",
+        "T gz",
+        """
+        // thread i -> gz[ch, b, hh, ww] of the channel-major conv-output gradient (c, n, h, w), the
+        // layout the two backward GEMMs read; it gathers gy of every pooled window (n, c, oh, ow)
+        // whose argmax is this tap and whose output y > 0 (so the ReLU passed it): no atomics
+        const ptrdiff_t ww = i % w, hh = (i / w) % h, rest = i / ((ptrdiff_t)h * w);
+        const ptrdiff_t b = rest % batch, ch = rest / batch;
+        const ptrdiff_t plane = b * c + ch;
+        T acc = 0;
+        """
+        + _WINDOWS_COVERING
+        + """
+                const ptrdiff_t o = (plane * oh + oi) * ow + oj;
+                if (argmax[o] == u * kw + v && y[o] > (T)0) acc += gy[o];
+            }
+        }
+        gz = acc;
+        """,
+        "medgrad_relu_max_pool2d_backward",
+    ),
     "relu_forward": Source(
         "T x",
         "T y",

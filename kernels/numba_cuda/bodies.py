@@ -152,6 +152,68 @@ def max_pool2d_backward(gy, argmax, gx, kh, kw, sh, sw, ph, pw):
 
 
 @cuda.jit
+def bias_relu_max_pool2d_forward(z, bias, has_bias, y, argmax, kh, kw, sh, sw, ph, pw):
+    """z (c, n, h, w), the channel-major conv output -> y, argmax (n, c, oh, ow) of
+    max_pool2d(relu(z + bias)); padding is -inf, ties go to the first tap."""
+    # thread i -> pooled window (b, ch, oi, oj) row-major; each tap is z + bias[ch], rectified
+    i = cuda.grid(1)
+    if i >= y.size:
+        return
+    c, oh, ow = y.shape[1], y.shape[2], y.shape[3]
+    h, w = z.shape[2], z.shape[3]
+    oj, rest = i % ow, i // ow
+    oi, rest = rest % oh, rest // oh
+    ch, b = rest % c, rest // c
+    best = -math.inf
+    best_tap = 0
+    for u in range(kh):
+        hh = oi * sh + u - ph
+        for v in range(kw):
+            ww = oj * sw + v - pw
+            value = -math.inf
+            if 0 <= hh < h and 0 <= ww < w:
+                value = z[ch, b, hh, ww]
+                if has_bias:
+                    value += bias[ch]
+                if value < 0:  # ReLU; NaN stays NaN
+                    value = 0
+            if value > best:
+                best = value
+                best_tap = u * kw + v
+    y[b, ch, oi, oj] = best
+    argmax[b, ch, oi, oj] = best_tap
+
+
+@cuda.jit
+def relu_max_pool2d_backward(gy, y, argmax, gz, kh, kw, sh, sw, ph, pw):
+    """gy, y, argmax (n, c, oh, ow) -> gz (c, n, h, w), the channel-major conv-output gradient:
+    the sum of gy over the windows whose argmax is here and whose y > 0."""
+    # thread i -> gz[ch, b, hh, ww] row-major; windows covering it gathered in tap order
+    i = cuda.grid(1)
+    if i >= gz.size:
+        return
+    n, h, w = gz.shape[1], gz.shape[2], gz.shape[3]
+    oh, ow = gy.shape[2], gy.shape[3]
+    ww, rest = i % w, i // w
+    hh, rest = rest % h, rest // h
+    b, ch = rest % n, rest // n
+    acc = 0.0
+    for u in range(kh):
+        top = hh + ph - u  # = oi * sh for the window whose tap u sits on this row
+        if top < 0 or top % sh != 0 or top // sh >= oh:
+            continue
+        oi = top // sh
+        for v in range(kw):
+            left = ww + pw - v
+            if left < 0 or left % sw != 0 or left // sw >= ow:
+                continue
+            oj = left // sw
+            if argmax[b, ch, oi, oj] == u * kw + v and y[b, ch, oi, oj] > 0:
+                acc += gy[b, ch, oi, oj]
+    gz[ch, b, hh, ww] = acc
+
+
+@cuda.jit
 def avg_pool2d_forward(x, y, kh, kw, sh, sw, ph, pw):
     """x (n, c, h, w) -> y (n, c, oh, ow): window sum / (kh*kw), padded zeros counted."""
     # thread i -> output window (b, ch, oi, oj) row-major; taps summed in row-major order

@@ -14,6 +14,7 @@ import warnings
 
 from numba import cuda
 
+from kernels.cupy_cuda.launchers import _fused_shapes
 from kernels.numpy_cpu import KERNELS as NUMPY_KERNELS
 from kernels.numpy_cpu._xp import array_module, out_size
 
@@ -144,6 +145,47 @@ def avg_pool2d_backward(gy, x_shape, kernel_size, stride, padding):
     return gx
 
 
+# ---- fused conv2d + bias + ReLU + max-pool (the cupy_cuda launchers' scheme) ----
+def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_stride, pool_padding):
+    # im2col, one GEMM giving the conv output channel-major (oc, n, oh, ow), one body for
+    # bias + ReLU + pool + argmax writing only the pooled output
+    xp = array_module(x)
+    n = x.shape[0]
+    oc, _, kh, kw = W.shape
+    oh, ow, qh, qw = _fused_shapes(x.shape, W.shape, stride, padding, pool_size, pool_stride,
+                                   pool_padding)  # fmt: skip
+    z = xp.matmul(W.reshape(oc, -1), im2col(x, (kh, kw), stride, padding).T)
+    y = xp.empty((n, oc, qh, qw), dtype=x.dtype)
+    argmax = xp.empty((n, oc, qh, qw), dtype=xp.int32)
+    bias = b if b is not None else xp.zeros(1, dtype=x.dtype)
+    (pkh, pkw), (psh, psw), (pph, ppw) = pool_size, pool_stride, pool_padding
+    launch(bodies.bias_relu_max_pool2d_forward, y.size, z.reshape(oc, n, oh, ow), bias,
+           b is not None, y, argmax, pkh, pkw, psh, psw, pph, ppw)  # fmt: skip
+    return y, argmax
+
+
+def conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding, pool_size, pool_stride,
+                                    pool_padding, need_gx):  # fmt: skip
+    # gz (oc, n*oh*ow) gathered from the pooled windows by one body; gW = gz @ cols, gb = the
+    # row sums of gz, gx = col2im(gz^T @ W) when asked
+    xp = array_module(gy)
+    n = x.shape[0]
+    oc, _, kh, kw = W.shape
+    oh, ow, _, _ = _fused_shapes(x.shape, W.shape, stride, padding, pool_size, pool_stride,
+                                 pool_padding)  # fmt: skip
+    gz = xp.empty((oc, n, oh, ow), dtype=gy.dtype)
+    (pkh, pkw), (psh, psw), (pph, ppw) = pool_size, pool_stride, pool_padding
+    launch(bodies.relu_max_pool2d_backward, gz.size, xp.ascontiguousarray(gy), y, argmax, gz,
+           pkh, pkw, psh, psw, pph, ppw)  # fmt: skip
+    gz = gz.reshape(oc, -1)
+    gW = xp.matmul(gz, im2col(x, (kh, kw), stride, padding)).reshape(W.shape)
+    gb = gz.sum(axis=1)
+    gx = None
+    if need_gx:
+        gx = col2im(xp.matmul(gz.T, W.reshape(oc, -1)), x.shape, (kh, kw), stride, padding)
+    return gx, gW, gb
+
+
 # ---- elementwise and row-wise ----
 def relu_forward(x):
     xp = array_module(x)
@@ -219,6 +261,8 @@ KERNELS = {
     "softmax_cross_entropy_backward": softmax_cross_entropy_backward,
     "sgd_update": sgd_update,
     "adam_update": adam_update,
+    "conv2d_relu_max_pool2d_forward": conv2d_relu_max_pool2d_forward,
+    "conv2d_relu_max_pool2d_backward": conv2d_relu_max_pool2d_backward,
 }
 """Every kernel of the contract has a Numba body here; the table in `table.py` still starts from
 cupy_cuda's, so a kernel added to KERNEL_NAMES later falls back to CuPy until it gets a body."""

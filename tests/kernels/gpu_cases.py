@@ -108,6 +108,43 @@ def _avg_pool2d(geometry, k, rng, dtype, dev, host):
           REF["avg_pool2d_backward"](gy, x_shape, kernel_size, stride, padding), dtype, host)  # fmt: skip
 
 
+FUSED = [  # x shape, W shape, stride, padding, pool size, pool stride, pool padding
+    ((2, 2, 6, 6), (3, 2, 3, 3), (1, 1), (0, 0), (2, 2), (2, 2), (0, 0)),  # the seed CNN's block
+    ((2, 1, 7, 7), (2, 1, 3, 3), (1, 1), (0, 0), (2, 2), (2, 2), (0, 0)),  # odd: last row dropped
+    ((1, 2, 7, 6), (3, 2, 3, 2), (1, 1), (1, 0), (3, 3), (2, 2), (1, 1)),  # overlapping, padded
+    ((2, 2, 4, 7), (2, 2, 2, 3), (1, 2), (0, 1), (1, 2), (1, 2), (0, 1)),  # non-square everything
+]
+
+
+def _fused(geometry, bias, k, rng, dtype, dev, host):
+    """conv2d_relu_max_pool2d forward and backward (with and without gx) against numpy_cpu's
+    composition. x, W and b are small integers, so every conv sum is exact in any summation
+    order: the argmax (ties included, first tap wins) must match exactly. The negative bias
+    rectifies many windows to all zeros."""
+    x_shape, W_shape, stride, padding, *pool = geometry
+    x = rng.integers(-2, 3, x_shape).astype(dtype)
+    W = rng.integers(-2, 3, W_shape).astype(dtype)
+    b = rng.integers(-4, 2, W_shape[0]).astype(dtype) if bias else None
+    fwd = "conv2d_relu_max_pool2d_forward"
+    y, argmax = k[fwd](dev(x), dev(W), None if b is None else dev(b), stride, padding, *pool)
+    y_ref, argmax_ref = REF[fwd](x, W, b, stride, padding, *pool)
+    check(y, y_ref, dtype, host)
+    assert host(argmax).dtype == np.int32
+    np.testing.assert_array_equal(host(argmax), argmax_ref)
+    assert (y_ref == 0).any() and (y_ref > 0).any()  # both sides of the ReLU are exercised
+    gy = rng.standard_normal(y_ref.shape).astype(dtype)
+    for need_gx in (True, False):
+        got = k["conv2d_relu_max_pool2d_backward"](dev(gy), y, argmax, dev(x), dev(W), stride,
+                                                   padding, *pool, need_gx)  # fmt: skip
+        ref = REF["conv2d_relu_max_pool2d_backward"](gy, y_ref, argmax_ref, x, W, stride,
+                                                     padding, *pool, need_gx)  # fmt: skip
+        assert (got[0] is None) == (not need_gx)
+        if need_gx:
+            check(got[0], ref[0], dtype, host)
+        check(got[1], ref[1], dtype, host, scale=4)  # gW: a sum over n*oh*ow taps
+        check(got[2], ref[2], dtype, host)
+
+
 def _relu(k, rng, dtype, dev, host):
     x = rng.standard_normal((3, 4, 5)).astype(dtype)
     x[0, 0, :2] = 0  # the kink itself: y = 0, gradient 0
@@ -160,6 +197,8 @@ CASES = {
     **{f"max_pool2d-{i}": partial(_max_pool2d, geo) for i, geo in enumerate(POOL)},
     "max_pool2d-ties": _max_pool2d_ties,
     **{f"avg_pool2d-{i}": partial(_avg_pool2d, geo) for i, geo in enumerate(POOL)},
+    **{f"conv2d_relu_max_pool2d-{i}": partial(_fused, geo, True) for i, geo in enumerate(FUSED)},
+    "conv2d_relu_max_pool2d-nobias": partial(_fused, FUSED[0], False),
     "relu": _relu,
     "softmax_cross_entropy-5x7": partial(_softmax_cross_entropy, 5, 7),
     "softmax_cross_entropy-1x3": partial(_softmax_cross_entropy, 1, 3),
@@ -177,12 +216,13 @@ COVERED = {
     "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
     "relu_forward", "relu_backward", "softmax_cross_entropy_forward",
     "softmax_cross_entropy_backward", "sgd_update", "adam_update",
+    "conv2d_relu_max_pool2d_forward", "conv2d_relu_max_pool2d_backward",
 }  # fmt: skip
 
 
 def uncovered() -> list[str]:
     """Kernel names of the contract that no case exercises (should be empty)."""
-    return sorted((set(KERNEL_NAMES) - GENERIC_ON_GPU) ^ COVERED)  # GENERIC_ON_GPU: test_parity.py
+    return sorted((set(KERNEL_NAMES) - GENERIC_ON_GPU) ^ COVERED)
 
 
 def run(case: str, k, dtype, dev=_same, host=_same) -> None:

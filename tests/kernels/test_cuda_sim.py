@@ -57,6 +57,6 @@ else:
         """A kernel added to KERNEL_NAMES must get a Numba body and a parity case."""
         from kernels import GENERIC_ON_GPU, KERNEL_NAMES
 
-        # fused CPU kernels run the xp-generic numpy_cpu version on GPUs, by design
+        # GENERIC_ON_GPU (now empty): kernels that would run the xp-generic numpy_cpu version
         assert set(launchers.KERNELS) == set(KERNEL_NAMES) - GENERIC_ON_GPU
         assert uncovered() == []

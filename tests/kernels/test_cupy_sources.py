@@ -156,7 +156,7 @@ def test_cupy_cuda_parity_on_cpu(cpu_launchers, case, dtype):
 
 
 def test_every_kernel_has_a_cupy_launcher():
-    # fused CPU kernels run the xp-generic numpy_cpu version on GPUs, by design
+    # GENERIC_ON_GPU (now empty): kernels that would run the xp-generic numpy_cpu version
     assert set(launchers.KERNELS) == set(KERNEL_NAMES) - GENERIC_ON_GPU
     assert uncovered() == []
 
