@@ -128,7 +128,8 @@ def mse_loss(y, t) -> Tensor:
 
 
 def softmax_cross_entropy(logits, t) -> Tensor:
-    """mean_i [logsumexp(logits_i) - logits_i[t_i]]; logits (n, k), t (n,) integer classes in [0, k)."""
+    """mean_i [logsumexp(logits_i) - logits_i[t_i]]; logits (n, k), t (n,) integer classes in [0, k).
+    A target outside [0, k) raises ValueError on the CPU; on cuda it makes the loss NaN (no sync)."""
     logits, t = as_tensor(logits), as_tensor(t)
     if logits.ndim != 2:
         raise ValueError(f"softmax_cross_entropy expects logits (n, k), got {logits.shape}")
@@ -137,7 +138,11 @@ def softmax_cross_entropy(logits, t) -> Tensor:
             f"softmax_cross_entropy expects integer targets of shape ({logits.shape[0]},), "
             f"got {t.dtype} {t.shape}"
         )
-    tmin, tmax = (int(v) for v in (t.data.min(), t.data.max())) if t.size else (0, 0)
+    # Checked on the CPU only: on a GPU, t.min() and t.max() would be two reductions and two
+    # device syncs per step. The cuda kernels never index out of bounds; a row whose target lies
+    # outside [0, k) gets a NaN loss and NaN gradients, so the mean loss shows it without a sync.
+    on_cpu = isinstance(t.data, np.ndarray)
+    tmin, tmax = (int(v) for v in (t.data.min(), t.data.max())) if on_cpu and t.size else (0, 0)
     if tmin < 0 or tmax >= logits.shape[1]:
         raise ValueError(
             f"softmax_cross_entropy: targets must lie in [0, {logits.shape[1]}), got {tmin}..{tmax}"

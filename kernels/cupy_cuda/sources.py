@@ -260,7 +260,11 @@ SOURCES: dict[str, Source] = {
         T total = 0;
         for (int j = 0; j < k; ++j) total += exp(logits[base + j] - top);
         for (int j = 0; j < k; ++j) probs[base + j] = exp(logits[base + j] - top) / total;
-        row_loss = log(total) - (logits[base + t[i]] - top);
+        // a target outside [0, k) is never read: it makes the row's loss NaN (the op checks
+        // targets on the CPU only, since a check here would cost a device sync)
+        const bool valid = t[i] >= 0 && t[i] < k;
+        row_loss = valid ? log(total) - (logits[base + (valid ? t[i] : 0)] - top)
+                         : (T)__longlong_as_double(0x7ff8000000000000LL);  // NaN
         """,
         "medgrad_softmax_xent_forward",
     ),
@@ -273,6 +277,7 @@ SOURCES: dict[str, Source] = {
         const ptrdiff_t r = i / k, j = i % k;
         T value = probs[i];
         if (j == t[r]) value -= (T)1;
+        if (t[r] < 0 || t[r] >= k) value = (T)__longlong_as_double(0x7ff8000000000000LL);  // NaN
         glogits = value * (gloss[0] / (T)batch);
         """,
         "medgrad_softmax_xent_backward",

@@ -295,7 +295,10 @@ def softmax_cross_entropy_forward(logits, t, probs, row_loss):
         total += math.exp(logits[r, j] - top)
     for j in range(k):
         probs[r, j] = math.exp(logits[r, j] - top) / total
-    row_loss[r] = math.log(total) - (logits[r, t[r]] - top)
+    if 0 <= t[r] < k:
+        row_loss[r] = math.log(total) - (logits[r, t[r]] - top)
+    else:  # never read out of bounds: an invalid target makes the loss NaN (see engine/ops/loss)
+        row_loss[r] = math.nan
 
 
 @cuda.jit
@@ -310,6 +313,8 @@ def softmax_cross_entropy_backward(probs, t, gloss, glogits):
     g = probs[r, j]
     if j == t[r]:
         g -= 1
+    if t[r] < 0 or t[r] >= k:
+        g = math.nan
     glogits[r, j] = g * (gloss[0] / n)
 
 

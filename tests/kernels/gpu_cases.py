@@ -167,6 +167,20 @@ def _softmax_cross_entropy(n, classes, k, rng, dtype, dev, host):
           REF["softmax_cross_entropy_backward"](probs_ref, t, gloss), dtype, host)  # fmt: skip
 
 
+def _softmax_cross_entropy_bad_targets(k, rng, dtype, dev, host):
+    """A target outside [0, k) is never read (no out-of-bounds access): its row's loss and
+    gradient are NaN, the other rows' are untouched. The op checks targets on the CPU only."""
+    logits = rng.standard_normal((4, 3)).astype(dtype)
+    t = np.array([0, 3, 2, -1])
+    loss, probs = k["softmax_cross_entropy_forward"](dev(logits), dev(t))
+    assert np.isnan(host(loss))
+    g = host(k["softmax_cross_entropy_backward"](probs, dev(t), dev(np.asarray(1.0, dtype))))
+    assert np.isnan(g[[1, 3]]).all() and np.isfinite(g[[0, 2]]).all()
+    good = np.array([0, 2])
+    expected = REF["softmax_cross_entropy_backward"](host(probs)[good], t[good], 1.0) * 2 / 4
+    check(g[good], expected.astype(dtype), dtype)
+
+
 def _sgd(momentum, nesterov, weight_decay, k, rng, dtype, dev, host):
     p, g = (rng.standard_normal((3, 5)).astype(dtype) for _ in range(2))
     v = rng.standard_normal((3, 5)).astype(dtype) if momentum else None
@@ -202,6 +216,7 @@ CASES = {
     "relu": _relu,
     "softmax_cross_entropy-5x7": partial(_softmax_cross_entropy, 5, 7),
     "softmax_cross_entropy-1x3": partial(_softmax_cross_entropy, 1, 3),
+    "softmax_cross_entropy-bad_targets": _softmax_cross_entropy_bad_targets,
     "sgd-plain": partial(_sgd, 0.0, False, 0.0),
     "sgd-weight_decay": partial(_sgd, 0.0, False, 0.1),
     "sgd-momentum": partial(_sgd, 0.9, False, 0.0),
