@@ -104,6 +104,24 @@ def _kernel_cases(batch: int, rng):
             (f"{label}_backward_weight", "conv2d_backward_weight",
              lambda n, gy_of=gy_of, x_of=x_of: (gy_of(n), x_of(n), (3, 3), (1, 1), (0, 0))),
         ]  # fmt: skip
+    for label, (c, h, w), oc in conv:  # the fused conv2d+bias+ReLU+max-pool blocks
+
+        def fused_fwd(n, c=c, h=h, w=w, oc=oc):
+            x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+            W = (rng.standard_normal((oc, c, 3, 3)) * 0.1).astype(np.float32)
+            b = (rng.standard_normal(oc) * 0.1).astype(np.float32)
+            return (x, W, b, (1, 1), (0, 0), (2, 2), (2, 2), (0, 0))
+
+        def fused_bwd(n, fused_fwd=fused_fwd, need_gx=label != "conv1"):
+            x, W, b, *geometry = fused_fwd(n)
+            y, argmax = REF["conv2d_relu_max_pool2d_forward"](x, W, b, *geometry)
+            gy = rng.standard_normal(y.shape).astype(np.float32)
+            return (gy, y, argmax, x, W, *geometry, need_gx)
+
+        out += [
+            (f"{label}_relu_pool_forward", "conv2d_relu_max_pool2d_forward", fused_fwd),
+            (f"{label}_relu_pool_backward", "conv2d_relu_max_pool2d_backward", fused_bwd),
+        ]
     for label, (c, h) in (("pool1", (32, 26)), ("pool2", (64, 11))):
         out.append((f"{label}_forward", "max_pool2d_forward",
                     lambda n, c=c, h=h: (rng.standard_normal((n, c, h, h)).astype(np.float32),
@@ -121,6 +139,13 @@ def _same(got, expected) -> None:
     got = got if isinstance(got, tuple) else (got,)
     expected = expected if isinstance(expected, tuple) else (expected,)
     for g, e in zip(got, expected, strict=True):
+        if g is None or e is None:  # the fused backward without gx
+            assert g is None and e is None
+            continue
+        if e.dtype.kind == "i":  # an argmax: float32 GEMMs summing in another order may flip
+            # a near-tie between two taps (about one window in 10^5 at batch 64)
+            assert (cp.asnumpy(g) == e).mean() > 0.999
+            continue
         np.testing.assert_allclose(cp.asnumpy(g), e, atol=1e-3, rtol=1e-4)
 
 

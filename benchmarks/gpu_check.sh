@@ -8,9 +8,9 @@
 #      that breaks Numba: numpy 2.4 (the image's numpy 2.5 fails with numba 0.68) and pydicom
 #      (some test modules import it, and `pytest -m gpu tests` collects every module).
 #   2. on the GPU machine, through the device tool:
-#        run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=540)
+#        run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=330)
 #      installs the wheels into /tmp/site, prints the device and versions, runs `pytest -m gpu`
-#      (<= 300 s) and `python -m benchmarks.bench_cuda` (<= 200 s), and prints a short table.
+#      (<= 150 s) and `python -m benchmarks.bench_cuda` (<= 120 s), and prints a short table.
 #      Everything is also written under $OUT: gpu-tests.log, gpu-tests.xml, bench_cuda.log,
 #      bench_cuda.csv, summary.txt (the device tool brings $OUT back).
 # Exit status: 0 only if the tests passed and the benchmarks ran.
@@ -57,13 +57,13 @@ EOF
 
 echo "== pytest -m gpu"
 # numba-cuda on the image warns (DeprecationWarning) at import; the suite turns warnings into errors
-timeout 260 "$PY" -m pytest -m gpu tests -q -p no:cacheprovider --continue-on-collection-errors \
+timeout 150 "$PY" -m pytest -m gpu tests -q -p no:cacheprovider --continue-on-collection-errors \
     -W "ignore::DeprecationWarning" \
     --junitxml="$OUT/gpu-tests.xml" 2>&1 | tee "$OUT/gpu-tests.log"
 tests_rc=${PIPESTATUS[0]}
 
 echo "== benchmarks"
-timeout 180 "$PY" -m benchmarks.bench_cuda --csv "$OUT/bench_cuda.csv" 2>&1 | tee "$OUT/bench_cuda.log"
+timeout 120 "$PY" -m benchmarks.bench_cuda --csv "$OUT/bench_cuda.csv" 2>&1 | tee "$OUT/bench_cuda.log"
 bench_rc=${PIPESTATUS[0]}
 
 echo "== summary"
