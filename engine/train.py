@@ -137,19 +137,29 @@ def train_epoch(model, optimizer, x, y, batch_size, rng, on_batch: Callable | No
         yb = _on(model, y[idx]).data
         logits = model(_on(model, xb))
         loss = F.softmax_cross_entropy(logits, yb)
+        value = loss.item()
+        if not math.isfinite(value):  # checked before the step, so the weights stay usable
+            raise DivergedError(
+                f"the training loss became {value}: non-finite inputs, labels outside "
+                f"[0, {logits.shape[1]}) (not checked per step on cuda), or a learning rate too high"
+            )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        total_loss += loss.item() * len(idx)
+        total_loss += value * len(idx)
         correct += float((logits.data.argmax(axis=1) == yb).sum())
         if on_batch is not None:
-            on_batch(loss.item())
+            on_batch(value)
     return total_loss / len(x), correct / len(x)
 
 
 def _model_rngs(model: nn.Module) -> list[nn.Module]:
     """Sub-modules that draw random numbers while training (Dropout's `rng`)."""
     return [m for m in model.modules() if isinstance(getattr(m, "rng", None), np.random.Generator)]
+
+
+class DivergedError(MedgradError, ArithmeticError):
+    """The training loss became NaN or infinite; raised before the step that would spread it."""
 
 
 class ResumeError(MedgradError, ValueError):

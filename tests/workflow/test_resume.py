@@ -94,3 +94,19 @@ def test_schedules():
     assert Schedule().lr(0.3, 7, 10) == 0.3
     with pytest.raises(ValueError, match="schedule"):
         Schedule("warmup")
+
+
+def test_non_finite_loss_stops_before_the_step():
+    """A NaN in the inputs (or, on cuda, a label out of range) stops training with the project's
+    error before the optimizer spreads NaN into the weights."""
+    from engine.train import DivergedError, train_epoch
+
+    x, y = make_phantoms(16, seed=3)
+    x[5, 0, 3, 3] = np.nan
+    model = models.get("seed_cnn", num_classes=2, rng=np.random.default_rng(0))
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(DivergedError, match="nan"):
+        train_epoch(model, opt, x, y, batch_size=16, rng=np.random.default_rng(0))
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
