@@ -10,7 +10,10 @@ the tests can drive them with NumPy arrays and a g++ build of the same sources (
 
 from __future__ import annotations
 
+import functools
 import sys
+
+import numpy as np
 
 from kernels.numpy_cpu._xp import array_module, out_size
 
@@ -23,7 +26,7 @@ def _build(source):
     """A cupy.ElementwiseKernel from a Source (CuPy is imported by table.py before any call)."""
     cupy = sys.modules["cupy"]
     return cupy.ElementwiseKernel(source.in_params, source.out_params, source.operation,
-                                  source.name)  # fmt: skip
+                                  source.name, preamble=source.preamble)  # fmt: skip
 
 
 def _kernel(name: str):
@@ -35,6 +38,26 @@ def _kernel(name: str):
 def _geometry(kernel_size, stride, padding) -> tuple[int, ...]:
     """kh, kw, sh, sw, ph, pw in the order the sources take them."""
     return (*kernel_size, *stride, *padding)
+
+
+INDEX_LIMIT = 2**31 - 1  # the 32-bit kernels' arrays have fewer elements than this
+
+
+@functools.lru_cache(maxsize=512)
+def _divisor(d: int) -> tuple[int, np.uint32, int]:
+    """(d, m, s): a divisor as the sources' MG_DIV takes it. n // d == (umulhi(n, m) + n) >> s
+    for 0 <= n < 2^31 with s = ceil(log2 d), m = floor(2^32 (2^s - d) / d) + 1 < 2^32."""
+    d = int(d)
+    if not 1 <= d <= INDEX_LIMIT:
+        raise ValueError(f"divisor {d} outside [1, 2^31 - 1]")
+    s = (d - 1).bit_length()
+    # m as a NumPy uint32: CuPy then passes it to the uint32 parameter without a cast
+    return d, np.uint32(((1 << 32) * ((1 << s) - d)) // d + 1), s
+
+
+def _geometry32(kernel_size, stride, padding) -> tuple[int, ...]:
+    """kh, kw, (sh, m, s), (sw, m, s), ph, pw: _GEOMETRY32 of the 32-bit sources."""
+    return (*kernel_size, *_divisor(stride[0]), *_divisor(stride[1]), *padding)
 
 
 # ---- convolution: im2col / col2im around a cuBLAS GEMM ----
@@ -144,21 +167,47 @@ def _fused_shapes(x_shape, W_shape, stride, padding, pool_size, pool_stride, poo
     return oh, ow, qh, qw
 
 
+def _im2col_t(x, kernel_size, stride, padding, ones_row: bool):
+    """x (n, c, h, w) -> channel-major columns (c*kh*kw [+ 1], n*oh*ow), the transpose of
+    im2col's; with ones_row, a last row of ones (the bias row of the weight-gradient GEMM)."""
+    xp = array_module(x)
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+    cols = xp.empty((c * kh * kw + ones_row, n * oh * ow), dtype=x.dtype)
+    _kernel("im2col_t")(x, c, h, w, *_divisor(kw), sh, sw, ph, pw, *_divisor(n * oh * ow),
+                        *_divisor(oh * ow), *_divisor(ow), *_divisor(kh * kw), cols)  # fmt: skip
+    return cols
+
+
+def _fused_fits32(x_shape, W_shape, oh, ow) -> bool:
+    """Every array of the 32-bit fused path (x, the columns with their ones row, the conv output
+    and its gradient) has at most INDEX_LIMIT elements."""
+    n, c, h, w = x_shape
+    oc, _, kh, kw = W_shape
+    npix = n * oh * ow
+    return max(n * c * h * w, (c * kh * kw + 1) * npix, oc * npix) <= INDEX_LIMIT
+
+
 def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_stride, pool_padding):
-    # 3 launches: im2col, one GEMM z = W @ cols^T giving the conv output channel-major (oc, n*oh*ow)
-    # (cuBLAS reads the transposed view in place), and one kernel for bias + ReLU + pool + argmax
-    # that writes only the pooled NCHW output: the conv output is never rectified or transposed
+    # 3 launches: im2col into channel-major columns (c*kh*kw, n*oh*ow), one GEMM z = W @ cols
+    # giving the conv output channel-major (oc, n*oh*ow), and one kernel for bias + ReLU + pool +
+    # argmax that writes only the pooled NCHW output: the conv output is never rectified or
+    # transposed. Arrays past 2^31 elements take the 64-bit unfused kernels instead
     xp = array_module(x)
     n = x.shape[0]
     oc, _, kh, kw = W.shape
     oh, ow, qh, qw = _fused_shapes(x.shape, W.shape, stride, padding, pool_size, pool_stride,
                                    pool_padding)  # fmt: skip
-    cols = im2col(x, (kh, kw), stride, padding)  # (n*oh*ow, c*kh*kw)
-    z = xp.matmul(W.reshape(oc, -1), cols.T)  # (oc, n*oh*ow)
+    if not _fused_fits32(x.shape, W.shape, oh, ow):
+        z = relu_forward(conv2d_forward(x, W, b, stride, padding))
+        return max_pool2d_forward(z, pool_size, pool_stride, pool_padding)
+    z = xp.matmul(W.reshape(oc, -1), _im2col_t(x, (kh, kw), stride, padding, False))
     y = xp.empty((n, oc, qh, qw), dtype=x.dtype)
     argmax = xp.empty((n, oc, qh, qw), dtype=xp.int32)
     bias = b if b is not None else z  # without a bias a dummy is never read
-    _kernel("bias_relu_max_pool2d_forward")(z, bias, b is not None, n, oc, oh, ow, qh, qw,
+    _kernel("bias_relu_max_pool2d_forward")(z, bias, b is not None, n, *_divisor(oc), oh, ow,
+                                            *_divisor(qh), *_divisor(qw),
                                             *_geometry(pool_size, pool_stride, pool_padding),
                                             y, argmax)  # fmt: skip
     return y, argmax
@@ -167,23 +216,45 @@ def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_str
 def conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding, pool_size, pool_stride,
                                     pool_padding, need_gx):  # fmt: skip
     # one kernel gathers gz, the conv-output gradient, channel-major (oc, n*oh*ow) straight from
-    # the pooled windows; then gW = gz @ cols (im2col + GEMM), gb = gz summed over its rows (one
-    # reduction) and, if asked, gx = col2im(gz^T @ W) (GEMM + col2im): 4 launches, 6 with gx
+    # the pooled windows; one GEMM gz @ [cols; 1]^T gives gW and gb together (the ones row of the
+    # columns sums gz's rows: no reduction kernel, gz read once); if asked, gx = col2im(W^T @ gz)
+    # (GEMM + col2im, both on channel-major columns): 3 launches, 5 with gx. gW and gb are views
+    # of the GEMM's (oc, c*kh*kw + 1) output, so not contiguous
     xp = array_module(gy)
-    n = x.shape[0]
+    n, c, h, w = x.shape
     oc, _, kh, kw = W.shape
     oh, ow, qh, qw = _fused_shapes(x.shape, W.shape, stride, padding, pool_size, pool_stride,
                                    pool_padding)  # fmt: skip
+    if not _fused_fits32(x.shape, W.shape, oh, ow):
+        return _fused_backward64(gy, y, argmax, x, W, stride, padding, pool_size, pool_stride,
+                                 pool_padding, need_gx, (n, oc, oh, ow))  # fmt: skip
     gz = xp.empty((oc, n * oh * ow), dtype=gy.dtype)
-    _kernel("relu_max_pool2d_backward")(gy, y, argmax, n, oc, oh, ow, qh, qw,
-                                        *_geometry(pool_size, pool_stride, pool_padding),
+    _kernel("relu_max_pool2d_backward")(gy, y, argmax, *_divisor(n), oc, *_divisor(oh),
+                                        *_divisor(ow), qh, qw,
+                                        *_geometry32(pool_size, pool_stride, pool_padding),
                                         gz)  # fmt: skip
-    gW = xp.matmul(gz, im2col(x, (kh, kw), stride, padding)).reshape(W.shape)
-    gb = gz.sum(axis=1)
+    k = c * kh * kw
+    G = xp.matmul(gz, _im2col_t(x, (kh, kw), stride, padding, True).T)  # (oc, k + 1)
+    gW, gb = G[:, :k].reshape(W.shape), G[:, k]
     gx = None
     if need_gx:
-        gx = col2im(xp.matmul(gz.T, W.reshape(oc, -1)), x.shape, (kh, kw), stride, padding)
+        gcols = xp.matmul(W.reshape(oc, k).T, gz)  # (k, n*oh*ow), channel-major
+        gx = xp.empty(x.shape, dtype=gy.dtype)
+        _kernel("col2im_t")(gcols, *_divisor(c), *_divisor(h), *_divisor(w), oh, ow,
+                            *_geometry32((kh, kw), stride, padding), n * oh * ow,
+                            gx)  # fmt: skip
     return gx, gW, gb
+
+
+def _fused_backward64(gy, y, argmax, x, W, stride, padding, pool_size, pool_stride, pool_padding,
+                      need_gx, conv_shape):  # fmt: skip
+    """The fused backward composed from the 64-bit unfused kernels (numpy_cpu's definition)."""
+    xp = array_module(gy)
+    g = xp.where(y > 0, gy, 0).astype(gy.dtype, copy=False)
+    gz = max_pool2d_backward(g, argmax, conv_shape, pool_size, pool_stride, pool_padding)
+    gx = conv2d_backward_input(gz, W, x.shape, stride, padding) if need_gx else None
+    gW = conv2d_backward_weight(gz, x, W.shape[2:], stride, padding)
+    return gx, gW, g.sum(axis=(0, 2, 3)).astype(gy.dtype, copy=False)
 
 
 # ---- elementwise and row-wise ----

@@ -5,7 +5,8 @@ test_cupy_sources.py builds each body with g++ inside a loop over `i`). CuPy con
 `i` is the thread's element index into the non-raw output(s); a `raw` array is indexed with a flat
 row-major index; `T` is the floating dtype (float32 or float64) and `I` the integer dtype of class
 targets, both read off the arguments, so one source serves every dtype. Sizes are int32 scalars;
-index arithmetic is in ptrdiff_t, so batch 4096 layers (over 2^31 bytes) do not overflow.
+index arithmetic is in ptrdiff_t, so batch 4096 layers (over 2^31 bytes) do not overflow, except in
+the fused conv-ReLU-pool path, which indexes in 32 bits with magic-number division (see below).
 
 Window geometry, shared by conv and pool: output pixel (oi, oj) and tap (u, v) read input row
 hh = oi*sh + u - ph and column ww = oj*sw + v - pw; a tap outside [0, h) x [0, w) is padding.
@@ -20,12 +21,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Source:
-    """The arguments of cupy.ElementwiseKernel(in_params, out_params, operation, name)."""
+    """The arguments of cupy.ElementwiseKernel(in_params, out_params, operation, name,
+    preamble=preamble)."""
 
     in_params: str
     out_params: str
     operation: str
     name: str
+    preamble: str = ""  # code before the kernel (CuPy's `preamble` argument)
 
 
 _GEOMETRY = "int32 kh, int32 kw, int32 sh, int32 sw, int32 ph, int32 pw"
@@ -41,6 +44,43 @@ _WINDOWS_COVERING = """
             const ptrdiff_t left = ww + pw - v;  // = oj * sw likewise
             if (left < 0 || left % sw != 0 || left / sw >= ow) continue;
             const ptrdiff_t oj = left / sw;
+"""
+
+# ---- the fused conv2d + bias + ReLU + max-pool path: 32-bit index arithmetic, division by magic ----
+# At batch 4096 these kernels run one thread per element of arrays of 10^7..10^8 elements, and a
+# thread did up to ten 64-bit divisions by run-time sizes (each a software routine of ~20
+# instructions with 3 quarter-rate conversions): integer work, not memory, bounded them. Here
+# every index is unsigned 32-bit (the launchers check that each array has < 2^31 elements and
+# fall back to the 64-bit kernels otherwise) and each division by a run-time divisor d is a
+# multiply-high, an add and a shift with a magic number (d_m, d_s) computed on the host.
+MAGIC_PREAMBLE = """
+// q = n / d for 0 <= n < 2^31, 1 <= d < 2^31: (umulhi(n, d_m) + n) >> d_s, with d_s = ceil(log2 d)
+// and d_m = floor(2^32 (2^d_s - d) / d) + 1 (Granlund & Montgomery 1994; PyTorch's IntDivider);
+// t + n < 2^32 because t <= n < 2^31. The host computes d_m, d_s (launchers._divisor)
+#define MG_DIV(n, d) ((__umulhi((unsigned int)(n), d##_m) + (unsigned int)(n)) >> d##_s)
+"""
+
+
+def _div(name: str) -> str:
+    """The three parameters of a divisor: its value, magic multiplier and shift."""
+    return f"int32 {name}, uint32 {name}_m, int32 {name}_s"
+
+
+_GEOMETRY32 = f"int32 kh, int32 kw, {_div('sh')}, {_div('sw')}, int32 ph, int32 pw"
+
+# The windows (oi, oj) covering input element (hh, ww), without a division per tap: with
+# a = hh + ph, window oi covers it when oi*sh <= a < oi*sh + kh and 0 <= oi < oh. Descending oi is
+# ascending tap row u (the order of _WINDOWS_COVERING, hence numpy_cpu's summation order).
+_WINDOWS_COVERING_32 = """
+    const int ah = (int)hh + ph, aw = (int)ww + pw;
+    const int oi_hi = min((int)MG_DIV(ah, sh), oh - 1);
+    const int oi_lo = ah >= kh ? (int)MG_DIV(ah - kh, sh) + 1 : 0;
+    const int oj_hi = min((int)MG_DIV(aw, sw), ow - 1);
+    const int oj_lo = aw >= kw ? (int)MG_DIV(aw - kw, sw) + 1 : 0;
+    for (int oi = oi_hi; oi >= oi_lo; --oi) {
+        const int u = ah - oi * sh;
+        for (int oj = oj_hi; oj >= oj_lo; --oj) {
+            const int v = aw - oj * sw;
 """
 
 SOURCES: dict[str, Source] = {
@@ -181,26 +221,31 @@ SOURCES: dict[str, Source] = {
         "medgrad_avg_pool2d_backward",
     ),
     "bias_relu_max_pool2d_forward": Source(
-        f"raw T z, raw T bias, bool has_bias, int32 batch, int32 c, int32 h, int32 w, int32 oh, "
-        f"int32 ow, {_GEOMETRY}",
+        f"raw T z, raw T bias, bool has_bias, int32 batch, {_div('c')}, int32 h, int32 w, "
+        f"{_div('oh')}, {_div('ow')}, int32 kh, int32 kw, int32 sh, int32 sw, int32 ph, int32 pw",
         "T y, int32 argmax",
         """
         // thread i -> pooled window y[b, ch, oi, oj] (n, c, oh, ow) row-major. Its taps come from
-        // the channel-major conv output z (c, n, h, w) of the GEMM W @ cols^T: each tap is
+        // the channel-major conv output z (c, n, h, w) of the GEMM W @ cols: each tap is
         // z + bias[ch], rectified, and the window keeps its first maximum (as max_pool2d_forward
-        // on relu(conv2d_forward)); padding is -inf and never wins
-        const ptrdiff_t oj = i % ow, oi = (i / ow) % oh, plane = i / ((ptrdiff_t)oh * ow);
-        const ptrdiff_t ch = plane % c, b = plane / c;
-        const ptrdiff_t base = (ch * batch + b) * h * w;
+        // on relu(conv2d_forward)); padding is -inf and never wins. Consecutive threads read
+        // neighbouring windows of one plane of z
+        const unsigned int idx = (unsigned int)i;
+        const unsigned int rest = MG_DIV(idx, ow), oj = idx - rest * (unsigned int)ow;
+        const unsigned int plane = MG_DIV(rest, oh), oi = rest - plane * (unsigned int)oh;
+        const unsigned int b = MG_DIV(plane, c), ch = plane - b * (unsigned int)c;
+        const unsigned int base = (ch * (unsigned int)batch + b) * (unsigned int)(h * w);
+        const T shift = has_bias ? (T)bias[ch] : (T)0;
         T best = (T)(-__longlong_as_double(0x7ff0000000000000LL));  // -inf
         int best_tap = 0;
         for (int u = 0; u < kh; ++u) {
-            const ptrdiff_t hh = oi * sh + u - ph;
+            const int hh = (int)oi * sh + u - ph;
+            if (hh < 0 || hh >= h) continue;
             for (int v = 0; v < kw; ++v) {
-                const ptrdiff_t ww = oj * sw + v - pw;
-                if (hh < 0 || hh >= h || ww < 0 || ww >= w) continue;
-                const T conv = z[base + hh * w + ww];
-                T value = has_bias ? conv + bias[ch] : conv;
+                const int ww = (int)oj * sw + v - pw;
+                if (ww < 0 || ww >= w) continue;
+                const T conv = z[base + (unsigned int)(hh * w + ww)];
+                T value = has_bias ? conv + shift : conv;
                 value = value < (T)0 ? (T)0 : value;  // ReLU; NaN stays NaN
                 if (value > best) {
                     best = value;
@@ -212,29 +257,85 @@ SOURCES: dict[str, Source] = {
         argmax = best_tap;
         """,
         "medgrad_bias_relu_max_pool2d_forward",
+        MAGIC_PREAMBLE,
     ),
     "relu_max_pool2d_backward": Source(
-        f"raw T gy, raw T y, raw int32 argmax, int32 batch, int32 c, int32 h, int32 w, int32 oh, "
-        f"int32 ow, {_GEOMETRY}",
+        f"raw T gy, raw T y, raw int32 argmax, {_div('batch')}, int32 c, {_div('h')}, {_div('w')}, "
+        f"int32 oh, int32 ow, {_GEOMETRY32}",
         "T gz",
         """
         // thread i -> gz[ch, b, hh, ww] of the channel-major conv-output gradient (c, n, h, w), the
-        // layout the two backward GEMMs read; it gathers gy of every pooled window (n, c, oh, ow)
-        // whose argmax is this tap and whose output y > 0 (so the ReLU passed it): no atomics
-        const ptrdiff_t ww = i % w, hh = (i / w) % h, rest = i / ((ptrdiff_t)h * w);
-        const ptrdiff_t b = rest % batch, ch = rest / batch;
-        const ptrdiff_t plane = b * c + ch;
+        // layout the backward GEMMs read; it gathers gy of every pooled window (n, c, oh, ow)
+        // whose argmax is this tap and whose output y > 0 (so the ReLU passed it): no atomics.
+        // Consecutive threads write consecutive gz and read neighbouring windows
+        const unsigned int idx = (unsigned int)i;
+        const unsigned int rest = MG_DIV(idx, w), ww = idx - rest * (unsigned int)w;
+        const unsigned int chb = MG_DIV(rest, h), hh = rest - chb * (unsigned int)h;
+        const unsigned int ch = MG_DIV(chb, batch), b = chb - ch * (unsigned int)batch;
+        const unsigned int plane = b * (unsigned int)c + ch;
         T acc = 0;
         """
-        + _WINDOWS_COVERING
+        + _WINDOWS_COVERING_32
         + """
-                const ptrdiff_t o = (plane * oh + oi) * ow + oj;
+                const unsigned int o = (plane * (unsigned int)oh + oi) * (unsigned int)ow + oj;
                 if (argmax[o] == u * kw + v && y[o] > (T)0) acc += gy[o];
             }
         }
         gz = acc;
         """,
         "medgrad_relu_max_pool2d_backward",
+        MAGIC_PREAMBLE,
+    ),
+    "im2col_t": Source(
+        f"raw T x, int32 c, int32 h, int32 w, {_div('kw')}, int32 sh, int32 sw, int32 ph, "
+        f"int32 pw, {_div('npix')}, {_div('ohw')}, {_div('ow')}, {_div('khw')}",
+        "T cols",
+        """
+        // thread i -> cols[r, p] of the channel-major columns (rows, n*oh*ow), r = (ch, u, v) and
+        // p = (b, oi, oj): consecutive threads take consecutive output pixels, so a warp reads
+        // neighbouring x and writes neighbouring cols. Row r = c*kh*kw, present when rows is
+        // c*kh*kw + 1, is all ones: the bias row, so that one GEMM gives gW and gb together
+        const unsigned int idx = (unsigned int)i;
+        const unsigned int r = MG_DIV(idx, npix), p = idx - r * (unsigned int)npix;
+        const unsigned int ch = MG_DIV(r, khw), tap = r - ch * (unsigned int)khw;
+        if (ch >= (unsigned int)c) {
+            cols = (T)1;
+        } else {
+            const unsigned int b = MG_DIV(p, ohw), pix = p - b * (unsigned int)ohw;
+            const unsigned int oi = MG_DIV(pix, ow), oj = pix - oi * (unsigned int)ow;
+            const unsigned int u = MG_DIV(tap, kw), v = tap - u * (unsigned int)kw;
+            const int hh = (int)(oi * sh + u) - ph, ww = (int)(oj * sw + v) - pw;
+            const bool inside = hh >= 0 && hh < h && ww >= 0 && ww < w;
+            cols = inside ? x[((b * (unsigned int)c + ch) * (unsigned int)h + hh) * w + ww]
+                          : (T)0;
+        }
+        """,
+        "medgrad_im2col_t",
+        MAGIC_PREAMBLE,
+    ),
+    "col2im_t": Source(
+        f"raw T cols, {_div('c')}, {_div('h')}, {_div('w')}, int32 oh, int32 ow, {_GEOMETRY32}, "
+        "int32 npix",
+        "T x",
+        """
+        // thread i -> x[b, ch, hh, ww] (row-major); it sums the channel-major columns cols
+        // (c*kh*kw, n*oh*ow) of every tap on it: consecutive threads read consecutive pixels
+        const unsigned int idx = (unsigned int)i;
+        const unsigned int rest = MG_DIV(idx, w), ww = idx - rest * (unsigned int)w;
+        const unsigned int plane = MG_DIV(rest, h), hh = rest - plane * (unsigned int)h;
+        const unsigned int b = MG_DIV(plane, c), ch = plane - b * (unsigned int)c;
+        T acc = 0;
+        """
+        + _WINDOWS_COVERING_32
+        + """
+                acc += cols[((ch * (unsigned int)kh + u) * (unsigned int)kw + v) * (unsigned int)npix
+                            + ((b * (unsigned int)oh + oi) * (unsigned int)ow + oj)];
+            }
+        }
+        x = acc;
+        """,
+        "medgrad_col2im_t",
+        MAGIC_PREAMBLE,
     ),
     "relu_forward": Source(
         "T x",

@@ -33,15 +33,20 @@ _PRELUDE = r"""
 #include <cstring>
 using std::exp; using std::log; using std::max; using std::min; using std::sqrt;
 static inline double __longlong_as_double(long long v) { double d; std::memcpy(&d, &v, 8); return d; }
+static inline unsigned int __umulhi(unsigned int a, unsigned int b) {
+    return (unsigned int)(((unsigned long long)a * b) >> 32);
+}
 template <typename U> struct Raw {  // CuPy's CArray as a raw argument: flat, row-major indexing
     U* d;
     U& operator[](ptrdiff_t k) const { return d[k]; }
 };
 """
 _CTYPES = {"float": ctypes.c_float, "double": ctypes.c_double, "int": ctypes.c_int,
-           "long long": ctypes.c_longlong, "bool": ctypes.c_bool}  # fmt: skip
+           "long long": ctypes.c_longlong, "bool": ctypes.c_bool,
+           "unsigned int": ctypes.c_uint}  # fmt: skip
 _NUMPY = {"float": np.float32, "double": np.float64, "int": np.int32, "long long": np.int64,
-          "bool": np.bool_}  # fmt: skip
+          "bool": np.bool_, "unsigned int": np.uint32}  # fmt: skip
+_SCALAR_C = {"int32": "int", "uint32": "unsigned int", "bool": "bool"}  # CuPy type -> C type
 _C_OF = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
          np.dtype(np.int32): "int", np.dtype(np.int64): "long long"}  # fmt: skip
 
@@ -75,7 +80,7 @@ class CpuElementwise:
         fn = self._compiled(tuple(sorted(binding.items())), kinds)
         keep, pointers, size = [], [], None
         for (raw, typ, name), a in zip(params, args, strict=True):
-            c_type = binding.get(typ, {"int32": "int", "bool": "bool"}.get(typ))
+            c_type = binding.get(typ, _SCALAR_C.get(typ))
             if isinstance(a, np.ndarray):
                 assert a.dtype == _NUMPY[c_type], f"{name}: {a.dtype}, expected {c_type}"
                 is_out = (raw, typ, name) in self.outs
@@ -110,13 +115,14 @@ class CpuElementwise:
 
     def _code(self, binding: dict, kinds: tuple) -> str:
         """The body inside a loop over i, each parameter declared as CuPy declares it."""
-        lines = [_PRELUDE, *(f"typedef {c} {t};" for t, c in binding.items())]
+        lines = [_PRELUDE, *(f"typedef {c} {t};" for t, c in binding.items()),
+                 self.source.preamble]  # fmt: skip
         lines.append('extern "C" void run(ptrdiff_t n, void** a) {')
         loop = []
         for index, ((raw, typ, name), is_array) in enumerate(
             zip(self.ins + self.outs, kinds, strict=True)
         ):
-            c_type = {"int32": "int", "bool": "bool"}.get(typ, typ)
+            c_type = _SCALAR_C.get(typ, typ)
             is_out = index >= len(self.ins)
             if raw:
                 lines.append(f"    Raw<{c_type}> {name}{{({c_type}*)a[{index}]}};")
@@ -168,3 +174,51 @@ def test_every_source_comments_its_thread_mapping():
     for name, source in SOURCES.items():
         first = source.operation.strip().splitlines()[0].strip()
         assert re.match(r"//\s*thread i ->", first), name
+
+
+def test_magic_division_is_exact():
+    """launchers._divisor's (m, s) give n // d == (umulhi(n, m) + n) >> s over the whole range
+    the 32-bit kernels use (0 <= n < 2^31): every divisor up to 4100 and some large ones, at the
+    edges of the range and around multiples of d, where a wrong magic number fails first."""
+    rng = np.random.default_rng(0)
+    divisors = [*range(1, 4101), 2**15 + 1, 676 * 4096, 121 * 4096, 2**30 + 3, 2**31 - 1]
+    for d in divisors:
+        d_, m, s = launchers._divisor(d)
+        assert d_ == d and 0 < m < 2**32 and 0 <= s <= 31
+        n = np.concatenate([
+            np.arange(0, min(3 * d + 3, 5000)), rng.integers(0, 2**31, 200),
+            np.arange(2**31 - min(3 * d + 3, 5000), 2**31),
+            (rng.integers(1, (2**31 - 1) // d + 1, 200) * d)[:, None] + np.array([-1, 0, 1]),
+        ], axis=None)  # fmt: skip
+        n = n[(n >= 0) & (n < 2**31)].astype(np.uint64)
+        q = (((n * np.uint64(m)) >> np.uint64(32)) + n) >> np.uint64(s)
+        np.testing.assert_array_equal(q, n // np.uint64(d), err_msg=f"d={d}")
+    with pytest.raises(ValueError, match="divisor"):
+        launchers._divisor(0)
+
+
+@pytest.mark.parametrize("need_gx", [True, False])
+def test_fused_past_32_bit_indexing_takes_the_64_bit_kernels(cpu_launchers, monkeypatch, need_gx):
+    """Past INDEX_LIMIT elements the fused kernels compose the 64-bit unfused ones: same results
+    (the limit is lowered here so that tiny shapes cross it)."""
+    from kernels.numpy_cpu import KERNELS as REF
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(-2, 3, (2, 2, 6, 6)).astype(np.float64)
+    W = rng.integers(-2, 3, (3, 2, 3, 3)).astype(np.float64)
+    b = rng.integers(-2, 2, 3).astype(np.float64)
+    geometry = ((1, 1), (0, 0), (2, 2), (2, 2), (0, 0))
+    y_ref, argmax_ref = REF["conv2d_relu_max_pool2d_forward"](x, W, b, *geometry)
+    gy = rng.standard_normal(y_ref.shape)
+    ref = REF["conv2d_relu_max_pool2d_backward"](gy, y_ref, argmax_ref, x, W, *geometry, need_gx)
+    monkeypatch.setattr(cpu_launchers, "INDEX_LIMIT", 100)
+    assert not cpu_launchers._fused_fits32(x.shape, W.shape, 4, 4)
+    y, argmax = cpu_launchers.conv2d_relu_max_pool2d_forward(x, W, b, *geometry)
+    np.testing.assert_array_equal(argmax, argmax_ref)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12)
+    got = cpu_launchers.conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, *geometry, need_gx)
+    for g, e in zip(got, ref, strict=True):
+        assert (g is None) == (e is None)
+        if e is not None:
+            assert g.shape == e.shape and g.dtype == e.dtype
+            np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-12)
