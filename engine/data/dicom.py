@@ -268,6 +268,12 @@ def _decode(path, ds, frames: int, rows: int, cols: int, samples: int) -> np.nda
         raise _error(path, reason, f"bad pixel data ({type(exc).__name__}: {text})") from exc
     except Exception as exc:  # a decoder plugin failing in its own way
         raise _error(path, Reason.DECODER_CRASHED, f"{type(exc).__name__}: {exc}") from exc
+    except BaseException as exc:
+        # Rust decoders (pylibjpeg-rle via pyo3) panic with PanicException, a BaseException, on
+        # corrupt streams; only the interpreter's own control-flow exceptions pass through.
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        raise _error(path, Reason.DECODER_CRASHED, f"{type(exc).__name__}: {exc}") from exc
     expected = (frames, rows, cols) + ((samples,) if samples == 3 else ())
     if arr.size != int(np.prod(expected)):
         raise _error(path, Reason.MALFORMED, f"decoded shape {arr.shape}, expected {expected}")

@@ -340,6 +340,22 @@ def test_unexpected_exception_is_mapped_with_its_type(monkeypatch):
     assert isinstance(info.value.__cause__, ZeroDivisionError)
 
 
+def test_decoder_panic_is_a_dicom_read_error(monkeypatch):
+    """pylibjpeg-rle (Rust, pyo3) panics with PanicException, a BaseException, on a corrupt RLE
+    stream (found by the fuzz tier with the dicom-codecs extra installed)."""
+
+    class PanicException(BaseException):
+        pass
+
+    def panic(self):
+        raise PanicException("index out of bounds: the len is 8192 but the index is 8192")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(panic))
+    with pytest.raises(DicomReadError, match="PanicException") as info:
+        read_image(get_testdata_file("MR_small_RLE.dcm"))
+    assert info.value.reason == Reason.DECODER_CRASHED
+
+
 @pytest.mark.parametrize(
     "compressed,plain",
     [
