@@ -4,10 +4,11 @@
     net = load("runs/demo/model.npz")        # verified: SHA-256, no pickle
     probs = net.predict_proba(images)        # images float32 (n, c, h, w), prepared as in training
 
-This module imports NumPy and the file reader (engine.checkpoint, engine.safeio) only: no autograd,
-no kernel backend, so neither Numba nor CuPy nor pydicom is ever loaded. It runs the layer list the
-model file stores (Conv2d, Linear, ReLU, Sigmoid, Tanh, MaxPool2d, AvgPool2d, Flatten, Dropout)
-with the same arithmetic as the engine's NumPy kernels: im2col + one matrix product per conv.
+This module imports NumPy, the file reader (engine.checkpoint, engine.safeio) and the NumPy
+reference kernels (kernels.numpy_cpu) only: no autograd, no kernel backend, so neither Numba nor
+CuPy nor pydicom is ever loaded. It runs the layer list the model file stores (Conv2d, Linear, ReLU,
+Sigmoid, Tanh, MaxPool2d, AvgPool2d, Flatten, Dropout) through the same kernels the engine's numpy
+flavour uses: im2col + one matrix product per conv.
 """
 
 from __future__ import annotations
@@ -18,40 +19,22 @@ import numpy as np
 
 from engine.checkpoint import Checkpoint, load_checkpoint
 from engine.errors import SerializationError
-
-
-def _pad(x: np.ndarray, ph: int, pw: int, value: float = 0.0) -> np.ndarray:
-    if not (ph or pw):
-        return x
-    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
-
-
-def _windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int) -> np.ndarray:
-    """x (n, c, h, w) -> (n, c, oh, ow, kh, kw): every kh x kw window at stride (sh, sw), a view."""
-    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))
-    return win[:, :, ::sh, ::sw]
+from kernels import numpy_cpu
 
 
 def conv2d(x, W, b, stride, padding) -> np.ndarray:
     """y[n, o, i, j] = sum_{c,u,v} x_pad[n, c, i sh + u, j sw + v] W[o, c, u, v] + b[o]."""
-    oc, c, kh, kw = W.shape
-    cols = _windows(_pad(x, *padding), kh, kw, *stride)  # (n, c, oh, ow, kh, kw)
-    n, _, oh, ow = cols.shape[:4]
-    cols = cols.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)  # im2col rows
-    y = cols @ W.reshape(oc, -1).T
-    if b is not None:
-        y += b
-    return np.ascontiguousarray(y.reshape(n, oh, ow, oc).transpose(0, 3, 1, 2))
+    return numpy_cpu.conv2d_forward(x, W, b, tuple(stride), tuple(padding))
 
 
 def max_pool2d(x, kernel_size, stride, padding) -> np.ndarray:
     """Max over each window; padding counts as -inf, so it never wins."""
-    return _windows(_pad(x, *padding, value=-np.inf), *kernel_size, *stride).max(axis=(4, 5))
+    return numpy_cpu.max_pool2d_forward(x, tuple(kernel_size), tuple(stride), tuple(padding))[0]
 
 
 def avg_pool2d(x, kernel_size, stride, padding) -> np.ndarray:
     """Mean over each window; padded zeros count in the mean (PyTorch's default)."""
-    return _windows(_pad(x, *padding), *kernel_size, *stride).mean(axis=(4, 5))
+    return numpy_cpu.avg_pool2d_forward(x, tuple(kernel_size), tuple(stride), tuple(padding))
 
 
 def _sigmoid(x):
