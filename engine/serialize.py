@@ -6,17 +6,20 @@ import os
 
 import numpy as np
 
+from engine.checkpoint import atomic_write
 from engine.errors import SerializationError
 from engine.safeio import load_npz
 
 
 def save_state_dict(state: dict[str, np.ndarray], path: str | os.PathLike) -> None:
-    """Write name -> array to an uncompressed `.npz`; object arrays are refused (they need pickle)."""
-    for name, a in state.items():
-        if np.asarray(a).dtype.hasobject:
+    """Write name -> array to an uncompressed `.npz`, atomically (a killed save leaves the old file
+    or the new one); object arrays are refused (they need pickle). Model files with architecture,
+    preprocessing and a checksum are engine.checkpoint's."""
+    arrays = {name: np.asarray(a) for name, a in state.items()}
+    for name, a in arrays.items():
+        if a.dtype.hasobject:
             raise SerializationError(f"{name}: object arrays cannot be saved without pickle")
-    with open(path, "wb") as f:
-        np.savez(f, **{name: np.asarray(a) for name, a in state.items()})
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
