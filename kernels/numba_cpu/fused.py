@@ -20,6 +20,7 @@ from numba import njit
 
 from kernels.numpy_cpu._xp import out_size
 
+from . import polyphase
 from ._tasks import run_tasks
 from .conv import (
     DIRECT_MAX_K,
@@ -284,6 +285,8 @@ def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_str
     qw = out_size(ow, pool_size[1], pool_stride[1], pool_padding[1])
     bias = np.zeros(oc, dtype=x.dtype) if b is None else _c(b)
     y = np.empty((n, oc, qh, qw), dtype=x.dtype)
+    if polyphase.applies(c, (ckh, ckw), stride, pool_size, pool_stride, pool_padding, DIRECT_MAX_K):
+        return polyphase.forward(_padded(x, ph, pw), _c(W), bias, qh, qw, run_tasks)
     argmax = np.empty((n, oc, qh, qw), dtype=np.int32)
     if c * ckh * ckw <= DIRECT_MAX_K:
         args = (_padded(x, ph, pw), _c(W), bias, sh, sw, oh, ow, *pool, y, argmax)
@@ -320,9 +323,13 @@ def conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding, pool_s
     n, _, h, w = x.shape
     oh, ow = out_size(h, ckh, sh, ph), out_size(w, ckw, sw, pw)
     gy, y, argmax = _c(gy), _c(y), _c(argmax)
+    direct = c * ckh * ckw <= DIRECT_MAX_K
+    if not need_gx and polyphase.applies(c, (ckh, ckw), stride, pool_size, pool_stride,
+                                         pool_padding, DIRECT_MAX_K):  # fmt: skip
+        gW, gb = polyphase.grad_weight(gy, y, argmax, _padded(x, ph, pw), W.shape, run_tasks)
+        return None, gW, gb
     gb = np.where(y > 0, gy, 0).sum(axis=(0, 2, 3)).astype(gy.dtype)
     pool = (*pool_size, *pool_stride, *pool_padding)
-    direct = c * ckh * ckw <= DIRECT_MAX_K
     if sh == 1 and sw == 1 and direct and not need_gx:
         gW = np.empty(W.shape, dtype=gy.dtype)
         args = (gy, y, argmax, _padded(x, ph, pw), oh, ow, *pool, gW)

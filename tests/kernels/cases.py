@@ -23,6 +23,9 @@ CONV = [
     ("nonsquare_gemm", (2, 8, 9, 7), (5, 8, 3, 2), (2, 1), (1, 0)),
     ("batch1_nonsquare", (1, 2, 6, 9), (3, 2, 2, 4), (1, 2), (1, 0)),
     ("batch1_pad_gemm", (1, 16, 5, 6), (4, 16, 3, 3), (1, 1), (1, 1)),
+    # 3x3 stride-1 convs on thin inputs: numba_cpu's polyphase conv-ReLU-pool block (odd outputs)
+    ("rgb_pad1_odd", (3, 3, 11, 9), (5, 3, 3, 3), (1, 1), (1, 1)),
+    ("batch1_grey_pad1", (1, 1, 7, 10), (2, 1, 3, 3), (1, 1), (1, 1)),
 ]
 # x shape, kernel_size, stride, padding
 POOL = [
@@ -179,6 +182,8 @@ FUSED = [
     ("nonsquare_gemm", (2, 1), (1, 1), (0, 0)),
     ("batch1_nonsquare", (1, 2), (1, 2), (0, 1)),
     ("batch1_pad_gemm", (3, 3), (1, 1), (1, 1)),
+    ("rgb_pad1_odd", (2, 2), (2, 2), (0, 0)),  # 11x9 conv output -> 5x4
+    ("batch1_grey_pad1", (2, 2), (2, 2), (0, 0)),  # 7x10 -> 3x5
 ]
 
 

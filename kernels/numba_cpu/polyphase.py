@@ -1,0 +1,245 @@
+"""The fused conv 3x3 + bias + ReLU + 2x2 max-pool block of a thin input (the first layer of a CNN
+on grey or RGB images), computed window by window in polyphase layout.
+
+Why (seed CNN conv1: 1 -> 32 channels, 28x28, b64, 2 cores): the plane-by-plane direct loop of
+fused.py wrote each conv plane to a buffer with nine axpy passes, then pooled it with stride-2
+reads; the weight gradient went through a (c, 3, 3, plane) accumulator in memory. Together they
+were a quarter of the training step at 15-25 GFLOP/s. Here one vectorised loop over pooling
+windows computes the window's four conv values in registers from sixteen contiguous loads, and
+the weight gradient gathers the one input value per tap that each window's argmax selects.
+
+Polyphase layout: the padded input plane xpad (hp, wp) is split into four planes by row and column
+parity, P[2*pr + pc][k*L + l] = xpad[2k + pr, 2l + pc], with L = qw + 1 columns per row (one
+column past the last window). Window (i, j) is flat index q = i*L + j; its tap (a, b) is conv pixel
+(2i + a, 2j + b), which reads xpad[2i + e, 2j + f] with e = a + u, f = b + v (u, v the 3x3 taps):
+that is P[2*(e % 2) + f % 2][q + (e // 2)*L + f // 2]. All sixteen (e, f) in 0..3 are contiguous
+in q, so the loop over q vectorises; column j = qw of each row is junk (computed, never stored).
+
+Semantics are the numpy_cpu composition's (kernels/numpy_cpu/fused.py): y = max over the window
+of relu(conv + bias), argmax = the first maximal tap a*2 + b in row-major order, NaN wins once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# fastmath stays off (no reassociation, no NaN/inf assumptions, IEEE results): only `contract`,
+# which lets a*b + c be one fused multiply-add (one rounding instead of two, as BLAS does). Without
+# it every tap costs a multiply and an add: the forward loop ran 1.6x slower (measured).
+JIT = dict(cache=True, fastmath={"contract"}, nogil=True)
+VEC = 16  # flat loops run over a multiple of VEC windows: no scalar remainder (the junk is unread)
+
+
+def applies(c, kernel, stride, pool_size, pool_stride, pool_padding, max_k) -> bool:
+    """Whether the polyphase kernels handle this block: a 3x3 conv at stride 1 over c channels
+    with c*9 <= max_k (the direct-loop regime), then a 2x2 max-pool at stride 2, no pool padding."""
+    return (
+        tuple(kernel) == (3, 3)
+        and tuple(stride) == (1, 1)
+        and c * 9 <= max_k
+        and tuple(pool_size) == (2, 2)
+        and tuple(pool_stride) == (2, 2)
+        and tuple(pool_padding) == (0, 0)
+    )
+
+
+@njit(**JIT)
+def _geometry(qh, qw):
+    """(L, K, span, size): row length and rows of a polyphase plane; flat windows of one plane,
+    rounded up to a multiple of VEC; elements of a plane, padding included (a window's farthest
+    read is q + L + 1)."""
+    L = qw + 1
+    span = -(-((qh - 1) * L + qw) // VEC) * VEC
+    return L, qh + 1, span, max((qh + 1) * L, span + L + 1)
+
+
+@njit(**JIT)
+def _split_body(xpad, qh, qw, P, lo, hi):
+    """Task b: P[b, ch, 2*pr + pc, k*L + l] = xpad[b, ch, 2k + pr, 2l + pc] for every channel,
+    0 where that lies outside xpad (read only by junk windows)."""
+    c, hp, wp = xpad.shape[1], xpad.shape[2], xpad.shape[3]
+    L, K, _, size = _geometry(qh, qw)
+    for b in range(lo, hi):
+        for ch in range(c):
+            for pr in range(2):
+                for pc in range(2):
+                    dst = P[b, ch, 2 * pr + pc]
+                    for k in range(K):
+                        r = 2 * k + pr
+                        for l in range(L):
+                            col = 2 * l + pc
+                            inside = (r < hp) & (col < wp)
+                            dst[k * L + l] = xpad[b, ch, r, col] if inside else 0
+                    for k in range(K * L, size):
+                        dst[k] = 0
+
+
+@njit(**JIT)
+def _window_conv3(w, pe, po, qe, qo, L, span, z):
+    """z[t, q] += the 3x3 conv (weights w) at tap t = (a, b) of window q, from the four
+    polyphase planes pe, po, qe, qo (row parity even/odd, column parity even/odd)."""
+    w00, w01, w02 = w[0, 0], w[0, 1], w[0, 2]
+    w10, w11, w12 = w[1, 0], w[1, 1], w[1, 2]
+    w20, w21, w22 = w[2, 0], w[2, 1], w[2, 2]
+    # x_ef[q] = xpad[2i + e, 2j + f] for window q, as slices (every index provably >= 0)
+    x00, x01, x02, x03 = pe, po, pe[1:], po[1:]
+    x10, x11, x12, x13 = qe, qo, qe[1:], qo[1:]
+    x20, x21, x22, x23 = pe[L:], po[L:], pe[L + 1 :], po[L + 1 :]
+    x30, x31, x32, x33 = qe[L:], qo[L:], qe[L + 1 :], qo[L + 1 :]
+    z0, z1, z2, z3 = z[0], z[1], z[2], z[3]
+    for q in range(span):
+        a00, a01, a02, a03 = x00[q], x01[q], x02[q], x03[q]
+        a10, a11, a12, a13 = x10[q], x11[q], x12[q], x13[q]
+        a20, a21, a22, a23 = x20[q], x21[q], x22[q], x23[q]
+        a30, a31, a32, a33 = x30[q], x31[q], x32[q], x33[q]
+        z0[q] += (w00 * a00 + w01 * a01 + w02 * a02 + w10 * a10 + w11 * a11
+                  + w12 * a12 + w20 * a20 + w21 * a21 + w22 * a22)  # fmt: skip
+        z1[q] += (w00 * a01 + w01 * a02 + w02 * a03 + w10 * a11 + w11 * a12
+                  + w12 * a13 + w20 * a21 + w21 * a22 + w22 * a23)  # fmt: skip
+        z2[q] += (w00 * a10 + w01 * a11 + w02 * a12 + w10 * a20 + w11 * a21
+                  + w12 * a22 + w20 * a30 + w21 * a31 + w22 * a32)  # fmt: skip
+        z3[q] += (w00 * a11 + w01 * a12 + w02 * a13 + w10 * a21 + w11 * a22
+                  + w12 * a23 + w20 * a31 + w21 * a32 + w22 * a33)  # fmt: skip
+
+
+@njit(**JIT)
+def _relu_pool4(z, bias, span, yf, af):
+    """yf[q] = max over taps t of relu(z[t, q] + bias), af[q] = the first winning t; NaN wins
+    once (`|`, `&`: selects, not branches; see fused._relu_pool_2x2)."""
+    z0, z1, z2, z3 = z[0], z[1], z[2], z[3]
+    for q in range(span):
+        best = z0[q] + bias
+        best = best if (best > 0) | (best != best) else 0
+        arg = 0
+        val = z1[q] + bias
+        val = val if (val > 0) | (val != val) else 0
+        win = (val > best) | ((val != val) & (best == best))
+        best = val if win else best
+        arg = 1 if win else arg
+        val = z2[q] + bias
+        val = val if (val > 0) | (val != val) else 0
+        win = (val > best) | ((val != val) & (best == best))
+        best = val if win else best
+        arg = 2 if win else arg
+        val = z3[q] + bias
+        val = val if (val > 0) | (val != val) else 0
+        win = (val > best) | ((val != val) & (best == best))
+        best = val if win else best
+        arg = 3 if win else arg
+        yf[q] = best
+        af[q] = arg
+
+
+@njit(**JIT)
+def _forward_body(P, W, bias, qh, qw, y, argmax, lo, hi):
+    """Task b = image: y[b, o], argmax[b, o] for every output channel o. The four conv values of
+    each window are summed over channels in z (4, span), rectified and pooled into flat rows,
+    then stored; the work buffers stay in L1."""
+    c, oc = P.shape[1], W.shape[0]
+    L, _, span, _ = _geometry(qh, qw)
+    z = np.empty((4, span), dtype=y.dtype)
+    yf = np.empty(span, dtype=y.dtype)
+    af = np.empty(span, dtype=np.int32)
+    for b in range(lo, hi):
+        for o in range(oc):
+            z[:] = 0  # one branch-free loop that adds (a load under a condition blocks vectorising)
+            for ch in range(c):
+                pl = P[b, ch]
+                _window_conv3(W[o, ch], pl[0], pl[1], pl[2], pl[3], L, span, z)
+            _relu_pool4(z, bias[o], span, yf, af)
+            for i in range(qh):
+                yr, ar, ys, as_ = y[b, o, i], argmax[b, o, i], yf[i * L :], af[i * L :]
+                for j in range(qw):
+                    yr[j] = ys[j]
+                    ar[j] = as_[j]
+
+
+@njit(**JIT)
+def _tap_grad(acc, g, sel, xa, xb, xc, xd, span):
+    """acc[q] += g[q] * (xa, xb, xc, xd)[sel[q]][q]: the input value under one weight tap for
+    the window's argmax (top-left, top-right, bottom-left, bottom-right). One store stream and
+    six loads: few enough pointers for LLVM's runtime alias checks, so the loop vectorises."""
+    for q in range(span):
+        s = sel[q]
+        top, left = s < 2, (s & 1) == 0
+        a, b2, c2, d = xa[q], xb[q], xc[q], xd[q]  # unconditional loads, then selects
+        acc[q] += g[q] * ((a if left else b2) if top else (c2 if left else d))
+
+
+@njit(**JIT)
+def _grad_body(gy, y, argmax, P, gW, gb, lo, hi):
+    """Task o = output channel: gW[o, ch, u, v] = sum over images and windows with y > 0 of
+    gy * xpad[2i + a + u, 2j + b + v], (a, b) the window's argmax tap, and gb[o] = sum of those
+    gy. Per-lane partial sums over q (acc, gacc) keep the loops vectorised without reordering a
+    lane's additions; each lane is summed at the end."""
+    n, qh, qw = gy.shape[0], gy.shape[2], gy.shape[3]
+    c = P.shape[1]
+    L, _, span, _ = _geometry(qh, qw)
+    g = np.zeros(span, dtype=gy.dtype)  # junk windows stay 0
+    sel = np.zeros(span, dtype=np.int32)
+    acc = np.empty((c, 9, span), dtype=gy.dtype)
+    gacc = np.empty(span, dtype=gy.dtype)
+    for o in range(lo, hi):
+        acc[:] = 0
+        gacc[:] = 0
+        for b in range(n):
+            for i in range(qh):
+                gr, yr, ar = gy[b, o, i], y[b, o, i], argmax[b, o, i]
+                gs, ss = g[i * L :], sel[i * L :]
+                for j in range(qw):
+                    gs[j] = gr[j] if yr[j] > 0 else 0  # the ReLU passed the window's maximum
+                    ss[j] = ar[j]
+            for q in range(span):
+                gacc[q] += g[q]
+            for ch in range(c):
+                pl = P[b, ch]
+                # x_ef[q] = xpad[2i + e, 2j + f]: tap (u, v) reads (e, f) = (a + u, b + v)
+                for u in range(3):
+                    even = u % 2 == 0
+                    r0 = pl[0] if even else pl[2]  # plane of row e = u (parity of u)
+                    r0o = pl[1] if even else pl[3]
+                    r1 = pl[2] if even else pl[0]  # plane of row e = u + 1
+                    r1o = pl[3] if even else pl[1]
+                    o0, o1 = (u // 2) * L, ((u + 1) // 2) * L
+                    for v in range(3):
+                        # columns f = v and v + 1: parity planes and offsets
+                        c0, d0 = (r0, v // 2) if v % 2 == 0 else (r0o, v // 2)
+                        c1, d1 = (r0o, (v + 1) // 2) if v % 2 == 0 else (r0, (v + 1) // 2)
+                        c2, d2 = (r1, v // 2) if v % 2 == 0 else (r1o, v // 2)
+                        c3, d3 = (r1o, (v + 1) // 2) if v % 2 == 0 else (r1, (v + 1) // 2)
+                        _tap_grad(acc[ch, 3 * u + v], g, sel, c0[o0 + d0 :], c1[o0 + d1 :],
+                                  c2[o1 + d2 :], c3[o1 + d3 :], span)  # fmt: skip
+        gb[o] = gacc.sum()
+        for ch in range(c):
+            for t in range(9):
+                gW[o, ch, t // 3, t % 3] = acc[ch, t].sum()
+
+
+def split(xpad, qh, qw, run_tasks):
+    """The polyphase planes of every image: (n, c, 4, size), see _geometry."""
+    size = _geometry(qh, qw)[3]
+    n, c = xpad.shape[:2]
+    P = np.empty((n, c, 4, size), dtype=xpad.dtype)
+    run_tasks(_split_body, n, xpad, qh, qw, P)
+    return P
+
+
+def forward(xpad, W, bias, qh, qw, run_tasks):
+    """(y, argmax int32) of the block, both (n, oc, qh, qw); xpad is the conv-padded input."""
+    n, oc = xpad.shape[0], W.shape[0]
+    P = split(xpad, qh, qw, run_tasks)
+    y = np.empty((n, oc, qh, qw), dtype=xpad.dtype)
+    argmax = np.empty((n, oc, qh, qw), dtype=np.int32)
+    run_tasks(_forward_body, n, P, W, bias, qh, qw, y, argmax)
+    return y, argmax
+
+
+def grad_weight(gy, y, argmax, xpad, w_shape, run_tasks):
+    """(gW (oc, c, 3, 3), gb (oc,)) of the block from the pooled gradient gy."""
+    qh, qw = gy.shape[2:]
+    P = split(xpad, qh, qw, run_tasks)
+    gW = np.empty(w_shape, dtype=gy.dtype)
+    gb = np.empty(w_shape[0], dtype=gy.dtype)
+    run_tasks(_grad_body, w_shape[0], gy, y, argmax, P, gW, gb)
+    return gW, gb
