@@ -271,7 +271,24 @@ def _fused_wide_grad_body(gy, y, argmax, xpad, WmT, ckh, ckw, oh, ow, ph, pw, ch
         if need_gx:
             gcols = gcolsbuf[: ckk * m].reshape(ckk, m)
             np.dot(WmT, g, gcols)
-            _col2im_wide(gcols, b0, b1, ckh, ckw, ph, pw, span, buf, gx)
+            _col2im_wide(gcols, b0, b1, ckh, ckw, ph, pw, span, buf, wp, gx)
+
+
+def _pool_reach(o, k, s, p, q):
+    """Conv rows (or columns) 0..reach-1 hold every tap the pool reads: the last window's last
+    tap is (q - 1)*s + k - 1 - p. Rows beyond (floor mode drops them) are never computed: for
+    the seed CNN's conv2, 10 of 11 rows and columns, 16% of its GEMM work (measured 141 -> 118
+    columns per image in the wide layout)."""
+    return min(o, (q - 1) * s + k - p)
+
+
+def _wide_crop(x, kernel, padding, pool, conv_out, pool_out):
+    """(xpad cropped to what the pool's reach needs, reach rows, reach columns): stride 1."""
+    (ckh, ckw), (ph, pw) = kernel, padding
+    pkh, pkw, psh, psw, pph, ppw = pool
+    ohu = _pool_reach(conv_out[0], pkh, psh, pph, pool_out[0])
+    owu = _pool_reach(conv_out[1], pkw, psw, ppw, pool_out[1])
+    return _padded(x, ph, pw, ohu + ckh - 1, owu + ckw - 1), ohu, owu
 
 
 def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_stride, pool_padding):
@@ -293,8 +310,9 @@ def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_str
         run_tasks(_fused_direct_body, n * oc, *args)
     elif sh == 1 and sw == 1:
         single_threaded_inner_blas()
-        chunk = _chunk(n, c * ckh * ckw * oh * ow)
-        args = (_padded(x, ph, pw), _c(W).reshape(oc, -1), bias, ckh, ckw, oh, ow, chunk)
+        xc, ohu, owu = _wide_crop(x, (ckh, ckw), padding, pool, (oh, ow), (qh, qw))
+        chunk = _chunk(n, c * ckh * ckw * ohu * owu)
+        args = (xc, _c(W).reshape(oc, -1), bias, ckh, ckw, ohu, owu, chunk)
         run_tasks(_fused_wide_body, -(-n // chunk), *args, *pool, y, argmax)
     else:
         single_threaded_inner_blas()
@@ -337,12 +355,13 @@ def conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding, pool_s
         return None, gW, gb
     if sh == 1 and sw == 1 and not direct:
         single_threaded_inner_blas()
-        chunk = _chunk(n, c * ckh * ckw * oh * ow)
+        qh, qw = gy.shape[2:]
+        xc, ohu, owu = _wide_crop(x, (ckh, ckw), padding, pool, (oh, ow), (qh, qw))
+        chunk = _chunk(n, c * ckh * ckw * ohu * owu)
         partial = np.empty((-(-n // chunk), c * ckh * ckw, oc), dtype=gy.dtype)  # gW^T per chunk
         gx = np.empty(x.shape if need_gx else (0, c, h, w), dtype=gy.dtype)
         WmT = _c(W.reshape(oc, -1).T)
-        xpad = _padded(x, ph, pw)
-        args = (gy, y, argmax, xpad, WmT, ckh, ckw, oh, ow, ph, pw, chunk, *pool, need_gx)
+        args = (gy, y, argmax, xc, WmT, ckh, ckw, ohu, owu, ph, pw, chunk, *pool, need_gx)
         run_tasks(_fused_wide_grad_body, partial.shape[0], *args, partial, gx)
         gW = np.ascontiguousarray(partial.sum(axis=0).T).reshape(W.shape)
         return (gx if need_gx else None), gW, gb
