@@ -5,9 +5,11 @@ and writes it again for ReLU, reads it once more for the pool, and its backward 
 gradient for the pool and multiplies it by the ReLU mask in another pass. Here each task computes
 one conv plane (direct path) or one chunk of planes (im2col + GEMM path) into a buffer that stays
 in cache, and rectifies and pools it from there; only y (a quarter of the size) and argmax are
-written. The backward kernel writes the conv-output gradient in one pass, zeroing each plane while
-it is in cache. The semantics are the numpy_cpu composition's, argmax included (kernels/numpy_cpu/
-fused.py): the pool runs over rectified values, first maximum in row-major tap order, NaN wins.
+written. A thin 3x3 first layer with a 2x2 pool runs polyphase.py instead (window by window, in
+registers). The backward never builds the conv-output gradient: polyphase.py for that first layer,
+sparse_grad.py (one axpy per pooling window that passes a gradient) for everything else.
+The semantics are the numpy_cpu composition's, argmax included (kernels/numpy_cpu/fused.py): the
+pool runs over rectified values, first maximum in row-major tap order, NaN wins.
 
 Pool geometry: window (i, j), tap (u, v) reads conv row i*sh + u - ph and column j*sw + v - pw;
 taps outside the conv output are padding and never win (each window has one inside tap at least).
@@ -20,20 +22,17 @@ from numba import njit
 
 from kernels.numpy_cpu._xp import out_size
 
-from . import polyphase
+from . import polyphase, sparse_grad
 from ._tasks import run_tasks
 from .conv import (
     DIRECT_MAX_K,
     _c,
     _chunk,
-    _col2im_wide,
     _direct_plane,
     _im2col_t,
     _im2col_wide,
     _jrange,
     _padded,
-    conv2d_backward_input,
-    conv2d_backward_weight,
     single_threaded_inner_blas,
 )
 
@@ -172,108 +171,6 @@ def _fused_wide_body(xpad, Wm, bias, ckh, ckw, oh, ow, chunk, kh, kw, psh, psw, 
                                  y[b, o], argmax[b, o])  # fmt: skip
 
 
-@njit(**JIT)
-def _scatter_windows(gy, y, argmax, kh, kw, sh, sw, ph, pw, dst, rs):
-    """dst[r*rs + col] += gy[i, j] for every window (i, j) of one plane with y[i, j] > 0, where
-    (r, col) is the conv pixel of its argmax tap u*kw + v: r = i*sh + u - ph, col = j*sw + v - pw.
-    dst is a flat plane with row stride rs, zero on entry (the caller's)."""
-    qh, qw = gy.shape
-    if kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0:
-        for i in range(qh):
-            gr, yr, ar = gy[i], y[i], argmax[i]
-            for j in range(qw):
-                a = ar[j]
-                # every window stores (0 where the ReLU blocked it): no data-dependent branch;
-                # 2x2 stride-2 windows never share a pixel, so no store overwrites another's.
-                # Bit operations: an integer division per window cost more than the store.
-                dst[(2 * i + (a >> 1)) * rs + 2 * j + (a & 1)] = gr[j] if yr[j] > 0 else 0
-        return
-    for i in range(qh):
-        for j in range(qw):
-            if y[i, j] > 0:  # the ReLU passed the window's maximum
-                a = argmax[i, j]
-                r = i * sh + a // kw - ph  # the winning tap's conv row
-                col = j * sw + a % kw - pw  # and column
-                dst[r * rs + col] += gy[i, j]
-
-
-@njit(**JIT)
-def _relu_pool_backward_body(gy, y, argmax, kh, kw, sh, sw, ph, pw, gz, lo, hi):
-    """Task p = plane (b, ch): gz[b, ch] = 0 (while in cache: no separate zero-fill pass), then
-    the windows' gradients scattered in (_scatter_windows)."""
-    c, oh, ow = gz.shape[1], gz.shape[2], gz.shape[3]
-    for p in range(lo, hi):
-        b, ch = p // c, p % c
-        g = gz[b, ch].reshape(oh * ow)
-        g[:] = 0
-        _scatter_windows(gy[b, ch], y[b, ch], argmax[b, ch], kh, kw, sh, sw, ph, pw, g, ow)
-
-
-@njit(**JIT)
-def _fused_direct_grad_weight_body(gy, y, argmax, xpad, oh, ow, kh, kw, sh, sw, ph, pw, gW, lo, hi):
-    """Stride-1 conv, small c*kh*kw: gW[o, ch, u, v] = sum_{b,q} g[q] * xpad[b, ch].flat[q + u*wp
-    + v], with g the conv-output gradient of plane (b, o) in wide rows (row stride wp), rebuilt
-    from the pooled windows in a cache-resident buffer: the full-size gradient never exists.
-    Task o in [lo, hi); per-lane partial sums as _conv_direct_grad_weight_body."""
-    n = gy.shape[0]
-    c, ckh, ckw = gW.shape[1], gW.shape[2], gW.shape[3]
-    hp, wp = xpad.shape[2], xpad.shape[3]
-    span = (oh - 1) * wp + ow
-    g = np.empty(span, dtype=gW.dtype)
-    for o in range(lo, hi):
-        acc = np.zeros((c, ckh, ckw, span), dtype=gW.dtype)
-        for b in range(n):
-            g[:] = 0
-            _scatter_windows(gy[b, o], y[b, o], argmax[b, o], kh, kw, sh, sw, ph, pw, g, wp)
-            for ch in range(c):
-                xf = xpad[b, ch].reshape(hp * wp)
-                for u in range(ckh):
-                    for v in range(ckw):
-                        a = acc[ch, u, v]
-                        xs = xf[u * wp + v : u * wp + v + span]
-                        for q in range(span):
-                            a[q] += g[q] * xs[q]
-        for ch in range(c):
-            for u in range(ckh):
-                for v in range(ckw):
-                    gW[o, ch, u, v] = acc[ch, u, v].sum()
-
-
-@njit(**JIT)
-def _fused_wide_grad_body(gy, y, argmax, xpad, WmT, ckh, ckw, oh, ow, ph, pw, chunk, kh, kw, sh,
-                          sw, pph, ppw, need_gx, partial, gx, lo, hi):  # fmt: skip
-    """Stride-1 conv, GEMM path, per chunk t of images: the conv-output gradient in the wide
-    layout g (oc, chunk*span) is built straight from the pooled windows, then partial[t] =
-    cols @ g^T = gW^T of the chunk (the caller sums over t) and, if need_gx, gx =
-    col2im_wide(WmT @ g)."""
-    n, oc = gy.shape[0], gy.shape[1]
-    hp, wp = xpad.shape[2], xpad.shape[3]
-    ckk = WmT.shape[0]
-    span = (oh - 1) * wp + ow
-    buf = np.empty(hp * wp, dtype=gy.dtype)
-    # work buffers allocated once per call, not per chunk: fresh large allocations page-fault
-    gbuf = np.empty(oc * chunk * span, dtype=gy.dtype)
-    colsbuf = np.empty(ckk * chunk * span, dtype=gy.dtype)
-    gcolsbuf = np.empty(ckk * chunk * span, dtype=gy.dtype)
-    for t in range(lo, hi):
-        b0 = t * chunk
-        b1 = min(n, b0 + chunk)
-        m = (b1 - b0) * span
-        g = gbuf[: oc * m].reshape(oc, m)
-        g[:] = 0
-        for b in range(b0, b1):
-            for o in range(oc):
-                dst = g[o, (b - b0) * span : (b - b0 + 1) * span]
-                _scatter_windows(gy[b, o], y[b, o], argmax[b, o], kh, kw, sh, sw, pph, ppw, dst, wp)
-        cols = colsbuf[: ckk * m].reshape(ckk, m)
-        _im2col_wide(xpad, b0, b1, ckh, ckw, span, cols)
-        np.dot(cols, g.T, partial[t])  # gW^T: 30-40% faster in OpenBLAS than g @ cols.T
-        if need_gx:
-            gcols = gcolsbuf[: ckk * m].reshape(ckk, m)
-            np.dot(WmT, g, gcols)
-            _col2im_wide(gcols, b0, b1, ckh, ckw, ph, pw, span, buf, wp, gx)
-
-
 def _pool_reach(o, k, s, p, q):
     """Conv rows (or columns) 0..reach-1 hold every tap the pool reads: the last window's last
     tap is (q - 1)*s + k - 1 - p. Rows beyond (floor mode drops them) are never computed: for
@@ -322,50 +219,25 @@ def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_str
     return y, argmax
 
 
-def relu_max_pool2d_backward(gy, y, argmax, conv_shape, pool_size, pool_stride, pool_padding):
-    """See kernels.numpy_cpu.fused.relu_max_pool2d_backward: gz (conv_shape)."""
-    gz = np.empty(tuple(conv_shape), dtype=gy.dtype)
-    args = (_c(gy), _c(y), _c(argmax), *pool_size, *pool_stride, *pool_padding, gz)
-    run_tasks(_relu_pool_backward_body, conv_shape[0] * conv_shape[1], *args)
-    return gz
-
-
 def conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding, pool_size, pool_stride,
                                     pool_padding, need_gx):  # fmt: skip
     """See kernels.numpy_cpu.fused.conv2d_relu_max_pool2d_backward: (gx or None, gW, gb).
-    Stride-1 convs never build the full conv-output gradient (direct path without gx: per plane
-    in cache; GEMM path: per chunk, in the wide layout); other geometries compose this flavour's
-    own kernels."""
+    The full conv-output gradient is never built: a thin 3x3 first layer (no gx) runs the
+    polyphase kernel; every other geometry the window-driven kernel of sparse_grad.py."""
     (sh, sw), (ph, pw) = stride, padding
     oc, c, ckh, ckw = W.shape
     n, _, h, w = x.shape
-    oh, ow = out_size(h, ckh, sh, ph), out_size(w, ckw, sw, pw)
     gy, y, argmax = _c(gy), _c(y), _c(argmax)
-    direct = c * ckh * ckw <= DIRECT_MAX_K
     if not need_gx and polyphase.applies(c, (ckh, ckw), stride, pool_size, pool_stride,
                                          pool_padding, DIRECT_MAX_K):  # fmt: skip
         gW, gb = polyphase.grad_weight(gy, y, argmax, _padded(x, ph, pw), W.shape, run_tasks)
         return None, gW, gb
-    gb = np.where(y > 0, gy, 0).sum(axis=(0, 2, 3)).astype(gy.dtype)
     pool = (*pool_size, *pool_stride, *pool_padding)
-    if sh == 1 and sw == 1 and direct and not need_gx:
-        gW = np.empty(W.shape, dtype=gy.dtype)
-        args = (gy, y, argmax, _padded(x, ph, pw), oh, ow, *pool, gW)
-        run_tasks(_fused_direct_grad_weight_body, oc, *args)
-        return None, gW, gb
-    if sh == 1 and sw == 1 and not direct:
-        single_threaded_inner_blas()
-        qh, qw = gy.shape[2:]
-        xc, ohu, owu = _wide_crop(x, (ckh, ckw), padding, pool, (oh, ow), (qh, qw))
-        chunk = _chunk(n, c * ckh * ckw * ohu * owu)
-        partial = np.empty((-(-n // chunk), c * ckh * ckw, oc), dtype=gy.dtype)  # gW^T per chunk
-        gx = np.empty(x.shape if need_gx else (0, c, h, w), dtype=gy.dtype)
-        WmT = _c(W.reshape(oc, -1).T)
-        args = (gy, y, argmax, xc, WmT, ckh, ckw, ohu, owu, ph, pw, chunk, *pool, need_gx)
-        run_tasks(_fused_wide_grad_body, partial.shape[0], *args, partial, gx)
-        gW = np.ascontiguousarray(partial.sum(axis=0).T).reshape(W.shape)
-        return (gx if need_gx else None), gW, gb
-    gz = relu_max_pool2d_backward(gy, y, argmax, (n, oc, oh, ow), pool_size, pool_stride,
-                                  pool_padding)  # fmt: skip
-    gx = conv2d_backward_input(gz, W, x.shape, stride, padding) if need_gx else None
-    return gx, conv2d_backward_weight(gz, x, W.shape[2:], stride, padding), gb
+    qh, qw = gy.shape[2:]
+    oh, ow = out_size(h, ckh, sh, ph), out_size(w, ckw, sw, pw)
+    ohu = _pool_reach(oh, pool_size[0], pool_stride[0], pool_padding[0], qh)
+    owu = _pool_reach(ow, pool_size[1], pool_stride[1], pool_padding[1], qw)
+    hc, wc = (ohu - 1) * sh + ckh, (owu - 1) * sw + ckw  # padded input rows/columns read
+    chunk = _chunk(n, c * ckh * ckw * ohu * owu)
+    return sparse_grad.grad(_c(gy), y, argmax, _c(x), _c(W), stride, padding, pool, hc, wc,
+                            need_gx, chunk, run_tasks)  # fmt: skip
