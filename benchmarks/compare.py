@@ -10,6 +10,7 @@ median of `--steps` timed calls; the table shows the median over runs and [min-m
 from __future__ import annotations
 
 import argparse
+import time
 
 import numpy as np
 
@@ -17,6 +18,11 @@ from benchmarks import harness
 from benchmarks.seed_step import EngineStep, TorchStep
 
 WORKLOADS = [("train", 64), ("train", 256), ("infer", 256)]
+# Pause before each contender: after a multi-threaded call OpenBLAS's idle workers spin
+# (sched_yield) for about 0.1 s, PyTorch's OpenMP workers likewise, and whoever runs next shares
+# the 2 cores with them (measured: a b64 numba step right after the 2-thread GEMM ceiling ran at
+# 58% of its speed; the PyTorch rows after the numpy flavour's were hit the same way).
+SETTLE_S = 0.3
 
 
 def _contenders(batch: int, torch) -> dict:
@@ -42,6 +48,7 @@ def main(argv=None) -> None:
         for (kind, batch), contenders in models.items():
             for who, m in contenders.items():
                 fn = m.train_step if kind == "train" else m.infer
+                time.sleep(SETTLE_S)
                 t = harness.time_calls(fn, warmup=2, repeat=args.steps)
                 rates[(kind, batch, who)].append(batch / np.median(t))
         print(f"# run {run + 1}/{args.runs} done, GEMM ceiling {ceilings[-1]:.0f} GFLOP/s")

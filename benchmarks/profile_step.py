@@ -20,6 +20,7 @@ from engine import backend
 from engine.function import Function
 
 _totals: dict[str, float] = defaultdict(float)
+_live: dict[tuple, list] = defaultdict(list)  # fused block (gy shape) -> fraction of live windows
 
 
 def _timed(label: str, fn, by_shape: bool = False):
@@ -43,6 +44,15 @@ def _instrument(flavour: str) -> None:
         k = backend.backend_for("cpu").k
     for name, fn in list(vars(k).items()):
         setattr(k, name, _timed(f"kernel {name}", fn, by_shape=True))
+    fused_backward = k.conv2d_relu_max_pool2d_backward
+
+    def spy(gy, y, *args):
+        # the share of pooling windows that pass a gradient (ReLU alive): what the numba
+        # flavour's window-driven backward costs in proportion to
+        _live[tuple(gy.shape)].append(float((y > 0).mean()))
+        return fused_backward(gy, y, *args)
+
+    k.conv2d_relu_max_pool2d_backward = spy
     stack = list(Function.__subclasses__())
     while stack:
         cls = stack.pop()
@@ -77,6 +87,8 @@ def main(argv=None) -> None:
         print(f"{100 * v / total:5.1f}%  {1e3 * v / args.steps:7.2f} ms  {key}")
     print(f"{100 * (total - ops) / total:5.1f}%  {1e3 * (total - ops) / args.steps:7.2f} ms  "
           "outside ops (bookkeeping, optimizer loop)")  # fmt: skip
+    for shape, fractions in _live.items():
+        print(f"pooling windows passing a gradient, block {shape}: {np.mean(fractions):.1%}")
 
 
 if __name__ == "__main__":

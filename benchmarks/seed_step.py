@@ -2,6 +2,14 @@
 
 Both are built from the same initial weights, so their first losses can be compared before timing.
 One training step = zero_grad, forward, softmax cross-entropy, backward, SGD(momentum 0.9) update.
+
+The update runs in full but with lr 0, so every timed step does the same work on the initial
+weights. Why: the numba flavour's conv backward only touches the pooling windows that pass a
+gradient (kernels/numba_cpu/sparse_grad.py), so its cost follows how many ReLUs are alive; with
+lr 0.01 on this noise batch, 90% of conv2's windows die within five steps (measured: 74% alive at
+init, 8-13% after), which would time it on an unrepresentatively dead network. At the initial
+weights 74% of conv2's and 93% of conv1's windows pass a gradient (`benchmarks.profile_step` prints
+the fractions). The dense contenders (numpy flavour, PyTorch) cost the same either way.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from benchmarks import harness
 from engine import backend, no_grad, optim
 from engine.tensor import Tensor
 
-LR, MOMENTUM = 0.01, 0.9
+LR, MOMENTUM = 0.01, 0.9  # the update's arguments; the timed steps then run at lr 0 (above)
 
 
 def data(batch: int, seed: int = 0):
@@ -49,6 +57,7 @@ class EngineStep:
         self.flavour = flavour
         self.model = models.get("seed_cnn", rng=np.random.default_rng(seed))
         self.opt = optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
+        self.opt.lr = 0.0  # weights frozen (see above); the optimizer refuses lr 0 when built
         self.x, self.t = data(batch, seed)
 
     def train_step(self) -> float:
@@ -77,7 +86,7 @@ class TorchStep:
         )  # fmt: skip
         state = models.get("seed_cnn", rng=np.random.default_rng(seed)).state_dict()
         self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.0, momentum=MOMENTUM)
         x, t = data(batch, seed)
         self.x, self.t = torch.from_numpy(x), torch.from_numpy(t)
 

@@ -57,15 +57,13 @@ def _copy2d(dst, src):
 
 @njit(**JIT)
 def _pad_body(x, ph, pw, xpad):
-    """xpad[b, ch, ph + y, pw + x] = x[b, ch, y, x] where that lies inside xpad; the rest of xpad
-    (the border, and nothing else unless xpad is cropped on the bottom/right) is set to 0."""
+    """xpad[b, ch, ph + y, pw + x] = x[b, ch, y, x]; the border of xpad is set to 0."""
     n, c, h, w = x.shape
-    hc, wc = min(h, xpad.shape[2] - ph), min(w, xpad.shape[3] - pw)
     for p in range(n * c):
         b, ch = p // c, p % c  # one (image, channel) plane per iteration
         xpad[b, ch] = 0
-        for y in range(hc):
-            for xx in range(wc):
+        for y in range(h):
+            for xx in range(w):
                 xpad[b, ch, ph + y, pw + xx] = x[b, ch, y, xx]
 
 
@@ -354,17 +352,15 @@ def _wide_grad_input_body(gy, WmT, kh, kw, ph, pw, chunk, gx, lo, hi):
         b0 = t * chunk
         b1 = min(n, b0 + chunk)
         gcols = np.dot(WmT, _gy_wide(gy, b0, b1, wp, span))  # (c*kh*kw, (b1 - b0)*span)
-        _col2im_wide(gcols, b0, b1, kh, kw, ph, pw, span, buf, wp, gx)
+        _col2im_wide(gcols, b0, b1, kh, kw, ph, pw, span, buf, gx)
 
 
 @njit(**JIT)
-def _col2im_wide(gcols, b0, b1, kh, kw, ph, pw, span, buf, wp, gx):
+def _col2im_wide(gcols, b0, b1, kh, kw, ph, pw, span, buf, gx):
     """Adjoint of _im2col_wide into gx[b0:b1] (n, c, h, w): each plane is accumulated in the
-    padded buffer buf (hp*wp, zeroed here) by contiguous runs, then its interior copied out. A
-    buffer cropped on the bottom/right (fused blocks) leaves 0 in the pixels it does not hold."""
+    padded buffer buf (hp*wp, zeroed here) by contiguous runs, then its interior copied out."""
     c, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
-    hp = buf.shape[0] // wp
-    hc, wc = min(h, hp - ph), min(w, wp - pw)  # input pixels inside the buffer
+    wp = w + 2 * pw
     for b in range(b0, b1):
         for ch in range(c):
             buf[:] = 0
@@ -375,12 +371,7 @@ def _col2im_wide(gcols, b0, b1, kh, kw, ph, pw, span, buf, wp, gx):
                     for q in range(span):
                         dst[q] += src[q]
             for yy in range(h):  # drop the padding
-                row = gx[b, ch, yy]
-                if yy < hc:
-                    _copy(row[:wc], buf[(yy + ph) * wp + pw : (yy + ph) * wp + pw + wc])
-                    row[wc:] = 0
-                else:
-                    row[:] = 0
+                _copy(gx[b, ch, yy], buf[(yy + ph) * wp + pw : (yy + ph) * wp + pw + w])
 
 
 @njit(**JIT)
@@ -447,15 +438,11 @@ def _c(a):
     return np.ascontiguousarray(a)
 
 
-def _padded(x, ph, pw, hp=None, wp=None):
-    """x zero-padded by ph, pw on each side: (n, c, h + 2 ph, w + 2 pw), or cropped to (hp, wp)
-    on the bottom/right when those are given (fused blocks read no further)."""
-    n, c, h, w = x.shape
-    hp = h + 2 * ph if hp is None else hp
-    wp = w + 2 * pw if wp is None else wp
-    if not (ph or pw) and (hp, wp) == (h, w):
+def _padded(x, ph, pw):
+    if not (ph or pw):
         return _c(x)
-    xpad = np.empty((n, c, hp, wp), dtype=x.dtype)
+    n, c, h, w = x.shape
+    xpad = np.empty((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
     _pad_body(_c(x), ph, pw, xpad)
     return xpad
 

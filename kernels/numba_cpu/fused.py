@@ -148,26 +148,52 @@ def _fused_gemm_body(x, Wm, bias, ckh, ckw, sh, sw, ph, pw, oh, ow, chunk,
 
 
 @njit(**JIT)
-def _fused_wide_body(xpad, Wm, bias, ckh, ckw, oh, ow, chunk, kh, kw, psh, psw, pph, ppw,
+def _pad_crop(x, b0, b1, ph, pw, dst):
+    """dst[b - b0] = image b of x zero-padded by (ph, pw) and cropped to dst's (hc, wc)."""
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    hc, wc = dst.shape[2], dst.shape[3]
+    wn = min(w, wc - pw)  # input columns inside the crop
+    for b in range(b0, b1):
+        for ch in range(c):
+            for r in range(hc):
+                row = dst[b - b0, ch, r]
+                yy = r - ph
+                if (yy < 0) | (yy >= h):
+                    row[:] = 0
+                    continue
+                row[:pw] = 0
+                src, out = x[b, ch, yy], row[pw:]
+                for k in range(wn):
+                    out[k] = src[k]
+                row[pw + wn :] = 0
+
+
+@njit(**JIT)
+def _fused_wide_body(x, Wm, bias, ckh, ckw, ph, pw, oh, ow, chunk, kh, kw, psh, psw, pph, ppw,
                      y, argmax, lo, hi):  # fmt: skip
-    """_fused_gemm_body for a stride-1 conv, in the wide layout of kernels/numba_cpu/conv.py
-    (padded input, one memcpy per im2col run; the pool reads each plane with row stride wp)."""
-    n, oc, wp = xpad.shape[0], Wm.shape[0], xpad.shape[3]
-    span = (oh - 1) * wp + ow
+    """_fused_gemm_body for a stride-1 conv, in the wide layout of kernels/numba_cpu/conv.py:
+    each chunk's images are padded and cropped to the conv rows/columns the pool reads (oh, ow)
+    into a small buffer, then im2col is one memcpy per run and the pool reads each plane with
+    row stride wc."""
+    n, c, oc = x.shape[0], x.shape[1], Wm.shape[0]
+    hc, wc = oh + ckh - 1, ow + ckw - 1
+    span = (oh - 1) * wc + ow
     # work buffers allocated once per call, not per chunk: fresh large allocations page-fault
-    colsbuf = np.empty(Wm.shape[1] * chunk * span, dtype=xpad.dtype)
-    outbuf = np.empty(oc * chunk * span, dtype=xpad.dtype)
+    xcbuf = np.empty((chunk, c, hc, wc), dtype=x.dtype)
+    colsbuf = np.empty(Wm.shape[1] * chunk * span, dtype=x.dtype)
+    outbuf = np.empty(oc * chunk * span, dtype=x.dtype)
     for t in range(lo, hi):
         b0 = t * chunk
         b1 = min(n, b0 + chunk)
         cols = colsbuf[: Wm.shape[1] * (b1 - b0) * span].reshape(Wm.shape[1], (b1 - b0) * span)
         out = outbuf[: oc * (b1 - b0) * span].reshape(oc, (b1 - b0) * span)
-        _im2col_wide(xpad, b0, b1, ckh, ckw, span, cols)
+        _pad_crop(x, b0, b1, ph, pw, xcbuf)
+        _im2col_wide(xcbuf, 0, b1 - b0, ckh, ckw, span, cols)
         np.dot(Wm, cols, out)
         for b in range(b0, b1):
             for o in range(oc):
                 plane = out[o, (b - b0) * span : (b - b0 + 1) * span]
-                _relu_pool_plane(plane, wp, oh, ow, bias[o], kh, kw, psh, psw, pph, ppw,
+                _relu_pool_plane(plane, wc, oh, ow, bias[o], kh, kw, psh, psw, pph, ppw,
                                  y[b, o], argmax[b, o])  # fmt: skip
 
 
@@ -177,15 +203,6 @@ def _pool_reach(o, k, s, p, q):
     the seed CNN's conv2, 10 of 11 rows and columns, 16% of its GEMM work (measured 141 -> 118
     columns per image in the wide layout)."""
     return min(o, (q - 1) * s + k - p)
-
-
-def _wide_crop(x, kernel, padding, pool, conv_out, pool_out):
-    """(xpad cropped to what the pool's reach needs, reach rows, reach columns): stride 1."""
-    (ckh, ckw), (ph, pw) = kernel, padding
-    pkh, pkw, psh, psw, pph, ppw = pool
-    ohu = _pool_reach(conv_out[0], pkh, psh, pph, pool_out[0])
-    owu = _pool_reach(conv_out[1], pkw, psw, ppw, pool_out[1])
-    return _padded(x, ph, pw, ohu + ckh - 1, owu + ckw - 1), ohu, owu
 
 
 def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_stride, pool_padding):
@@ -207,9 +224,10 @@ def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_str
         run_tasks(_fused_direct_body, n * oc, *args)
     elif sh == 1 and sw == 1:
         single_threaded_inner_blas()
-        xc, ohu, owu = _wide_crop(x, (ckh, ckw), padding, pool, (oh, ow), (qh, qw))
+        ohu = _pool_reach(oh, pool_size[0], pool_stride[0], pool_padding[0], qh)
+        owu = _pool_reach(ow, pool_size[1], pool_stride[1], pool_padding[1], qw)
         chunk = _chunk(n, c * ckh * ckw * ohu * owu)
-        args = (xc, _c(W).reshape(oc, -1), bias, ckh, ckw, ohu, owu, chunk)
+        args = (_c(x), _c(W).reshape(oc, -1), bias, ckh, ckw, ph, pw, ohu, owu, chunk)
         run_tasks(_fused_wide_body, -(-n // chunk), *args, *pool, y, argmax)
     else:
         single_threaded_inner_blas()
