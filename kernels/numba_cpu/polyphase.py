@@ -55,24 +55,23 @@ def _geometry(qh, qw):
 
 
 @njit(**JIT)
-def _split_body(xpad, qh, qw, P, lo, hi):
-    """Task b: P[b, ch, 2*pr + pc, k*L + l] = xpad[b, ch, 2k + pr, 2l + pc] for every channel,
+def _split(xpad, b, qh, qw, P):
+    """P[ch, 2*pr + pc, k*L + l] = xpad[b, ch, 2k + pr, 2l + pc] for every channel of image b,
     0 where that lies outside xpad (read only by junk windows)."""
     c, hp, wp = xpad.shape[1], xpad.shape[2], xpad.shape[3]
     L, K, _, size = _geometry(qh, qw)
-    for b in range(lo, hi):
-        for ch in range(c):
-            for pr in range(2):
-                for pc in range(2):
-                    dst = P[b, ch, 2 * pr + pc]
-                    for k in range(K):
-                        r = 2 * k + pr
-                        for l in range(L):
-                            col = 2 * l + pc
-                            inside = (r < hp) & (col < wp)
-                            dst[k * L + l] = xpad[b, ch, r, col] if inside else 0
-                    for k in range(K * L, size):
-                        dst[k] = 0
+    for ch in range(c):
+        for pr in range(2):
+            for pc in range(2):
+                dst = P[ch, 2 * pr + pc]
+                for k in range(K):
+                    r = 2 * k + pr
+                    for l in range(L):
+                        col = 2 * l + pc
+                        inside = (r < hp) & (col < wp)
+                        dst[k * L + l] = xpad[b, ch, r, col] if inside else 0
+                for k in range(K * L, size):
+                    dst[k] = 0
 
 
 @njit(**JIT)
@@ -132,20 +131,22 @@ def _relu_pool4(z, bias, span, yf, af):
 
 
 @njit(**JIT)
-def _forward_body(P, W, bias, qh, qw, y, argmax, lo, hi):
-    """Task b = image: y[b, o], argmax[b, o] for every output channel o. The four conv values of
-    each window are summed over channels in z (4, span), rectified and pooled into flat rows,
-    then stored; the work buffers stay in L1."""
-    c, oc = P.shape[1], W.shape[0]
-    L, _, span, _ = _geometry(qh, qw)
+def _forward_body(xpad, W, bias, qh, qw, y, argmax, lo, hi):
+    """Task b = image: its polyphase planes, then y[b, o], argmax[b, o] for every output channel
+    o. The four conv values of each window are summed over channels in z (4, span), rectified
+    and pooled into flat rows, then stored; the work buffers stay in L1."""
+    c, oc = xpad.shape[1], W.shape[0]
+    L, _, span, size = _geometry(qh, qw)
+    P = np.empty((c, 4, size), dtype=y.dtype)
     z = np.empty((4, span), dtype=y.dtype)
     yf = np.empty(span, dtype=y.dtype)
     af = np.empty(span, dtype=np.int32)
     for b in range(lo, hi):
+        _split(xpad, b, qh, qw, P)
         for o in range(oc):
             z[:] = 0  # one branch-free loop that adds (a load under a condition blocks vectorising)
             for ch in range(c):
-                pl = P[b, ch]
+                pl = P[ch]
                 _window_conv3(W[o, ch], pl[0], pl[1], pl[2], pl[3], L, span, z)
             _relu_pool4(z, bias[o], span, yf, af)
             for i in range(qh):
@@ -168,78 +169,77 @@ def _tap_grad(acc, g, sel, xa, xb, xc, xd, span):
 
 
 @njit(**JIT)
-def _grad_body(gy, y, argmax, P, gW, gb, lo, hi):
-    """Task o = output channel: gW[o, ch, u, v] = sum over images and windows with y > 0 of
-    gy * xpad[2i + a + u, 2j + b + v], (a, b) the window's argmax tap, and gb[o] = sum of those
-    gy. Per-lane partial sums over q (acc, gacc) keep the loops vectorised without reordering a
-    lane's additions; each lane is summed at the end."""
-    n, qh, qw = gy.shape[0], gy.shape[2], gy.shape[3]
-    c = P.shape[1]
-    L, _, span, _ = _geometry(qh, qw)
+def _grad_body(gy, y, argmax, xpad, chunk, partial, gbp, lo, hi):
+    """Task t = images [t*chunk, (t+1)*chunk): partial[t, o, ch, 3u + v] = sum over its images and
+    windows with y > 0 of gy * xpad[2i + a + u, 2j + b + v], (a, b) the window's argmax tap, and
+    gbp[t, o] = the sum of those gy. Per-lane partial sums over q (acc, gacc) keep the loops
+    vectorised without reordering a lane's additions; each lane is summed at the end."""
+    n, oc, qh, qw = gy.shape
+    c = xpad.shape[1]
+    L, _, span, size = _geometry(qh, qw)
+    P = np.empty((c, 4, size), dtype=gy.dtype)
     g = np.zeros(span, dtype=gy.dtype)  # junk windows stay 0
     sel = np.zeros(span, dtype=np.int32)
-    acc = np.empty((c, 9, span), dtype=gy.dtype)
-    gacc = np.empty(span, dtype=gy.dtype)
-    for o in range(lo, hi):
+    acc = np.empty((oc, c, 9, span), dtype=gy.dtype)
+    gacc = np.empty((oc, span), dtype=gy.dtype)
+    for t in range(lo, hi):
         acc[:] = 0
         gacc[:] = 0
-        for b in range(n):
-            for i in range(qh):
-                gr, yr, ar = gy[b, o, i], y[b, o, i], argmax[b, o, i]
-                gs, ss = g[i * L :], sel[i * L :]
-                for j in range(qw):
-                    gs[j] = gr[j] if yr[j] > 0 else 0  # the ReLU passed the window's maximum
-                    ss[j] = ar[j]
-            for q in range(span):
-                gacc[q] += g[q]
+        for b in range(t * chunk, min(n, (t + 1) * chunk)):
+            _split(xpad, b, qh, qw, P)
+            for o in range(oc):
+                for i in range(qh):
+                    gr, yr, ar = gy[b, o, i], y[b, o, i], argmax[b, o, i]
+                    gs, ss = g[i * L :], sel[i * L :]
+                    for j in range(qw):
+                        gs[j] = gr[j] if yr[j] > 0 else 0  # the ReLU passed the window's max
+                        ss[j] = ar[j]
+                ga = gacc[o]
+                for q in range(span):
+                    ga[q] += g[q]
+                for ch in range(c):
+                    pl, ao = P[ch], acc[o, ch]
+                    # x_ef[q] = xpad[2i + e, 2j + f]: tap (u, v) reads (e, f) = (a + u, b + v)
+                    for u in range(3):
+                        even = u % 2 == 0
+                        r0 = pl[0] if even else pl[2]  # plane of row e = u (parity of u)
+                        r0o = pl[1] if even else pl[3]
+                        r1 = pl[2] if even else pl[0]  # plane of row e = u + 1
+                        r1o = pl[3] if even else pl[1]
+                        o0, o1 = (u // 2) * L, ((u + 1) // 2) * L
+                        for v in range(3):
+                            # columns f = v and v + 1: parity planes and offsets
+                            c0, d0 = (r0, v // 2) if v % 2 == 0 else (r0o, v // 2)
+                            c1, d1 = (r0o, (v + 1) // 2) if v % 2 == 0 else (r0, (v + 1) // 2)
+                            c2, d2 = (r1, v // 2) if v % 2 == 0 else (r1o, v // 2)
+                            c3, d3 = (r1o, (v + 1) // 2) if v % 2 == 0 else (r1, (v + 1) // 2)
+                            _tap_grad(ao[3 * u + v], g, sel, c0[o0 + d0 :], c1[o0 + d1 :],
+                                      c2[o1 + d2 :], c3[o1 + d3 :], span)  # fmt: skip
+        for o in range(oc):
+            gbp[t, o] = gacc[o].sum()
             for ch in range(c):
-                pl = P[b, ch]
-                # x_ef[q] = xpad[2i + e, 2j + f]: tap (u, v) reads (e, f) = (a + u, b + v)
-                for u in range(3):
-                    even = u % 2 == 0
-                    r0 = pl[0] if even else pl[2]  # plane of row e = u (parity of u)
-                    r0o = pl[1] if even else pl[3]
-                    r1 = pl[2] if even else pl[0]  # plane of row e = u + 1
-                    r1o = pl[3] if even else pl[1]
-                    o0, o1 = (u // 2) * L, ((u + 1) // 2) * L
-                    for v in range(3):
-                        # columns f = v and v + 1: parity planes and offsets
-                        c0, d0 = (r0, v // 2) if v % 2 == 0 else (r0o, v // 2)
-                        c1, d1 = (r0o, (v + 1) // 2) if v % 2 == 0 else (r0, (v + 1) // 2)
-                        c2, d2 = (r1, v // 2) if v % 2 == 0 else (r1o, v // 2)
-                        c3, d3 = (r1o, (v + 1) // 2) if v % 2 == 0 else (r1, (v + 1) // 2)
-                        _tap_grad(acc[ch, 3 * u + v], g, sel, c0[o0 + d0 :], c1[o0 + d1 :],
-                                  c2[o1 + d2 :], c3[o1 + d3 :], span)  # fmt: skip
-        gb[o] = gacc.sum()
-        for ch in range(c):
-            for t in range(9):
-                gW[o, ch, t // 3, t % 3] = acc[ch, t].sum()
-
-
-def split(xpad, qh, qw, run_tasks):
-    """The polyphase planes of every image: (n, c, 4, size), see _geometry."""
-    size = _geometry(qh, qw)[3]
-    n, c = xpad.shape[:2]
-    P = np.empty((n, c, 4, size), dtype=xpad.dtype)
-    run_tasks(_split_body, n, xpad, qh, qw, P)
-    return P
+                for k in range(9):
+                    partial[t, o, ch, k] = acc[o, ch, k].sum()
 
 
 def forward(xpad, W, bias, qh, qw, run_tasks):
     """(y, argmax int32) of the block, both (n, oc, qh, qw); xpad is the conv-padded input."""
     n, oc = xpad.shape[0], W.shape[0]
-    P = split(xpad, qh, qw, run_tasks)
     y = np.empty((n, oc, qh, qw), dtype=xpad.dtype)
     argmax = np.empty((n, oc, qh, qw), dtype=np.int32)
-    run_tasks(_forward_body, n, P, W, bias, qh, qw, y, argmax)
+    run_tasks(_forward_body, n, xpad, W, bias, qh, qw, y, argmax)
     return y, argmax
 
 
+GRAD_CHUNK = 8  # images per task of the weight gradient (fixed: sums independent of threads)
+
+
 def grad_weight(gy, y, argmax, xpad, w_shape, run_tasks):
-    """(gW (oc, c, 3, 3), gb (oc,)) of the block from the pooled gradient gy."""
-    qh, qw = gy.shape[2:]
-    P = split(xpad, qh, qw, run_tasks)
-    gW = np.empty(w_shape, dtype=gy.dtype)
-    gb = np.empty(w_shape[0], dtype=gy.dtype)
-    run_tasks(_grad_body, w_shape[0], gy, y, argmax, P, gW, gb)
-    return gW, gb
+    """(gW (oc, c, 3, 3), gb (oc,)) of the block from the pooled gradient gy; the per-task
+    partial sums are added in task order."""
+    oc, c = w_shape[:2]
+    tasks = -(-gy.shape[0] // GRAD_CHUNK)
+    partial = np.empty((tasks, oc, c, 9), dtype=gy.dtype)
+    gbp = np.empty((tasks, oc), dtype=gy.dtype)
+    run_tasks(_grad_body, tasks, gy, y, argmax, xpad, GRAD_CHUNK, partial, gbp)
+    return partial.sum(axis=0).reshape(w_shape), gbp.sum(axis=0)
