@@ -61,20 +61,20 @@ def _split(xpad, b, qh, qw, P):
     c, hp, wp = xpad.shape[1], xpad.shape[2], xpad.shape[3]
     L, K, _, size = _geometry(qh, qw)
     for ch in range(c):
-        for pr in range(2):
-            for pc in range(2):
-                dst = P[ch, 2 * pr + pc]
-                for k in range(K):
-                    r = 2 * k + pr
-                    for l in range(L):
-                        col = 2 * l + pc
-                        inside = (r < hp) & (col < wp)
-                        dst[k * L + l] = xpad[b, ch, r, col] if inside else 0
-                for k in range(K * L, size):
-                    dst[k] = 0
+        for comp in range(P.shape[1]):  # the 4 planes; a runtime bound, not unrolled (compiling)
+            pr, pc = comp // 2, comp % 2
+            dst = P[ch, comp]
+            for k in range(K):
+                r = 2 * k + pr
+                for l in range(L):
+                    col = 2 * l + pc
+                    inside = (r < hp) & (col < wp)
+                    dst[k * L + l] = xpad[b, ch, r, col] if inside else 0
+            for k in range(K * L, size):
+                dst[k] = 0
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _window_conv3(w, pe, po, qe, qo, L, span, z):
     """z[t, q] += the 3x3 conv (weights w) at tap t = (a, b) of window q, from the four
     polyphase planes pe, po, qe, qo (row parity even/odd, column parity even/odd)."""
@@ -102,7 +102,7 @@ def _window_conv3(w, pe, po, qe, qo, L, span, z):
                   + w12 * a23 + w20 * a31 + w21 * a32 + w22 * a33)  # fmt: skip
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _relu_pool4(z, bias, span, yf, af):
     """yf[q] = max over taps t of relu(z[t, q] + bias), af[q] = the first winning t; NaN wins
     once (`|`, `&`: selects, not branches; see fused._relu_pool_2x2)."""
@@ -156,7 +156,7 @@ def _forward_body(xpad, W, bias, qh, qw, y, argmax, lo, hi):
                     ar[j] = as_[j]
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _tap_grad(acc, g, sel, xa, xb, xc, xd, span):
     """acc[q] += g[q] * (xa, xb, xc, xd)[sel[q]][q]: the input value under one weight tap for
     the window's argmax (top-left, top-right, bottom-left, bottom-right). One store stream and
@@ -169,11 +169,12 @@ def _tap_grad(acc, g, sel, xa, xb, xc, xd, span):
 
 
 @njit(**JIT)
-def _grad_body(gy, y, argmax, xpad, chunk, partial, gbp, lo, hi):
+def _grad_body(gy, y, argmax, xpad, ntaps, chunk, partial, gbp, lo, hi):
     """Task t = images [t*chunk, (t+1)*chunk): partial[t, o, ch, 3u + v] = sum over its images and
     windows with y > 0 of gy * xpad[2i + a + u, 2j + b + v], (a, b) the window's argmax tap, and
     gbp[t, o] = the sum of those gy. Per-lane partial sums over q (acc, gacc) keep the loops
-    vectorised without reordering a lane's additions; each lane is summed at the end."""
+    vectorised without reordering a lane's additions; each lane is summed at the end. ntaps = 9
+    (an argument so that LLVM keeps one copy of the tap loop)."""
     n, oc, qh, qw = gy.shape
     c = xpad.shape[1]
     L, _, span, size = _geometry(qh, qw)
@@ -199,22 +200,17 @@ def _grad_body(gy, y, argmax, xpad, chunk, partial, gbp, lo, hi):
                     ga[q] += g[q]
                 for ch in range(c):
                     pl, ao = P[ch], acc[o, ch]
-                    # x_ef[q] = xpad[2i + e, 2j + f]: tap (u, v) reads (e, f) = (a + u, b + v)
-                    for u in range(3):
-                        even = u % 2 == 0
-                        r0 = pl[0] if even else pl[2]  # plane of row e = u (parity of u)
-                        r0o = pl[1] if even else pl[3]
-                        r1 = pl[2] if even else pl[0]  # plane of row e = u + 1
-                        r1o = pl[3] if even else pl[1]
-                        o0, o1 = (u // 2) * L, ((u + 1) // 2) * L
-                        for v in range(3):
-                            # columns f = v and v + 1: parity planes and offsets
-                            c0, d0 = (r0, v // 2) if v % 2 == 0 else (r0o, v // 2)
-                            c1, d1 = (r0o, (v + 1) // 2) if v % 2 == 0 else (r0, (v + 1) // 2)
-                            c2, d2 = (r1, v // 2) if v % 2 == 0 else (r1o, v // 2)
-                            c3, d3 = (r1o, (v + 1) // 2) if v % 2 == 0 else (r1, (v + 1) // 2)
-                            _tap_grad(ao[3 * u + v], g, sel, c0[o0 + d0 :], c1[o0 + d1 :],
-                                      c2[o1 + d2 :], c3[o1 + d3 :], span)  # fmt: skip
+                    # tap (u, v) reads x_ef[q] = xpad[2i + e, 2j + f] with (e, f) = (a + u, b + v):
+                    # plane 2*(e % 2) + f % 2 of the split, at offset (e // 2)*L + f // 2
+                    for tap in range(ntaps):  # a runtime bound: 9 unrolled copies of the
+                        u, v = tap // 3, tap % 3  # vectorised loop cost a second of compiling
+                        xs00 = pl[2 * (u % 2) + v % 2][(u // 2) * L + v // 2 :]
+                        xs01 = pl[2 * (u % 2) + (v + 1) % 2][(u // 2) * L + (v + 1) // 2 :]
+                        xs10 = pl[2 * ((u + 1) % 2) + v % 2][((u + 1) // 2) * L + v // 2 :]
+                        xs11 = pl[2 * ((u + 1) % 2) + (v + 1) % 2][
+                            ((u + 1) // 2) * L + (v + 1) // 2 :
+                        ]
+                        _tap_grad(ao[tap], g, sel, xs00, xs01, xs10, xs11, span)
         for o in range(oc):
             gbp[t, o] = gacc[o].sum()
             for ch in range(c):
@@ -241,5 +237,5 @@ def grad_weight(gy, y, argmax, xpad, w_shape, run_tasks):
     tasks = -(-gy.shape[0] // GRAD_CHUNK)
     partial = np.empty((tasks, oc, c, 9), dtype=gy.dtype)
     gbp = np.empty((tasks, oc), dtype=gy.dtype)
-    run_tasks(_grad_body, tasks, gy, y, argmax, xpad, GRAD_CHUNK, partial, gbp)
+    run_tasks(_grad_body, tasks, gy, y, argmax, xpad, 9, GRAD_CHUNK, partial, gbp)
     return partial.sum(axis=0).reshape(w_shape), gbp.sum(axis=0)
