@@ -5,8 +5,9 @@ and writes it again for ReLU, reads it once more for the pool, and its backward 
 gradient for the pool and multiplies it by the ReLU mask in another pass. Here each task computes
 one conv plane (direct path) or one chunk of planes (im2col + GEMM path) into a buffer that stays
 in cache, and rectifies and pools it from there; only y (a quarter of the size) and argmax are
-written. A thin 3x3 first layer with a 2x2 pool runs polyphase.py instead (window by window, in
-registers). The backward never builds the conv-output gradient: polyphase.py for that first layer,
+written. A 3x3 conv with a 2x2 pool (the common block) has its own kernels: polyphase.py for a thin
+input (window by window, in registers), winograd.py otherwise (F(2x2, 3x3): a 2x2 output tile is
+one pooling window). The backward never builds the conv-output gradient: polyphase.py for that first layer,
 sparse_grad.py (one axpy per pooling window that passes a gradient) for everything else.
 The semantics are the numpy_cpu composition's, argmax included (kernels/numpy_cpu/fused.py): the
 pool runs over rectified values, first maximum in row-major tap order, NaN wins.
@@ -22,7 +23,7 @@ from numba import njit
 
 from kernels.numpy_cpu._xp import out_size
 
-from . import polyphase, sparse_grad
+from . import polyphase, sparse_grad, winograd
 from ._tasks import run_tasks
 from .conv import (
     DIRECT_MAX_K,
@@ -215,9 +216,13 @@ def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_str
     qh = out_size(oh, pool_size[0], pool_stride[0], pool_padding[0])
     qw = out_size(ow, pool_size[1], pool_stride[1], pool_padding[1])
     bias = np.zeros(oc, dtype=x.dtype) if b is None else _c(b)
-    y = np.empty((n, oc, qh, qw), dtype=x.dtype)
     if polyphase.applies(c, (ckh, ckw), stride, pool_size, pool_stride, pool_padding, DIRECT_MAX_K):
         return polyphase.forward(_padded(x, ph, pw), _c(W), bias, qh, qw, run_tasks)
+    if winograd.applies(c, (ckh, ckw), stride, pool_size, pool_stride, pool_padding):
+        single_threaded_inner_blas()
+        chunk = _chunk(n, 16 * (c + oc) * qh * qw)  # V and M of a chunk stay in L2
+        return winograd.forward(_c(x), _c(W), bias, padding, qh, qw, chunk, run_tasks)
+    y = np.empty((n, oc, qh, qw), dtype=x.dtype)
     argmax = np.empty((n, oc, qh, qw), dtype=np.int32)
     if c * ckh * ckw <= DIRECT_MAX_K:
         args = (_padded(x, ph, pw), _c(W), bias, sh, sw, oh, ow, *pool, y, argmax)

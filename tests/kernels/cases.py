@@ -3,7 +3,8 @@
 `CASES[name]` is a list of (label, make) pairs; `make(rng, dtype)` returns the kernel's positional
 arguments as NumPy arrays and plain Python values. Shapes cover the seed CNN's layers (at a small
 batch, so float32 reductions stay short) and odd geometries: stride 2, padding 1, non-square
-kernels/inputs/strides, batch 1, both conv paths of numba_cpu (direct for c*kh*kw <= 32, GEMM above).
+kernels/inputs/strides, batch 1, both conv paths of numba_cpu (direct for c*kh*kw <= 32, GEMM above)
+and its fused 3x3 + 2x2-pool kernels (polyphase for thin inputs, Winograd above).
 `flavours_under_test()` lists every available "device:flavour" except the numpy_cpu reference.
 """
 
@@ -26,6 +27,8 @@ CONV = [
     # 3x3 stride-1 convs on thin inputs: numba_cpu's polyphase conv-ReLU-pool block (odd outputs)
     ("rgb_pad1_odd", (3, 3, 11, 9), (5, 3, 3, 3), (1, 1), (1, 1)),
     ("batch1_grey_pad1", (1, 1, 7, 10), (2, 1, 3, 3), (1, 1), (1, 1)),
+    # ... and on thicker ones: the Winograd F(2x2, 3x3) conv-ReLU-pool forward (padded, odd)
+    ("wino_pad1_odd", (2, 8, 9, 11), (6, 8, 3, 3), (1, 1), (1, 1)),
 ]
 # x shape, kernel_size, stride, padding
 POOL = [
@@ -184,6 +187,7 @@ FUSED = [
     ("batch1_pad_gemm", (3, 3), (1, 1), (1, 1)),
     ("rgb_pad1_odd", (2, 2), (2, 2), (0, 0)),  # 11x9 conv output -> 5x4
     ("batch1_grey_pad1", (2, 2), (2, 2), (0, 0)),  # 7x10 -> 3x5
+    ("wino_pad1_odd", (2, 2), (2, 2), (0, 0)),  # 9x11 -> 4x5
 ]
 
 

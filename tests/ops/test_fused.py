@@ -19,7 +19,8 @@ from tests.ops.test_pool import pool_loops
 CASES = [  # x shape, W shape, stride, padding, pool kernel, pool stride, pool padding
     ((2, 1, 8, 8), (3, 1, 3, 3), 1, 0, 2, None, 0),  # the seed CNN's conv1 block (polyphase path)
     ((2, 3, 7, 8), (4, 3, 3, 3), 1, 1, 2, None, 0),  # RGB, padded, odd 7x8 -> 3x4 (polyphase)
-    ((2, 5, 7, 7), (4, 5, 3, 3), 1, 0, 2, None, 0),  # c*kh*kw = 45: the GEMM path, odd 5x5 -> 2x2
+    ((2, 5, 7, 7), (4, 5, 3, 3), 1, 0, 2, None, 0),  # c*kh*kw = 45: Winograd, odd 5x5 -> 2x2
+    ((2, 4, 7, 8), (3, 4, 3, 3), 1, 1, 2, None, 0),  # Winograd, padded, 7x8 -> 3x4
     ((1, 2, 7, 6), (3, 2, 3, 3), 2, 1, 3, 1, 1),  # strided conv, overlapping padded pool windows
     ((2, 4, 6, 9), (2, 4, 2, 4), (1, 2), (1, 0), (2, 1), (1, 2), (1, 0)),  # non-square everything
 ]
