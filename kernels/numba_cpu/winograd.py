@@ -120,33 +120,25 @@ def _input_transform(x, b0, b1, ph, pw, qh, qw, xp, V):
                     )
                     # (B^T d) B: the same combinations of its columns
                     t = t0 + j
-                    V[0, ch, t], V[1, ch, t], V[2, ch, t], V[3, ch, t] = (
-                        a0 - a2,
-                        a1 + a2,
-                        a2 - a1,
-                        a1 - a3,
-                    )
-                    V[4, ch, t], V[5, ch, t], V[6, ch, t], V[7, ch, t] = (
-                        e0 - e2,
-                        e1 + e2,
-                        e2 - e1,
-                        e1 - e3,
-                    )
-                    V[8, ch, t], V[9, ch, t], V[10, ch, t], V[11, ch, t] = (
-                        f0 - f2,
-                        f1 + f2,
-                        f2 - f1,
-                        f1 - f3,
-                    )
-                    V[12, ch, t], V[13, ch, t], V[14, ch, t], V[15, ch, t] = (
-                        g0 - g2,
-                        g1 + g2,
-                        g2 - g1,
-                        g1 - g3,
-                    )
+                    V[0, ch, t] = a0 - a2
+                    V[1, ch, t] = a1 + a2
+                    V[2, ch, t] = a2 - a1
+                    V[3, ch, t] = a1 - a3
+                    V[4, ch, t] = e0 - e2
+                    V[5, ch, t] = e1 + e2
+                    V[6, ch, t] = e2 - e1
+                    V[7, ch, t] = e1 - e3
+                    V[8, ch, t] = f0 - f2
+                    V[9, ch, t] = f1 + f2
+                    V[10, ch, t] = f2 - f1
+                    V[11, ch, t] = f1 - f3
+                    V[12, ch, t] = g0 - g2
+                    V[13, ch, t] = g1 + g2
+                    V[14, ch, t] = g2 - g1
+                    V[15, ch, t] = g1 - g3
 
 
-@njit(inline="always", **JIT)
+@njit(**JIT)
 def _output_pool(M, o, bias, n_t, yf, af):
     """yf[t], af[t] = max and first argmax over the tile's taps of relu(A^T M A + bias), for
     output channel o and every tile t < n_t (M (16, oc, tiles))."""
