@@ -72,7 +72,7 @@ def _axpy_list(dst, gs, srcs, offs, m):
 def _grad_body(gy, y, argmax, x, Wf, kh, kw, sh, sw, ph, pw, hc, wc, pool, need_gx, chunk,
                partial, gbp, gx, lo, hi):  # fmt: skip
     """Task t = images [t*chunk, (t+1)*chunk): partial[t] = this chunk's gW in the acc layout,
-    gbp[t] = its gb, gx of its images (if need_gx). Wf[o] is Wt[o] flattened (kh*kw*c)."""
+    gbp[t] = its gb, gx of its images (if need_gx). Wf[o, (u*kw + v)*c + ch] = W[o, ch, u, v]."""
     n, oc, qh, qw = gy.shape
     c = x.shape[1]
     pkh, pkw, psh, psw, pph, ppw = pool
