@@ -25,10 +25,12 @@ WORKLOADS = [("train", 64), ("train", 256), ("infer", 256)]
 SETTLE_S = 0.3
 
 
-def _contenders(batch: int, torch) -> dict:
-    out = {flavour: EngineStep(flavour, batch) for flavour in harness.cpu_flavours()}
+def _contenders(batch: int, torch, all_live: bool) -> dict:
+    out = {
+        flavour: EngineStep(flavour, batch, all_live=all_live) for flavour in harness.cpu_flavours()
+    }
     if torch is not None:
-        out["torch"] = TorchStep(torch, batch)
+        out["torch"] = TorchStep(torch, batch, all_live=all_live)
     return out
 
 
@@ -36,11 +38,14 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=6, help="interleaved rounds (default 6)")
     parser.add_argument("--steps", type=int, default=10, help="timed calls per run (default 10)")
+    parser.add_argument("--all-live", action="store_true",
+                        help="shift the conv biases so every pooling window passes a gradient "
+                             "(the numba flavour's backward at its worst case)")  # fmt: skip
     args = parser.parse_args(argv)
     torch = harness.import_torch()
     for key, value in harness.environment().items():
         print(f"# {key}: {value}")
-    models = {(kind, b): _contenders(b, torch) for kind, b in WORKLOADS}
+    models = {(kind, b): _contenders(b, torch, args.all_live) for kind, b in WORKLOADS}
     rates = {(kind, b, who): [] for (kind, b), c in models.items() for who in c}
     ceilings = []
     for run in range(args.runs):

@@ -10,6 +10,8 @@ lr 0.01 on this noise batch, 90% of conv2's windows die within five steps (measu
 init, 8-13% after), which would time it on an unrepresentatively dead network. At the initial
 weights 74% of conv2's and 93% of conv1's windows pass a gradient (`benchmarks.profile_step` prints
 the fractions). The dense contenders (numpy flavour, PyTorch) cost the same either way.
+`all_live=True` shifts the conv biases (+10 and +1e4) so that every window passes a gradient:
+the window-driven backward's worst case (`python -m benchmarks.compare --all-live`).
 """
 
 from __future__ import annotations
@@ -50,12 +52,21 @@ def blas_threads(flavour: str):
 _controller = None
 
 
+def initial_model(seed: int, all_live: bool):
+    """The engine's seed CNN at its initial weights; all_live: conv biases shifted (see above)."""
+    model = models.get("seed_cnn", rng=np.random.default_rng(seed))
+    if all_live:
+        model[0].bias.data += 10.0  # conv1: every unit positive on this batch
+        model[3].bias.data += 1e4  # conv2: likewise (its inputs are now large, of either sign)
+    return model
+
+
 class EngineStep:
     """The engine's seed CNN on one kernel flavour ("numpy" | "numba")."""
 
-    def __init__(self, flavour: str, batch: int, seed: int = 0):
+    def __init__(self, flavour: str, batch: int, seed: int = 0, all_live: bool = False):
         self.flavour = flavour
-        self.model = models.get("seed_cnn", rng=np.random.default_rng(seed))
+        self.model = initial_model(seed, all_live)
         self.opt = optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
         self.opt.lr = 0.0  # weights frozen (see above); the optimizer refuses lr 0 when built
         self.x, self.t = data(batch, seed)
@@ -76,7 +87,7 @@ class EngineStep:
 class TorchStep:
     """The same network in PyTorch eager (float32, torch.set_num_threads(2)), same weights."""
 
-    def __init__(self, torch, batch: int, seed: int = 0):
+    def __init__(self, torch, batch: int, seed: int = 0, all_live: bool = False):
         nn = torch.nn
         self.torch = torch
         self.model = nn.Sequential(
@@ -84,7 +95,7 @@ class TorchStep:
             nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(), nn.Linear(1600, 64), nn.ReLU(), nn.Linear(64, 10),
         )  # fmt: skip
-        state = models.get("seed_cnn", rng=np.random.default_rng(seed)).state_dict()
+        state = initial_model(seed, all_live).state_dict()
         self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.0, momentum=MOMENTUM)
         x, t = data(batch, seed)
