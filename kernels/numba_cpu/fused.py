@@ -261,6 +261,5 @@ def conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding, pool_s
     ohu = _pool_reach(oh, pool_size[0], pool_stride[0], pool_padding[0], qh)
     owu = _pool_reach(ow, pool_size[1], pool_stride[1], pool_padding[1], qw)
     hc, wc = (ohu - 1) * sh + ckh, (owu - 1) * sw + ckw  # padded input rows/columns read
-    chunk = _chunk(n, c * ckh * ckw * ohu * owu)
     return sparse_grad.grad(_c(gy), y, argmax, _c(x), _c(W), stride, padding, pool, hc, wc,
-                            need_gx, chunk, run_tasks)  # fmt: skip
+                            need_gx, run_tasks)  # fmt: skip

@@ -150,18 +150,21 @@ def _grad_body(gy, y, argmax, x, Wf, kh, kw, sh, sw, ph, pw, hc, wc, pool, need_
                         out[:] = 0
 
 
-def grad(gy, y, argmax, x, W, stride, padding, pool, hc, wc, need_gx, chunk, run_tasks):
+CHUNK = 8  # images per task (fixed: the partial sums do not depend on the thread count)
+
+
+def grad(gy, y, argmax, x, W, stride, padding, pool, hc, wc, need_gx, run_tasks):
     """(gx or None, gW, gb) of the fused block; hc, wc: the padded input rows/columns the pool's
     windows reach (everything past them gets no gradient)."""
     (sh, sw), (ph, pw) = stride, padding
     oc, c, kh, kw = W.shape
     n = x.shape[0]
     Wf = np.ascontiguousarray(W.transpose(0, 2, 3, 1)).reshape(oc, kh * kw * c)
-    tasks = -(-n // chunk)
+    tasks = -(-n // CHUNK)
     partial = np.empty((tasks, oc, kh, kw * c), dtype=gy.dtype)
     gbp = np.empty((tasks, oc), dtype=gy.dtype)
     gx = np.empty(x.shape if need_gx else (0, c, 1, 1), dtype=gy.dtype)
     run_tasks(_grad_body, tasks, gy, y, argmax, x, Wf, kh, kw, sh, sw, ph, pw, hc, wc,
-              np.array(pool, dtype=np.int64), need_gx, chunk, partial, gbp, gx)  # fmt: skip
+              np.array(pool, dtype=np.int64), need_gx, CHUNK, partial, gbp, gx)  # fmt: skip
     gW = partial.sum(axis=0).reshape(oc, kh, kw, c).transpose(0, 3, 1, 2)
     return (gx if need_gx else None), np.ascontiguousarray(gW), gbp.sum(axis=0)

@@ -26,8 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# as polyphase.py: fastmath off except `contract` (fused multiply-add, one rounding)
-JIT = dict(cache=True, fastmath={"contract"}, nogil=True)
+JIT = dict(cache=True, fastmath=False, nogil=True)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 
 
