@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from kernels.numpy_cpu import fused as reference
 from kernels.numpy_cpu._xp import out_size
 
 from . import polyphase, sparse_grad, winograd
@@ -221,7 +222,12 @@ def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_str
     if winograd.applies(c, (ckh, ckw), stride, pool_size, pool_stride, pool_padding):
         single_threaded_inner_blas()
         chunk = _chunk(n, 16 * (c + oc) * qh * qw)  # V and M of a chunk stay in L2
-        return winograd.forward(_c(x), _c(W), bias, padding, qh, qw, chunk, run_tasks)
+        out = winograd.forward(_c(x), _c(W), bias, padding, qh, qw, chunk, run_tasks)
+        if out is not None:
+            return out
+        # a NaN or an infinity in x or W: the reference's IEEE results (see winograd.forward)
+        return reference.conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size,
+                                                        pool_stride, pool_padding)  # fmt: skip
     y = np.empty((n, oc, qh, qw), dtype=x.dtype)
     argmax = np.empty((n, oc, qh, qw), dtype=np.int32)
     if c * ckh * ckw <= DIRECT_MAX_K:
@@ -246,20 +252,29 @@ def conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding, pool_s
                                     pool_padding, need_gx):  # fmt: skip
     """See kernels.numpy_cpu.fused.conv2d_relu_max_pool2d_backward: (gx or None, gW, gb).
     The full conv-output gradient is never built: a thin 3x3 first layer (no gx) runs the
-    polyphase kernel; every other geometry the window-driven kernel of sparse_grad.py."""
+    polyphase kernel; every other geometry the window-driven kernel of sparse_grad.py. Both skip
+    the pixels without a gradient, so when x (or W) holds a NaN or an infinity, whose product with
+    those zero gradients is NaN in the dense formula, the reference composition runs instead."""
     (sh, sw), (ph, pw) = stride, padding
     oc, c, ckh, ckw = W.shape
     n, _, h, w = x.shape
     gy, y, argmax = _c(gy), _c(y), _c(argmax)
     if not need_gx and polyphase.applies(c, (ckh, ckw), stride, pool_size, pool_stride,
                                          pool_padding, DIRECT_MAX_K):  # fmt: skip
-        gW, gb = polyphase.grad_weight(gy, y, argmax, _padded(x, ph, pw), W.shape, run_tasks)
-        return None, gW, gb
-    pool = (*pool_size, *pool_stride, *pool_padding)
-    qh, qw = gy.shape[2:]
-    oh, ow = out_size(h, ckh, sh, ph), out_size(w, ckw, sw, pw)
-    ohu = _pool_reach(oh, pool_size[0], pool_stride[0], pool_padding[0], qh)
-    owu = _pool_reach(ow, pool_size[1], pool_stride[1], pool_padding[1], qw)
-    hc, wc = (ohu - 1) * sh + ckh, (owu - 1) * sw + ckw  # padded input rows/columns read
-    return sparse_grad.grad(_c(gy), y, argmax, _c(x), _c(W), stride, padding, pool, hc, wc,
-                            need_gx, run_tasks)  # fmt: skip
+        out = polyphase.grad_weight(gy, y, argmax, _padded(x, ph, pw), W.shape, run_tasks)
+        if out is not None:
+            return None, *out
+    else:
+        qh, qw = gy.shape[2:]
+        oh, ow = out_size(h, ckh, sh, ph), out_size(w, ckw, sw, pw)
+        ohu = _pool_reach(oh, pool_size[0], pool_stride[0], pool_padding[0], qh)
+        owu = _pool_reach(ow, pool_size[1], pool_stride[1], pool_padding[1], qw)
+        hc, wc = (ohu - 1) * sh + ckh, (owu - 1) * sw + ckw  # padded input rows/columns read
+        pool = (*pool_size, *pool_stride, *pool_padding)
+        out = sparse_grad.grad(gy, y, argmax, _c(x), _c(W), stride, padding, pool, hc, wc,
+                               need_gx, run_tasks)  # fmt: skip
+        if out is not None:
+            return out
+    return reference.conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding,
+                                                     pool_size, pool_stride, pool_padding,
+                                                     need_gx)  # fmt: skip

@@ -1,0 +1,79 @@
+"""numba_cpu's fused conv + ReLU + max-pool block: its fast paths are the ones taken for the common
+geometries, and inputs with NaN or infinities still get the numpy_cpu reference's results.
+
+The fast kernels (polyphase, Winograd, window-driven backward) skip work the dense formula does:
+Winograd subtracts input values (inf - inf = NaN where the direct sum keeps inf), and the backward
+never multiplies the zero gradients of the pixels that are not a window's argmax (0 * inf = NaN in
+the reference). They detect non-finite values while copying their inputs and fall back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import backend
+from kernels import numpy_cpu
+
+pytestmark = pytest.mark.skipif(
+    "cpu:numba" not in backend.available(), reason="Numba is not installed"
+)
+
+POOL = ((2, 2), (2, 2), (0, 0))
+THIN = ((2, 1, 10, 9), (3, 1, 3, 3), 0)  # x shape, W shape, padding: the polyphase kernels
+THICK = ((2, 6, 9, 8), (4, 6, 3, 3), 1)  # the Winograd forward and the window-driven backward
+
+
+def _numba():
+    from kernels import numba_cpu
+
+    return numba_cpu
+
+
+def _block(rng, geometry, dtype):
+    xs, ws, pad = geometry
+    x, W = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+    return x, W, rng.standard_normal(ws[0]).astype(dtype), ((1, 1), (pad, pad))
+
+
+@pytest.mark.parametrize(
+    "geometry,module,function",
+    [(THIN, "polyphase", "forward"), (THIN, "polyphase", "grad_weight"),
+     (THICK, "winograd", "forward"), (THICK, "sparse_grad", "grad")],
+)  # fmt: skip
+def test_common_block_takes_its_fast_kernel(rng, monkeypatch, geometry, module, function):
+    nb = _numba()
+    fast = getattr(nb, module)
+    calls = []
+    original = getattr(fast, function)
+    monkeypatch.setattr(fast, function, lambda *a: calls.append(1) or original(*a))
+    x, W, b, conv = _block(rng, geometry, np.float32)
+    y, argmax = nb.KERNELS["conv2d_relu_max_pool2d_forward"](x, W, b, *conv, *POOL)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    nb.KERNELS["conv2d_relu_max_pool2d_backward"](gy, y, argmax, x, W, *conv, *POOL, False)
+    assert calls, f"{module}.{function} was not used"
+
+
+@pytest.mark.parametrize("geometry", [THIN, THICK], ids=["thin", "thick"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", ["x", "W"])
+def test_non_finite_inputs_get_the_reference_results(rng, geometry, dtype, value, where):
+    nb = _numba()
+    x, W, b, conv = _block(rng, geometry, dtype)
+    (x if where == "x" else W)[(1, 0, 2, 2) if where == "x" else (1, 0, 1, 1)] = value
+    with np.errstate(invalid="ignore", over="ignore"):  # the reference's inf - inf, 0 * inf
+        ref = numpy_cpu.KERNELS["conv2d_relu_max_pool2d_forward"](x, W, b, *conv, *POOL)
+        got = nb.KERNELS["conv2d_relu_max_pool2d_forward"](x, W, b, *conv, *POOL)
+        np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-6, equal_nan=True)
+        np.testing.assert_array_equal(got[1], ref[1])
+        gy = rng.standard_normal(ref[0].shape).astype(dtype)
+        for need_gx in (False, True):
+            args = (gy, ref[0], ref[1], x, W, *conv, *POOL, need_gx)
+            want = numpy_cpu.KERNELS["conv2d_relu_max_pool2d_backward"](*args)
+            have = nb.KERNELS["conv2d_relu_max_pool2d_backward"](*args)
+            for h, r in zip(have, want, strict=True):
+                if r is None:
+                    assert h is None
+                else:
+                    np.testing.assert_allclose(h, r, rtol=1e-4, atol=1e-5, equal_nan=True)
