@@ -199,6 +199,16 @@ def _fused_wide_body(x, Wm, bias, ckh, ckw, ph, pw, oh, ow, chunk, kh, kw, psh, 
                                  y[b, o], argmax[b, o])  # fmt: skip
 
 
+def _finite(*arrays) -> bool:
+    """Whether the arrays hold only finite values. The fast kernels of the common block skip work
+    the dense formula does: Winograd subtracts inputs (inf - inf = NaN where the direct sum keeps
+    +-inf), and the backward kernels never multiply the zero gradients of the pixels that are not a
+    window's argmax (0 * inf = NaN in the dense formula). With a NaN or an infinity in x (or W),
+    the reference composition runs instead, so results stay the reference's IEEE ones. Costs ~1%
+    of a seed-CNN step (checking in the kernels' copy loops instead cost ~1 s of compilation)."""
+    return all(bool(np.isfinite(a).all()) for a in arrays)
+
+
 def _pool_reach(o, k, s, p, q):
     """Conv rows (or columns) 0..reach-1 hold every tap the pool reads: the last window's last
     tap is (q - 1)*s + k - 1 - p. Rows beyond (floor mode drops them) are never computed: for
@@ -222,10 +232,8 @@ def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_str
     if winograd.applies(c, (ckh, ckw), stride, pool_size, pool_stride, pool_padding):
         single_threaded_inner_blas()
         chunk = _chunk(n, 16 * (c + oc) * qh * qw)  # V and M of a chunk stay in L2
-        out = winograd.forward(_c(x), _c(W), bias, padding, qh, qw, chunk, run_tasks)
-        if out is not None:
-            return out
-        # a NaN or an infinity in x or W: the reference's IEEE results (see winograd.forward)
+        if _finite(x, W):
+            return winograd.forward(_c(x), _c(W), bias, padding, qh, qw, chunk, run_tasks)
         return reference.conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size,
                                                         pool_stride, pool_padding)  # fmt: skip
     y = np.empty((n, oc, qh, qw), dtype=x.dtype)
@@ -259,22 +267,19 @@ def conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding, pool_s
     oc, c, ckh, ckw = W.shape
     n, _, h, w = x.shape
     gy, y, argmax = _c(gy), _c(y), _c(argmax)
+    if not _finite(x, W):  # the reference's IEEE results (see _finite)
+        return reference.conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding,
+                                                         pool_size, pool_stride, pool_padding,
+                                                         need_gx)  # fmt: skip
     if not need_gx and polyphase.applies(c, (ckh, ckw), stride, pool_size, pool_stride,
                                          pool_padding, DIRECT_MAX_K):  # fmt: skip
-        out = polyphase.grad_weight(gy, y, argmax, _padded(x, ph, pw), W.shape, run_tasks)
-        if out is not None:
-            return None, *out
-    else:
-        qh, qw = gy.shape[2:]
-        oh, ow = out_size(h, ckh, sh, ph), out_size(w, ckw, sw, pw)
-        ohu = _pool_reach(oh, pool_size[0], pool_stride[0], pool_padding[0], qh)
-        owu = _pool_reach(ow, pool_size[1], pool_stride[1], pool_padding[1], qw)
-        hc, wc = (ohu - 1) * sh + ckh, (owu - 1) * sw + ckw  # padded input rows/columns read
-        pool = (*pool_size, *pool_stride, *pool_padding)
-        out = sparse_grad.grad(gy, y, argmax, _c(x), _c(W), stride, padding, pool, hc, wc,
-                               need_gx, run_tasks)  # fmt: skip
-        if out is not None:
-            return out
-    return reference.conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding,
-                                                     pool_size, pool_stride, pool_padding,
-                                                     need_gx)  # fmt: skip
+        gW, gb = polyphase.grad_weight(gy, y, argmax, _padded(x, ph, pw), W.shape, run_tasks)
+        return None, gW, gb
+    qh, qw = gy.shape[2:]
+    oh, ow = out_size(h, ckh, sh, ph), out_size(w, ckw, sw, pw)
+    ohu = _pool_reach(oh, pool_size[0], pool_stride[0], pool_padding[0], qh)
+    owu = _pool_reach(ow, pool_size[1], pool_stride[1], pool_padding[1], qw)
+    hc, wc = (ohu - 1) * sh + ckh, (owu - 1) * sw + ckw  # padded input rows/columns read
+    pool = (*pool_size, *pool_stride, *pool_padding)
+    return sparse_grad.grad(gy, y, argmax, _c(x), _c(W), stride, padding, pool, hc, wc,
+                            need_gx, run_tasks)  # fmt: skip

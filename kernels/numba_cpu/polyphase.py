@@ -57,15 +57,9 @@ def _geometry(qh, qw):
 @njit(**JIT)
 def _split(xpad, b, qh, qw, P):
     """P[ch, 2*pr + pc, k*L + l] = xpad[b, ch, 2k + pr, 2l + pc] for every channel of image b,
-    0 where that lies outside xpad (read only by junk windows). Returns whether image b holds a
-    NaN or an infinity (see grad_weight)."""
+    0 where that lies outside xpad (read only by junk windows)."""
     c, hp, wp = xpad.shape[1], xpad.shape[2], xpad.shape[3]
     L, K, _, size = _geometry(qh, qw)
-    bad = False
-    for ch in range(c):
-        plane = xpad[b, ch].reshape(hp * wp)
-        for k in range(hp * wp):
-            bad |= (plane[k] - plane[k]) != 0  # NaN for NaN and +-inf only
     for ch in range(c):
         for comp in range(P.shape[1]):  # the 4 planes; a runtime bound, not unrolled (compiling)
             pr, pc = comp // 2, comp % 2
@@ -78,7 +72,6 @@ def _split(xpad, b, qh, qw, P):
                     dst[k * L + l] = xpad[b, ch, r, col] if inside else 0
             for k in range(K * L, size):
                 dst[k] = 0
-    return bad
 
 
 @njit(inline="always", **JIT)
@@ -176,13 +169,12 @@ def _tap_grad(acc, g, sel, xa, xb, xc, xd, span):
 
 
 @njit(**JIT)
-def _grad_body(gy, y, argmax, xpad, ntaps, chunk, partial, gbp, nonfinite, lo, hi):
+def _grad_body(gy, y, argmax, xpad, ntaps, chunk, partial, gbp, lo, hi):
     """Task t = images [t*chunk, (t+1)*chunk): partial[t, o, ch, 3u + v] = sum over its images and
     windows with y > 0 of gy * xpad[2i + a + u, 2j + b + v], (a, b) the window's argmax tap, and
     gbp[t, o] = the sum of those gy. Per-lane partial sums over q (acc, gacc) keep the loops
     vectorised without reordering a lane's additions; each lane is summed at the end. ntaps = 9
-    (an argument so that LLVM keeps one copy of the tap loop). nonfinite[t]: the chunk's input
-    holds a NaN or an infinity."""
+    (an argument so that LLVM keeps one copy of the tap loop)."""
     n, oc, qh, qw = gy.shape
     c = xpad.shape[1]
     L, _, span, size = _geometry(qh, qw)
@@ -195,7 +187,7 @@ def _grad_body(gy, y, argmax, xpad, ntaps, chunk, partial, gbp, nonfinite, lo, h
         acc[:] = 0
         gacc[:] = 0
         for b in range(t * chunk, min(n, (t + 1) * chunk)):
-            nonfinite[t] |= _split(xpad, b, qh, qw, P)
+            _split(xpad, b, qh, qw, P)
             for o in range(oc):
                 for i in range(qh):
                     gr, yr, ar = gy[b, o, i], y[b, o, i], argmax[b, o, i]
@@ -239,16 +231,11 @@ GRAD_CHUNK = 8  # images per task of the weight gradient (fixed: sums independen
 
 
 def grad_weight(gy, y, argmax, xpad, w_shape, run_tasks):
-    """(gW (oc, c, 3, 3), gb (oc,)) of the block from the pooled gradient gy, or None when the
-    input holds a NaN or an infinity: this kernel reads only each window's argmax pixels, so it
-    would not reproduce the dense formula's 0 * inf = NaN (the caller then runs the reference).
-    The per-task partial sums are added in task order."""
+    """(gW (oc, c, 3, 3), gb (oc,)) of the block from the pooled gradient gy; the per-task
+    partial sums are added in task order."""
     oc, c = w_shape[:2]
     tasks = -(-gy.shape[0] // GRAD_CHUNK)
     partial = np.empty((tasks, oc, c, 9), dtype=gy.dtype)
     gbp = np.empty((tasks, oc), dtype=gy.dtype)
-    nonfinite = np.zeros(tasks, dtype=np.bool_)
-    run_tasks(_grad_body, tasks, gy, y, argmax, xpad, 9, GRAD_CHUNK, partial, gbp, nonfinite)
-    if nonfinite.any():
-        return None
+    run_tasks(_grad_body, tasks, gy, y, argmax, xpad, 9, GRAD_CHUNK, partial, gbp)
     return partial.sum(axis=0).reshape(w_shape), gbp.sum(axis=0)

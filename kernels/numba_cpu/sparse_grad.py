@@ -30,21 +30,15 @@ JIT = dict(cache=True, fastmath=False, nogil=True)
 
 @njit(**JIT)
 def _channels_last(x, b, ph, pw, hc, wc, xcl):
-    """xcl[(yy + ph)*wc + xx + pw, ch] = x[b, ch, yy, xx] inside the (hc, wc) crop; 0 elsewhere.
-    Returns whether image b holds a NaN or an infinity (see grad)."""
+    """xcl[(yy + ph)*wc + xx + pw, ch] = x[b, ch, yy, xx] inside the (hc, wc) crop; 0 elsewhere."""
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
     xcl[:] = 0
-    bad = False
     for ch in range(c):
-        plane = x[b, ch].reshape(h * w)
-        for k in range(h * w):
-            bad |= (plane[k] - plane[k]) != 0  # NaN for NaN and +-inf only
         for yy in range(min(h, hc - ph)):
             src = x[b, ch, yy]
             dst = xcl[(yy + ph) * wc + pw :]
             for xx in range(min(w, wc - pw)):
                 dst[xx, ch] = src[xx]
-    return bad
 
 
 @njit(inline="always", **JIT)
@@ -76,10 +70,9 @@ def _axpy_list(dst, gs, srcs, offs, m):
 
 @njit(**JIT)
 def _grad_body(gy, y, argmax, x, Wf, kh, kw, sh, sw, ph, pw, hc, wc, pool, need_gx, chunk,
-               partial, gbp, gx, nonfinite, lo, hi):  # fmt: skip
+               partial, gbp, gx, lo, hi):  # fmt: skip
     """Task t = images [t*chunk, (t+1)*chunk): partial[t] = this chunk's gW in the acc layout,
-    gbp[t] = its gb, gx of its images (if need_gx). Wf[o, (u*kw + v)*c + ch] = W[o, ch, u, v].
-    nonfinite[t]: the chunk's input holds a NaN or an infinity."""
+    gbp[t] = its gb, gx of its images (if need_gx). Wf[o, (u*kw + v)*c + ch] = W[o, ch, u, v]."""
     n, oc, qh, qw = gy.shape
     c = x.shape[1]
     pkh, pkw, psh, psw, pph, ppw = pool
@@ -100,7 +93,7 @@ def _grad_body(gy, y, argmax, x, Wf, kh, kw, sh, sw, ph, pw, hc, wc, pool, need_
         acc[:] = 0
         gbt[:] = 0
         for b in range(t * chunk, min(n, (t + 1) * chunk)):
-            nonfinite[t] |= _channels_last(x, b, ph, pw, hc, wc, xcl)
+            _channels_last(x, b, ph, pw, hc, wc, xcl)
             # gW[o, :, u, :] += g * x[:, r*sh + u, s*sw : s*sw + kw] over the plane's live windows
             for o in range(oc):
                 m = np.int64(0)  # not a literal 0: one compiled _axpy_list for both calls
@@ -162,25 +155,16 @@ CHUNK = 8  # images per task (fixed: the partial sums do not depend on the threa
 
 def grad(gy, y, argmax, x, W, stride, padding, pool, hc, wc, need_gx, run_tasks):
     """(gx or None, gW, gb) of the fused block; hc, wc: the padded input rows/columns the pool's
-    windows reach (everything past them gets no gradient). None when x (or W, if need_gx) holds a
-    NaN or an infinity: the dense formula multiplies those by the zero gradients of the other
-    pixels and gets NaN, which this kernel, skipping them, would not (the caller then runs the
-    reference)."""
+    windows reach (everything past them gets no gradient)."""
     (sh, sw), (ph, pw) = stride, padding
     oc, c, kh, kw = W.shape
     n = x.shape[0]
-    if need_gx and not np.isfinite(W).all():
-        return None
     Wf = np.ascontiguousarray(W.transpose(0, 2, 3, 1)).reshape(oc, kh * kw * c)
     tasks = -(-n // CHUNK)
     partial = np.empty((tasks, oc, kh, kw * c), dtype=gy.dtype)
     gbp = np.empty((tasks, oc), dtype=gy.dtype)
     gx = np.empty(x.shape if need_gx else (0, c, 1, 1), dtype=gy.dtype)
-    nonfinite = np.zeros(tasks, dtype=np.bool_)
     run_tasks(_grad_body, tasks, gy, y, argmax, x, Wf, kh, kw, sh, sw, ph, pw, hc, wc,
-              np.array(pool, dtype=np.int64), need_gx, CHUNK, partial, gbp, gx,
-              nonfinite)  # fmt: skip
-    if nonfinite.any():
-        return None
+              np.array(pool, dtype=np.int64), need_gx, CHUNK, partial, gbp, gx)  # fmt: skip
     gW = partial.sum(axis=0).reshape(oc, kh, kw, c).transpose(0, 3, 1, 2)
     return (gx if need_gx else None), np.ascontiguousarray(gW), gbp.sum(axis=0)

@@ -76,12 +76,10 @@ def filter_transform(W):
 def _input_transform(x, b0, b1, ph, pw, qh, qw, xp, V):
     """V[4*r + s, ch, (b - b0)*qh*qw + i*qw + j] = (B^T d B)[r, s], d the 4x4 tile of image b,
     channel ch, at rows 2i .. 2i + 3 and columns 2j .. 2j + 3 of the zero-padded plane xp
-    (2*qh + 2, 2*qw + 2; filled here, one plane at a time, so the tile loop has no bounds tests).
-    Returns whether a value read holds a NaN or an infinity (see forward)."""
+    (2*qh + 2, 2*qw + 2; filled here, one plane at a time, so the tile loop has no bounds tests)."""
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
     hp, wp = xp.shape
     tiles = qh * qw
-    bad = False
     for b in range(b0, b1):
         for ch in range(c):
             xp[:] = 0
@@ -89,7 +87,6 @@ def _input_transform(x, b0, b1, ph, pw, qh, qw, xp, V):
                 src, dst = x[b, ch, yy], xp[yy + ph]
                 for xx in range(max(0, -pw), min(w, wp - pw)):
                     dst[xx + pw] = src[xx]
-                    bad |= (src[xx] - src[xx]) != 0  # NaN for NaN and +-inf only
             for i in range(qh):
                 r0, r1, r2, r3 = xp[2 * i], xp[2 * i + 1], xp[2 * i + 2], xp[2 * i + 3]
                 t0 = (b - b0) * tiles + i * qw
@@ -138,7 +135,6 @@ def _input_transform(x, b0, b1, ph, pw, qh, qw, xp, V):
                     V[13, ch, t] = g1 + g2
                     V[14, ch, t] = g2 - g1
                     V[15, ch, t] = g1 - g3
-    return bad
 
 
 @njit(**JIT)
@@ -183,10 +179,9 @@ def _output_pool(M, o, bias, n_t, yf, af):
 
 
 @njit(**JIT)
-def _forward_body(x, U, bias, ph, pw, chunk, y, argmax, nonfinite, lo, hi):
+def _forward_body(x, U, bias, ph, pw, chunk, y, argmax, lo, hi):
     """Task t = images [t*chunk, (t+1)*chunk): input transform, 16 single-threaded BLAS GEMMs
-    M[k] = U[k] @ V[k], then output transform + bias + ReLU + pool per output channel.
-    nonfinite[t]: the chunk's input holds a NaN or an infinity."""
+    M[k] = U[k] @ V[k], then output transform + bias + ReLU + pool per output channel."""
     n, c = x.shape[0], x.shape[1]
     oc, qh, qw = y.shape[1], y.shape[2], y.shape[3]
     tiles = qh * qw
@@ -202,7 +197,7 @@ def _forward_body(x, U, bias, ph, pw, chunk, y, argmax, nonfinite, lo, hi):
         n_t = (b1 - b0) * tiles
         V = vbuf[: 16 * c * n_t].reshape(16, c, n_t)
         M = mbuf[: 16 * oc * n_t].reshape(16, oc, n_t)
-        nonfinite[t] = _input_transform(x, b0, b1, ph, pw, qh, qw, xp, V)
+        _input_transform(x, b0, b1, ph, pw, qh, qw, xp, V)
         for k in range(16):
             np.dot(U[k], V[k], M[k])
         for o in range(oc):
@@ -216,16 +211,10 @@ def _forward_body(x, U, bias, ph, pw, chunk, y, argmax, nonfinite, lo, hi):
 
 
 def forward(x, W, bias, padding, qh, qw, chunk, run_tasks):
-    """(y, argmax int32), both (n, oc, qh, qw), of the block on x (n, c, h, w), W (oc, c, 3, 3);
-    None when x or W holds a NaN or an infinity: the transforms subtract values, so an infinity
-    becomes NaN where the direct sum keeps +-inf (the caller then runs the reference)."""
+    """(y, argmax int32), both (n, oc, qh, qw), of the block on x (n, c, h, w), W (oc, c, 3, 3)."""
     n, oc = x.shape[0], W.shape[0]
-    U = filter_transform(W)
-    if not np.isfinite(U).all():
-        return None
     y = np.empty((n, oc, qh, qw), dtype=x.dtype)
     argmax = np.empty((n, oc, qh, qw), dtype=np.int32)
-    tasks = -(-n // chunk)
-    nonfinite = np.zeros(tasks, dtype=np.bool_)
-    run_tasks(_forward_body, tasks, x, U, bias, *padding, chunk, y, argmax, nonfinite)
-    return None if nonfinite.any() else (y, argmax)
+    run_tasks(_forward_body, -(-n // chunk), x, filter_transform(W), bias, *padding, chunk, y,
+              argmax)  # fmt: skip
+    return y, argmax
