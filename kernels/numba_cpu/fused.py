@@ -7,8 +7,9 @@ one conv plane (direct path) or one chunk of planes (im2col + GEMM path) into a 
 in cache, and rectifies and pools it from there; only y (a quarter of the size) and argmax are
 written. A 3x3 conv with a 2x2 pool (the common block) has its own kernels: polyphase.py for a thin
 input (window by window, in registers), winograd.py otherwise (F(2x2, 3x3): a 2x2 output tile is
-one pooling window). The backward never builds the conv-output gradient: polyphase.py for that first layer,
-sparse_grad.py (one axpy per pooling window that passes a gradient) for everything else.
+one pooling window). The backward never builds the conv-output gradient: polyphase.py for that
+thin layer when no input gradient is needed, sparse_grad.py (one axpy per pooling window that
+passes a gradient) for everything else.
 The semantics are the numpy_cpu composition's, argmax included (kernels/numpy_cpu/fused.py): the
 pool runs over rectified values, first maximum in row-major tap order, NaN wins.
 
@@ -53,6 +54,7 @@ def _relu_pool_plane(z, rs, oh, ow, bias, kh, kw, sh, sw, ph, pw, y, argmax):
         _relu_pool_2x2(z, rs, bias, y, argmax)  # the CNNs' common pool, 5x faster (measured)
         return
     qh, qw = y.shape
+    zero = y.dtype.type(0)  # a typed zero: a literal 0 would turn the float32 selects into float64
     for i in range(qh):
         yr, ar = y[i], argmax[i]
         yr[:] = -1
@@ -71,7 +73,7 @@ def _relu_pool_plane(z, rs, oh, ow, bias, kh, kw, sh, sw, ph, pw, y, argmax):
                 tap = u * kw + v
                 for k in range(j1 - j0):
                     val = zs[k * sw] + bias
-                    val = val if (val > 0) | (val != val) else 0  # ReLU; NaN stays NaN
+                    val = val if (val > 0) | (val != val) else zero  # ReLU; NaN stays NaN
                     best = ys[k]
                     # strict '>' keeps the first maximum; a NaN replaces a number, once
                     # (`|`, `&`: selects, not branches, as in _relu_pool_2x2)
@@ -85,6 +87,7 @@ def _relu_pool_2x2(z, rs, bias, y, argmax):
     """_relu_pool_plane for kernel 2x2, stride 2, no padding: window (i, j) reads conv rows 2i,
     2i + 1 and columns 2j, 2j + 1. Constant strides and selects only, so the loop vectorises."""
     qh, qw = y.shape
+    zero = y.dtype.type(0)
     for i in range(qh):
         z0 = z[2 * i * rs : 2 * i * rs + 2 * qw]  # conv row 2i
         z1 = z[(2 * i + 1) * rs : (2 * i + 1) * rs + 2 * qw]  # conv row 2i + 1
@@ -94,20 +97,20 @@ def _relu_pool_2x2(z, rs, bias, y, argmax):
         # these are selects, and the loop vectorises
         for j in range(qw):
             best = z0[2 * j] + bias  # tap 0 always starts the window
-            best = best if (best > 0) | (best != best) else 0  # ReLU; NaN stays NaN
+            best = best if (best > 0) | (best != best) else zero  # ReLU; NaN stays NaN
             arg = 0
             val = z0[2 * j + 1] + bias
-            val = val if (val > 0) | (val != val) else 0
+            val = val if (val > 0) | (val != val) else zero
             win = (val > best) | ((val != val) & (best == best))  # first max wins; NaN once
             best = val if win else best
             arg = 1 if win else arg
             val = z1[2 * j] + bias
-            val = val if (val > 0) | (val != val) else 0
+            val = val if (val > 0) | (val != val) else zero
             win = (val > best) | ((val != val) & (best == best))
             best = val if win else best
             arg = 2 if win else arg
             val = z1[2 * j + 1] + bias
-            val = val if (val > 0) | (val != val) else 0
+            val = val if (val > 0) | (val != val) else zero
             win = (val > best) | ((val != val) & (best == best))
             best = val if win else best
             arg = 3 if win else arg
@@ -154,7 +157,7 @@ def _pad_crop(x, b0, b1, ph, pw, dst):
     """dst[b - b0] = image b of x zero-padded by (ph, pw) and cropped to dst's (hc, wc)."""
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
     hc, wc = dst.shape[2], dst.shape[3]
-    wn = min(w, wc - pw)  # input columns inside the crop
+    wn = max(0, min(w, wc - pw))  # input columns inside the crop
     for b in range(b0, b1):
         for ch in range(c):
             for r in range(hc):
@@ -229,7 +232,7 @@ def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_str
     bias = np.zeros(oc, dtype=x.dtype) if b is None else _c(b)
     if polyphase.applies(c, (ckh, ckw), stride, pool_size, pool_stride, pool_padding, DIRECT_MAX_K):
         return polyphase.forward(_padded(x, ph, pw), _c(W), bias, qh, qw, run_tasks)
-    if winograd.applies(c, (ckh, ckw), stride, pool_size, pool_stride, pool_padding):
+    if winograd.applies((ckh, ckw), stride, pool_size, pool_stride, pool_padding):
         single_threaded_inner_blas()
         chunk = _chunk(n, 16 * (c + oc) * qh * qw)  # V and M of a chunk stay in L2
         if _finite(x, W):
@@ -271,11 +274,13 @@ def conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding, pool_s
         return reference.conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding,
                                                          pool_size, pool_stride, pool_padding,
                                                          need_gx)  # fmt: skip
-    if not need_gx and polyphase.applies(c, (ckh, ckw), stride, pool_size, pool_stride,
-                                         pool_padding, DIRECT_MAX_K):  # fmt: skip
+    qh, qw = gy.shape[2:]
+    if (not need_gx
+            and polyphase.applies(c, (ckh, ckw), stride, pool_size, pool_stride, pool_padding,
+                                  DIRECT_MAX_K)
+            and polyphase.grad_fits(oc, c, qh, qw, gy.dtype.itemsize)):  # fmt: skip
         gW, gb = polyphase.grad_weight(gy, y, argmax, _padded(x, ph, pw), W.shape, run_tasks)
         return None, gW, gb
-    qh, qw = gy.shape[2:]
     oh, ow = out_size(h, ckh, sh, ph), out_size(w, ckw, sw, pw)
     ohu = _pool_reach(oh, pool_size[0], pool_stride[0], pool_padding[0], qh)
     owu = _pool_reach(ow, pool_size[1], pool_stride[1], pool_padding[1], qw)

@@ -56,8 +56,9 @@ def _geometry(qh, qw):
 
 @njit(**JIT)
 def _split(xpad, b, qh, qw, P):
-    """P[ch, 2*pr + pc, k*L + l] = xpad[b, ch, 2k + pr, 2l + pc] for every channel of image b,
-    0 where that lies outside xpad (read only by junk windows)."""
+    """P[ch, 2*pr + pc, k*L + l] = xpad[b, ch, 2k + pr, 2l + pc] for every channel of image b;
+    the tail [K*L, size) of each plane is 0 (read only by junk windows). The `inside` test is
+    defensive: the conv-padded input always holds rows 0..2K-1 and columns 0..2L-1."""
     c, hp, wp = xpad.shape[1], xpad.shape[2], xpad.shape[3]
     L, K, _, size = _geometry(qh, qw)
     for ch in range(c):
@@ -106,23 +107,24 @@ def _window_conv3(w, pe, po, qe, qo, L, span, z):
 def _relu_pool4(z, bias, span, yf, af):
     """yf[q] = max over taps t of relu(z[t, q] + bias), af[q] = the first winning t; NaN wins
     once (`|`, `&`: selects, not branches; see fused._relu_pool_2x2)."""
+    zero = yf.dtype.type(0)  # a typed zero: a literal 0 would turn the float32 selects into float64
     z0, z1, z2, z3 = z[0], z[1], z[2], z[3]
     for q in range(span):
         best = z0[q] + bias
-        best = best if (best > 0) | (best != best) else 0
+        best = best if (best > 0) | (best != best) else zero
         arg = 0
         val = z1[q] + bias
-        val = val if (val > 0) | (val != val) else 0
+        val = val if (val > 0) | (val != val) else zero
         win = (val > best) | ((val != val) & (best == best))
         best = val if win else best
         arg = 1 if win else arg
         val = z2[q] + bias
-        val = val if (val > 0) | (val != val) else 0
+        val = val if (val > 0) | (val != val) else zero
         win = (val > best) | ((val != val) & (best == best))
         best = val if win else best
         arg = 2 if win else arg
         val = z3[q] + bias
-        val = val if (val > 0) | (val != val) else 0
+        val = val if (val > 0) | (val != val) else zero
         win = (val > best) | ((val != val) & (best == best))
         best = val if win else best
         arg = 3 if win else arg
@@ -134,7 +136,8 @@ def _relu_pool4(z, bias, span, yf, af):
 def _forward_body(xpad, W, bias, qh, qw, y, argmax, lo, hi):
     """Task b = image: its polyphase planes, then y[b, o], argmax[b, o] for every output channel
     o. The four conv values of each window are summed over channels in z (4, span), rectified
-    and pooled into flat rows, then stored; the work buffers stay in L1."""
+    and pooled into flat rows, then stored; the work buffers (c*4*size + 6*span values) stay
+    in L1 for images up to about 50x50."""
     c, oc = xpad.shape[1], W.shape[0]
     L, _, span, size = _geometry(qh, qw)
     P = np.empty((c, 4, size), dtype=y.dtype)
@@ -179,6 +182,7 @@ def _grad_body(gy, y, argmax, xpad, ntaps, chunk, partial, gbp, lo, hi):
     c = xpad.shape[1]
     L, _, span, size = _geometry(qh, qw)
     P = np.empty((c, 4, size), dtype=gy.dtype)
+    zero = gy.dtype.type(0)
     g = np.zeros(span, dtype=gy.dtype)  # junk windows stay 0
     sel = np.zeros(span, dtype=np.int32)
     acc = np.empty((oc, c, 9, span), dtype=gy.dtype)
@@ -193,7 +197,7 @@ def _grad_body(gy, y, argmax, xpad, ntaps, chunk, partial, gbp, lo, hi):
                     gr, yr, ar = gy[b, o, i], y[b, o, i], argmax[b, o, i]
                     gs, ss = g[i * L :], sel[i * L :]
                     for j in range(qw):
-                        gs[j] = gr[j] if yr[j] > 0 else 0  # the ReLU passed the window's max
+                        gs[j] = gr[j] if yr[j] > 0 else zero  # the ReLU passed the window's max
                         ss[j] = ar[j]
                 ga = gacc[o]
                 for q in range(span):
@@ -228,6 +232,14 @@ def forward(xpad, W, bias, qh, qw, run_tasks):
 
 
 GRAD_CHUNK = 8  # images per task of the weight gradient (fixed: sums independent of threads)
+GRAD_MAX_BYTES = 16 << 20  # per-thread lane accumulators of grad_weight; larger: sparse_grad.py
+
+
+def grad_fits(oc, c, qh, qw, itemsize) -> bool:
+    """Whether grad_weight's accumulators (oc*c*9 lanes of one plane's windows, per thread) stay
+    under GRAD_MAX_BYTES: 0.2 MB for the seed CNN's conv1, 86 MB for 64 filters on 224x224 RGB."""
+    span = -(-((qh - 1) * (qw + 1) + qw) // VEC) * VEC
+    return oc * c * 9 * span * itemsize <= GRAD_MAX_BYTES
 
 
 def grad_weight(gy, y, argmax, xpad, w_shape, run_tasks):

@@ -142,7 +142,7 @@ def _grad_body(gy, y, argmax, x, Wf, kh, kw, sh, sw, ph, pw, hc, wc, pool, need_
                     out = gx[b, ch, yy]
                     if yy + ph < hc:
                         src = gcl[(yy + ph) * wc + pw :]
-                        wn = min(w, wc - pw)
+                        wn = max(0, min(w, wc - pw))  # none if the crop ends in the padding
                         for xx in range(wn):
                             out[xx] = src[xx, ch]
                         out[wn:] = 0

@@ -14,7 +14,7 @@ d the 4x4 input tile at (2i, 2j) of the padded input and w a 3x3 filter:
     B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
     A^T = [[1, 1, 1, 0], [0, 1, -1, -1]].
 All the constants are exact in binary floating point; the transforms only add and subtract.
-U is computed once per call in float64 and rounded to the input's dtype.
+U is computed once per call in float64 and rounded to W's dtype.
 
 Semantics are the numpy_cpu composition's (kernels/numpy_cpu/fused.py): y = max over the window
 of relu(conv + bias), argmax = the first maximal tap a*2 + b in row-major order, NaN wins once.
@@ -30,8 +30,9 @@ JIT = dict(cache=True, fastmath=False, nogil=True)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 
 
-def applies(c, kernel, stride, pool_size, pool_stride, pool_padding) -> bool:
-    """A 3x3 conv at stride 1 then a 2x2 max-pool at stride 2 without pool padding."""
+def applies(kernel, stride, pool_size, pool_stride, pool_padding) -> bool:
+    """A 3x3 conv at stride 1 then a 2x2 max-pool at stride 2 without pool padding (any channel
+    count; fused.py gives thin inputs to polyphase.py first)."""
     return (
         tuple(kernel) == (3, 3)
         and tuple(stride) == (1, 1)
@@ -141,6 +142,7 @@ def _input_transform(x, b0, b1, ph, pw, qh, qw, xp, V):
 def _output_pool(M, o, bias, n_t, yf, af):
     """yf[t], af[t] = max and first argmax over the tile's taps of relu(A^T M A + bias), for
     output channel o and every tile t < n_t (M (16, oc, tiles))."""
+    zero = yf.dtype.type(0)  # a typed zero: a literal 0 would turn the float32 selects into float64
     m0, m1, m2, m3 = M[0, o], M[1, o], M[2, o], M[3, o]
     m4, m5, m6, m7 = M[4, o], M[5, o], M[6, o], M[7, o]
     m8, m9, m10, m11 = M[8, o], M[9, o], M[10, o], M[11, o]
@@ -157,20 +159,20 @@ def _output_pool(M, o, bias, n_t, yf, af):
         u3 = m7[t] - m11[t] - m15[t]
         # columns: (A^T M) A -> the tile's conv values, taps 0..3 = (0, 0), (0, 1), (1, 0), (1, 1)
         best = s0 + s1 + s2 + bias
-        best = best if (best > 0) | (best != best) else 0
+        best = best if (best > 0) | (best != best) else zero
         arg = 0
         val = s1 - s2 - s3 + bias
-        val = val if (val > 0) | (val != val) else 0
+        val = val if (val > 0) | (val != val) else zero
         win = (val > best) | ((val != val) & (best == best))
         best = val if win else best
         arg = 1 if win else arg
         val = u0 + u1 + u2 + bias
-        val = val if (val > 0) | (val != val) else 0
+        val = val if (val > 0) | (val != val) else zero
         win = (val > best) | ((val != val) & (best == best))
         best = val if win else best
         arg = 2 if win else arg
         val = u1 - u2 - u3 + bias
-        val = val if (val > 0) | (val != val) else 0
+        val = val if (val > 0) | (val != val) else zero
         win = (val > best) | ((val != val) & (best == best))
         best = val if win else best
         arg = 3 if win else arg

@@ -29,6 +29,13 @@ CONV = [
     ("batch1_grey_pad1", (1, 1, 7, 10), (2, 1, 3, 3), (1, 1), (1, 1)),
     # ... and on thicker ones: the Winograd F(2x2, 3x3) conv-ReLU-pool forward (padded, odd)
     ("wino_pad1_odd", (2, 8, 9, 11), (6, 8, 3, 3), (1, 1), (1, 1)),
+    # batches of several tasks (the fused backward sums 8-image chunks; 17 leaves a short one)
+    ("batch17_thin_pad1", (17, 1, 9, 8), (3, 1, 3, 3), (1, 1), (1, 1)),
+    ("batch17_wino", (17, 5, 7, 9), (4, 5, 3, 3), (1, 1), (0, 0)),
+    # pool output 1x1 (thin, Winograd); padding past the pool's reach (the crop ends in it)
+    ("tiny_thin", (2, 2, 4, 4), (3, 2, 3, 3), (1, 1), (0, 0)),
+    ("tiny_wino", (2, 6, 5, 4), (3, 6, 3, 3), (1, 1), (0, 0)),
+    ("pad_past_reach", (1, 1, 4, 6), (2, 1, 3, 3), (1, 1), (1, 4)),
 ]
 # x shape, kernel_size, stride, padding
 POOL = [
@@ -188,6 +195,11 @@ FUSED = [
     ("rgb_pad1_odd", (2, 2), (2, 2), (0, 0)),  # 11x9 conv output -> 5x4
     ("batch1_grey_pad1", (2, 2), (2, 2), (0, 0)),  # 7x10 -> 3x5
     ("wino_pad1_odd", (2, 2), (2, 2), (0, 0)),  # 9x11 -> 4x5
+    ("batch17_thin_pad1", (2, 2), (2, 2), (0, 0)),
+    ("batch17_wino", (2, 2), (2, 2), (0, 0)),
+    ("tiny_thin", (2, 2), (2, 2), (0, 0)),  # 2x2 -> 1x1
+    ("tiny_wino", (2, 2), (2, 2), (0, 0)),  # 3x2 -> 1x1
+    ("pad_past_reach", (1, 1), (1, 100), (0, 0)),  # 4x12 -> 4x1: windows read column 0 only
 ]
 
 

@@ -4,7 +4,8 @@ geometries, and inputs with NaN or infinities still get the numpy_cpu reference'
 The fast kernels (polyphase, Winograd, window-driven backward) skip work the dense formula does:
 Winograd subtracts input values (inf - inf = NaN where the direct sum keeps inf), and the backward
 never multiplies the zero gradients of the pixels that are not a window's argmax (0 * inf = NaN in
-the reference). They detect non-finite values while copying their inputs and fall back.
+the reference). fused.py checks x and W with np.isfinite first and runs the reference when
+either holds a NaN or an infinity.
 """
 
 from __future__ import annotations

@@ -80,6 +80,18 @@ def test_conv2d_relu_max_pool2d_grad(rng, x_shape, w_shape, stride, padding, pk,
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding,pk,ps,pp", CASES)
+def test_conv2d_relu_max_pool2d_grad_without_input_grad(rng, x_shape, w_shape, stride, padding,
+                                                        pk, ps, pp):  # fmt: skip
+    """The weight and bias gradients alone (x a constant, as for a network's first layer): the
+    backward kernels may take another path when no input gradient is asked for."""
+    x, W, b = _draw(rng, x_shape, w_shape, stride, padding, (pk, ps, pp))
+    check_grad(
+        lambda W, b: conv2d_relu_max_pool2d(Tensor(x), W, b, stride, padding, pk, ps, pp),
+        [W, b], **TOL["gradcheck"],
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_conv2d_relu_max_pool2d_equals_composition(rng, with_bias):
     """Values and every gradient equal max_pool2d(relu(conv2d)), ties at zero included (a negative
