@@ -28,6 +28,7 @@ from numba import njit
 
 JIT = dict(cache=True, fastmath=False, nogil=True)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+GG = np.kron(G, G)  # (16, 9): (G w G^T)[r, s] = sum over k, l of G[r, k] G[s, l] w[k, l]
 
 
 def applies(kernel, stride, pool_size, pool_stride, pool_padding) -> bool:
@@ -42,35 +43,12 @@ def applies(kernel, stride, pool_size, pool_stride, pool_padding) -> bool:
     )
 
 
-@njit(**JIT)
-def _filter_transform(W, U):
-    """U[4*r + s, o, ch] = (G W[o, ch] G^T)[r, s], computed in float64 and stored in U's dtype."""
-    oc, c = W.shape[0], W.shape[1]
-    gw = np.empty((4, 3))
-    for o in range(oc):
-        for ch in range(c):
-            w = W[o, ch]
-            for k in range(3):  # G w: rows w0, (w0 + w1 + w2)/2, (w0 - w1 + w2)/2, w2
-                w0, w1, w2 = np.float64(w[0, k]), np.float64(w[1, k]), np.float64(w[2, k])
-                gw[0, k], gw[1, k], gw[2, k], gw[3, k] = (
-                    w0,
-                    (w0 + w1 + w2) / 2,
-                    (w0 - w1 + w2) / 2,
-                    w2,
-                )
-            for r in range(4):  # (G w) G^T: the same combinations of its columns
-                v0, v1, v2 = gw[r, 0], gw[r, 1], gw[r, 2]
-                U[4 * r, o, ch] = v0
-                U[4 * r + 1, o, ch] = (v0 + v1 + v2) / 2
-                U[4 * r + 2, o, ch] = (v0 - v1 + v2) / 2
-                U[4 * r + 3, o, ch] = v2
-
-
 def filter_transform(W):
-    """U (16, oc, c): U[4*r + s, o, ch] = (G W[o, ch] G^T)[r, s] (float64 math, W's dtype)."""
-    U = np.empty((16, *W.shape[:2]), dtype=W.dtype)
-    _filter_transform(np.ascontiguousarray(W), U)
-    return U
+    """U (16, oc, c): U[4*r + s, o, ch] = (G W[o, ch] G^T)[r, s], computed in float64 and
+    rounded to W's dtype, as one small GEMM: (G kron G) (16 x 9) times the flattened filters."""
+    oc, c = W.shape[:2]
+    U = GG @ W.reshape(oc * c, 9).T.astype(np.float64)
+    return U.astype(W.dtype).reshape(16, oc, c)
 
 
 @njit(**JIT)
