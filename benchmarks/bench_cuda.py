@@ -57,9 +57,16 @@ def time_gpu(fn, warmup: int = 3, repeat: int = 20) -> list[float]:
 def record(bench: str, shape: str, flavour: str, times: list[float], **extra) -> dict:
     """Add one CSV row (median and p10/p90 of `times`, in ms) and print it."""
     q = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
-    row = {"bench": bench, "shape": shape, "dtype": "float32", "flavour": flavour,
-           "median_ms": statistics.median(times) * 1e3, "p10_ms": q[0] * 1e3,
-           "p90_ms": q[-1] * 1e3, **extra}  # fmt: skip
+    row = {
+        "bench": bench,
+        "shape": shape,
+        "dtype": "float32",
+        "flavour": flavour,
+        "median_ms": statistics.median(times) * 1e3,
+        "p10_ms": q[0] * 1e3,
+        "p90_ms": q[-1] * 1e3,
+        **extra,
+    }
     ROWS.append(row)
     more = "  ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in extra.items()
@@ -97,13 +104,28 @@ def _kernel_cases(batch: int, rng):
 
         b = np.zeros(oc, np.float32)
         out += [
-            (f"{label}_forward", "conv2d_forward",
-             lambda n, x_of=x_of, W_of=W_of, b=b: (x_of(n), W_of(), b, (1, 1), (0, 0))),
-            (f"{label}_backward_input", "conv2d_backward_input",
-             lambda n, gy_of=gy_of, W_of=W_of, c=c, h=h, w=w: (gy_of(n), W_of(), (n, c, h, w), (1, 1), (0, 0))),
-            (f"{label}_backward_weight", "conv2d_backward_weight",
-             lambda n, gy_of=gy_of, x_of=x_of: (gy_of(n), x_of(n), (3, 3), (1, 1), (0, 0))),
-        ]  # fmt: skip
+            (
+                f"{label}_forward",
+                "conv2d_forward",
+                lambda n, x_of=x_of, W_of=W_of, b=b: (x_of(n), W_of(), b, (1, 1), (0, 0)),
+            ),
+            (
+                f"{label}_backward_input",
+                "conv2d_backward_input",
+                lambda n, gy_of=gy_of, W_of=W_of, c=c, h=h, w=w: (
+                    gy_of(n),
+                    W_of(),
+                    (n, c, h, w),
+                    (1, 1),
+                    (0, 0),
+                ),
+            ),
+            (
+                f"{label}_backward_weight",
+                "conv2d_backward_weight",
+                lambda n, gy_of=gy_of, x_of=x_of: (gy_of(n), x_of(n), (3, 3), (1, 1), (0, 0)),
+            ),
+        ]
     for label, (c, h, w), oc in conv:  # the fused conv2d+bias+ReLU+max-pool blocks
 
         def fused_fwd(n, c=c, h=h, w=w, oc=oc):
@@ -123,14 +145,32 @@ def _kernel_cases(batch: int, rng):
             (f"{label}_relu_pool_backward", "conv2d_relu_max_pool2d_backward", fused_bwd),
         ]
     for label, (c, h) in (("pool1", (32, 26)), ("pool2", (64, 11))):
-        out.append((f"{label}_forward", "max_pool2d_forward",
-                    lambda n, c=c, h=h: (rng.standard_normal((n, c, h, h)).astype(np.float32),
-                                         (2, 2), (2, 2), (0, 0))))  # fmt: skip
-    out.append(("relu1_forward", "relu_forward",
-                lambda n: (rng.standard_normal((n, 32, 26, 26)).astype(np.float32),)))  # fmt: skip
-    out.append(("softmax_xent_forward", "softmax_cross_entropy_forward",
-                lambda n: (rng.standard_normal((n, 10)).astype(np.float32),
-                           rng.integers(0, 10, n))))  # fmt: skip
+        out.append(
+            (
+                f"{label}_forward",
+                "max_pool2d_forward",
+                lambda n, c=c, h=h: (
+                    rng.standard_normal((n, c, h, h)).astype(np.float32),
+                    (2, 2),
+                    (2, 2),
+                    (0, 0),
+                ),
+            )
+        )
+    out.append(
+        (
+            "relu1_forward",
+            "relu_forward",
+            lambda n: (rng.standard_normal((n, 32, 26, 26)).astype(np.float32),),
+        )
+    )
+    out.append(
+        (
+            "softmax_xent_forward",
+            "softmax_cross_entropy_forward",
+            lambda n: (rng.standard_normal((n, 10)).astype(np.float32), rng.integers(0, 10, n)),
+        )
+    )
     return out
 
 
@@ -194,8 +234,9 @@ def _check_engine_step(flavour: str) -> None:
     for device, kernels in (("cpu", "numpy"), ("cuda", flavour)):
         model = models.get("seed_cnn", rng=np.random.default_rng(0)).to(device)
         with backend.use_kernels(kernels):
-            losses.append(F.softmax_cross_entropy(model(Tensor(x).to(device)),
-                                                  Tensor(t).to(device)).item())  # fmt: skip
+            losses.append(
+                F.softmax_cross_entropy(model(Tensor(x).to(device)), Tensor(t).to(device)).item()
+            )
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
 
 
@@ -211,9 +252,18 @@ def _torch_step(batch: int):
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
     nn = torch.nn
-    model = nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3),
-                          nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(1600, 64), nn.ReLU(),
-                          nn.Linear(64, 10)).cuda()  # fmt: skip
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(1600, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
+    ).cuda()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 1, 28, 28, device="cuda")
     t = torch.randint(0, 10, (batch,), device="cuda")
@@ -243,8 +293,11 @@ def count_launches(step) -> int | None:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             step()
             _cupy().cuda.Device().synchronize()
-        kernels = [e for e in prof.events() if e.device_type.name == "CUDA"
-                   and not e.name.startswith(("Memcpy", "Memset"))]  # fmt: skip
+        kernels = [
+            e
+            for e in prof.events()
+            if e.device_type.name == "CUDA" and not e.name.startswith(("Memcpy", "Memset"))
+        ]
     except Exception as exc:  # a profiler that cannot start must not cost the timings
         print(f"launch count unavailable: {type(exc).__name__}: {exc}", flush=True)
         return None
@@ -295,8 +348,11 @@ def main(argv=None) -> int:
         return 0
     cp = _cupy()
     props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
-    print(f"device: {props['name'].decode()}  CuPy {cp.__version__}  numpy {np.__version__}  "
-          f"Python {platform.python_version()}", flush=True)  # fmt: skip
+    print(
+        f"device: {props['name'].decode()}  CuPy {cp.__version__}  numpy {np.__version__}  "
+        f"Python {platform.python_version()}",
+        flush=True,
+    )
     flavours = [f for f in args.flavours.split(",") if f]
     started = time.perf_counter()
     tflops = gemm_ceiling(args.gemm_size)

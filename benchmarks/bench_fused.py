@@ -41,9 +41,15 @@ def test_fused_forward(benchmark, gemm_ceiling, flavour, label, xs, ws, need_gx)
     benchmark.pedantic(fn, args=args, rounds=10, warmup_rounds=2, iterations=1)
     oh, ow = xs[2] - ws[2] + 1, xs[3] - ws[3] + 1
     flops = harness.conv_flops(xs, ws, (xs[0], ws[0], oh, ow))
-    benchmark.extra_info.update(harness.extra_info(
-        benchmark.stats.stats.median, flops, harness.nbytes(x, W, *ref), gemm_ceiling,
-        flavour=flavour))  # fmt: skip
+    benchmark.extra_info.update(
+        harness.extra_info(
+            benchmark.stats.stats.median,
+            flops,
+            harness.nbytes(x, W, *ref),
+            gemm_ceiling,
+            flavour=flavour,
+        )
+    )
 
 
 @pytest.mark.parametrize("flavour", harness.cpu_flavours())
@@ -53,7 +59,12 @@ def test_fused_backward(benchmark, gemm_ceiling, flavour, label, xs, ws, need_gx
     y, argmax = numpy_cpu.KERNELS["conv2d_relu_max_pool2d_forward"](x, W, b, *CONV, *POOL)
     gy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
     args = (gy, y, argmax, x, W, *CONV, *POOL, need_gx)
-    harness.run_kernel(benchmark, flavour, "conv2d_relu_max_pool2d_backward", args,
-                       harness.conv_flops(xs, ws, (xs[0], ws[0], xs[2] - 2, xs[3] - 2))
-                       * (2 if need_gx else 1), harness.nbytes(gy, y, argmax, x, W),
-                       gemm_ceiling)  # fmt: skip
+    harness.run_kernel(
+        benchmark,
+        flavour,
+        "conv2d_relu_max_pool2d_backward",
+        args,
+        harness.conv_flops(xs, ws, (xs[0], ws[0], xs[2] - 2, xs[3] - 2)) * (2 if need_gx else 1),
+        harness.nbytes(gy, y, argmax, x, W),
+        gemm_ceiling,
+    )

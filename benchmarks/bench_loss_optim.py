@@ -19,10 +19,13 @@ def _args(name, batch):
     table = {
         "softmax_cross_entropy_forward": ((logits, t), 4 * logits.size, harness.nbytes(logits) * 2),
         "softmax_cross_entropy_backward": (
-            (probs, t, np.asarray(1.0, np.float32)), 2 * probs.size, 2 * probs.nbytes),
+            (probs, t, np.asarray(1.0, np.float32)),
+            2 * probs.size,
+            2 * probs.nbytes,
+        ),
         "sgd_update": ((p, g, m, 0.01, 0.9, False, 0.0), 4 * p.size, 5 * p.nbytes),
         "adam_update": ((p, g, m, v, 3, 1e-3, 0.9, 0.999, 1e-8, 0.0), 12 * p.size, 7 * p.nbytes),
-    }  # fmt: skip
+    }
     return table[name]
 
 

@@ -39,9 +39,15 @@ def _args(name, shape):
 @pytest.mark.parametrize("flavour", harness.cpu_flavours())
 @pytest.mark.parametrize(
     "name",
-    ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
-     "relu_forward", "relu_backward"],
-)  # fmt: skip
+    [
+        "max_pool2d_forward",
+        "max_pool2d_backward",
+        "avg_pool2d_forward",
+        "avg_pool2d_backward",
+        "relu_forward",
+        "relu_backward",
+    ],
+)
 @pytest.mark.parametrize("label,shape", SHAPES, ids=[s[0] for s in SHAPES])
 def test_pool_relu(benchmark, gemm_ceiling, flavour, name, label, shape):
     args, flops, moved = _args(name, shape)

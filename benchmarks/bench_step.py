@@ -30,7 +30,7 @@ def _record(benchmark, batch, train, ceiling, who):
     benchmark.extra_info.update(
         harness.extra_info(
             seconds, flops, 0, ceiling, images_per_s=round(batch / seconds, 1), contender=who
-        )  # fmt: skip
+        )
     )
 
 

@@ -37,8 +37,14 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="medgrad-numba-cache-") as cache:
         env = {**os.environ, "NUMBA_CACHE_DIR": cache, "ENGINE_KERNELS": "numba"}
         for label in ("cold (empty cache)", "warm (cache reused)"):
-            done = subprocess.run([sys.executable, "-c", CHILD.format(batch=args.batch)], cwd=root,
-                                  env=env, capture_output=True, text=True, check=True)  # fmt: skip
+            done = subprocess.run(
+                [sys.executable, "-c", CHILD.format(batch=args.batch)],
+                cwd=root,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             print(f"{label}: {done.stdout.strip()}")
 
 

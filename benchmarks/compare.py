@@ -38,9 +38,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=6, help="interleaved rounds (default 6)")
     parser.add_argument("--steps", type=int, default=10, help="timed calls per run (default 10)")
-    parser.add_argument("--all-live", action="store_true",
-                        help="shift the conv biases so every pooling window passes a gradient "
-                             "(the numba flavour's backward at its worst case)")  # fmt: skip
+    parser.add_argument(
+        "--all-live",
+        action="store_true",
+        help="shift the conv biases so every pooling window passes a gradient "
+        "(the numba flavour's backward at its worst case)",
+    )
     args = parser.parse_args(argv)
     torch = harness.import_torch()
     for key, value in harness.environment().items():
@@ -58,8 +61,10 @@ def main(argv=None) -> None:
                 rates[(kind, batch, who)].append(batch / np.median(t))
         print(f"# run {run + 1}/{args.runs} done, GEMM ceiling {ceilings[-1]:.0f} GFLOP/s")
     ceiling = float(np.median(ceilings))
-    print(f"\nfloat32 GEMM ceiling (NumPy BLAS, 2 threads): median {ceiling:.0f} GFLOP/s "
-          f"[{min(ceilings):.0f}-{max(ceilings):.0f}]")  # fmt: skip
+    print(
+        f"\nfloat32 GEMM ceiling (NumPy BLAS, 2 threads): median {ceiling:.0f} GFLOP/s "
+        f"[{min(ceilings):.0f}-{max(ceilings):.0f}]"
+    )
     print(
         "\n| workload | contender | img/s median [min-max] | vs numpy | vs torch | % GEMM ceiling |"
     )
@@ -71,12 +76,15 @@ def main(argv=None) -> None:
             # ratios per run (same moment, same load), then their median
             vs = {
                 base: f"{np.median(r / np.array(rates[(kind, batch, base)])):.2f}x"
-                if (kind, batch, base) in rates else "-"
+                if (kind, batch, base) in rates
+                else "-"
                 for base in ("numpy", "torch")
-            }  # fmt: skip
+            }
             pct = 100 * np.median(r) * per_image / 1e9 / ceiling
-            print(f"| {kind} b{batch} | {who} | {np.median(r):,.0f} [{r.min():,.0f}-{r.max():,.0f}] "
-                  f"| {vs['numpy']} | {vs['torch']} | {pct:.1f}% |")  # fmt: skip
+            print(
+                f"| {kind} b{batch} | {who} | {np.median(r):,.0f} [{r.min():,.0f}-{r.max():,.0f}] "
+                f"| {vs['numpy']} | {vs['torch']} | {pct:.1f}% |"
+            )
 
 
 if __name__ == "__main__":

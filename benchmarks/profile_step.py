@@ -80,13 +80,17 @@ def main(argv=None) -> None:
         fn()
         times.append(time.perf_counter() - t0)
     total = sum(times)
-    print(f"{args.flavour} b{args.batch} {'infer' if args.infer else 'train'}: median step "
-          f"{1e3 * np.median(times):.1f} ms ({args.batch / np.median(times):,.0f} img/s)")  # fmt: skip
+    print(
+        f"{args.flavour} b{args.batch} {'infer' if args.infer else 'train'}: median step "
+        f"{1e3 * np.median(times):.1f} ms ({args.batch / np.median(times):,.0f} img/s)"
+    )
     ops = sum(v for key, v in _totals.items() if key.startswith("op "))
     for key, v in sorted(_totals.items(), key=lambda kv: -kv[1]):
         print(f"{100 * v / total:5.1f}%  {1e3 * v / args.steps:7.2f} ms  {key}")
-    print(f"{100 * (total - ops) / total:5.1f}%  {1e3 * (total - ops) / args.steps:7.2f} ms  "
-          "outside ops (bookkeeping, optimizer loop)")  # fmt: skip
+    print(
+        f"{100 * (total - ops) / total:5.1f}%  {1e3 * (total - ops) / args.steps:7.2f} ms  "
+        "outside ops (bookkeeping, optimizer loop)"
+    )
     for shape, fractions in _live.items():
         print(f"pooling windows passing a gradient, block {shape}: {np.mean(fractions):.1%}")
 

@@ -91,10 +91,17 @@ class TorchStep:
         nn = torch.nn
         self.torch = torch
         self.model = nn.Sequential(
-            nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(1600, 64), nn.ReLU(), nn.Linear(64, 10),
-        )  # fmt: skip
+            nn.Conv2d(1, 32, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(1600, 64),
+            nn.ReLU(),
+            nn.Linear(64, 10),
+        )
         state = initial_model(seed, all_live).state_dict()
         self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.0, momentum=MOMENTUM)

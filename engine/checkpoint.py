@@ -139,8 +139,11 @@ def layer_spec(model) -> list[dict] | None:
             entry.update(weight=f"{i}.weight", bias=f"{i}.bias" if layer.bias is not None else None)
         elif isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
             k = pair(layer.kernel_size)
-            entry.update(kernel_size=list(k), stride=list(pair(layer.stride or k)),
-                         padding=list(pair(layer.padding)))  # fmt: skip
+            entry.update(
+                kernel_size=list(k),
+                stride=list(pair(layer.stride or k)),
+                padding=list(pair(layer.padding)),
+            )
         elif kind not in ("ReLU", "Sigmoid", "Tanh", "Flatten", "Dropout"):
             return (
                 None  # a layer NumPy-only inference does not know: no spec, the engine still runs
@@ -170,15 +173,24 @@ def rng_from_state(state: dict) -> np.random.Generator:
 def optimizer_settings(optimizer) -> dict:
     """{"name": "sgd" | "gd" | "adam", "settings": the constructor's hyper-parameters}."""
     name = type(optimizer).__name__.lower()
-    keys = {"gd": (), "sgd": ("momentum", "nesterov", "weight_decay"),
-            "adam": ("betas", "eps", "weight_decay")}.get(name, ())  # fmt: skip
+    keys = {
+        "gd": (),
+        "sgd": ("momentum", "nesterov", "weight_decay"),
+        "adam": ("betas", "eps", "weight_decay"),
+    }.get(name, ())
     settings = {"lr": optimizer.lr, **{k: getattr(optimizer, k) for k in keys}}
     return {"name": name, "settings": json.loads(json.dumps(settings))}
 
 
-def save_checkpoint(path: str | os.PathLike, model, *, preprocessing: dict | None = None,
-                    classes: list[str] | None = None, optimizer=None,
-                    train_state: dict | None = None) -> Path:  # fmt: skip
+def save_checkpoint(
+    path: str | os.PathLike,
+    model,
+    *,
+    preprocessing: dict | None = None,
+    classes: list[str] | None = None,
+    optimizer=None,
+    train_state: dict | None = None,
+) -> Path:
     """Write `model` (and, for resuming, the optimizer and training state) to `path` atomically.
 
     preprocessing: how inputs were prepared (input_size, channels, windowing ...), so inference

@@ -122,21 +122,34 @@ def _settings(args: argparse.Namespace, **extra):
     from engine.workflow import TrainSettings
 
     return TrainSettings(
-        model=args.model, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, epochs=args.epochs, batch_size=args.batch_size,
-        schedule=args.schedule, step_size=args.step_size, gamma=args.gamma, augment=args.augment,
-        input_size=args.input_size, n_phantoms=args.n_phantoms, seed=args.seed,
-        device=args.device, kernels=args.kernels, **extra,
-    )  # fmt: skip
+        model=args.model,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        schedule=args.schedule,
+        step_size=args.step_size,
+        gamma=args.gamma,
+        augment=args.augment,
+        input_size=args.input_size,
+        n_phantoms=args.n_phantoms,
+        seed=args.seed,
+        device=args.device,
+        kernels=args.kernels,
+        **extra,
+    )
 
 
 def _add_train(sub) -> None:
     p = sub.add_parser(
-        "train", help="train a model with a patient-level hold-out; writes a run directory",
+        "train",
+        help="train a model with a patient-level hold-out; writes a run directory",
         description="Train a model, validate on held-out patients after every epoch, then write "
         "model.npz, checkpoint.npz, metrics.json, plots, Grad-CAM overlays and report.md to the "
         "run directory. --resume continues an interrupted run exactly.",
-    )  # fmt: skip
+    )
     _train_options(p)
     p.add_argument(
         "--val-split",
@@ -175,9 +188,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="metrics of a saved model on a labelled dataset",
-                       description="Accuracy, balanced accuracy, precision, recall, specificity, "
-                       "F1 and ROC-AUC of a model file on a dataset.")  # fmt: skip
+    p = sub.add_parser(
+        "evaluate",
+        help="metrics of a saved model on a labelled dataset",
+        description="Accuracy, balanced accuracy, precision, recall, specificity, "
+        "F1 and ROC-AUC of a model file on a dataset.",
+    )
     p.add_argument("model", help="model file (model.npz from a run directory)")
     p.add_argument("data", help="dataset: 'phantoms' or a path engine.data.datasets reads")
     p.add_argument("--out", default=None, help="also write the metrics to this JSON file")
@@ -192,9 +208,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="class probabilities for image files or folders -> CSV",
-                       description="Run a model file on images (DICOM files, or folders of them) "
-                       "prepared as at training time; write one CSV row per image.")  # fmt: skip
+    p = sub.add_parser(
+        "predict",
+        help="class probabilities for image files or folders -> CSV",
+        description="Run a model file on images (DICOM files, or folders of them) "
+        "prepared as at training time; write one CSV row per image.",
+    )
     p.add_argument("model", help="model file (model.npz from a run directory)")
     p.add_argument("inputs", nargs="+", help="image files and/or folders")
     p.add_argument(
@@ -211,9 +230,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _add_cv(sub) -> None:
-    p = sub.add_parser("cv", help="k-fold cross-validation by patient: per-fold and mean ± std",
-                       description="Train a fresh model per fold on k-1 folds and test it on the "
-                       "remaining one; no patient is in two folds' test sets.")  # fmt: skip
+    p = sub.add_parser(
+        "cv",
+        help="k-fold cross-validation by patient: per-fold and mean ± std",
+        description="Train a fresh model per fold on k-1 folds and test it on the "
+        "remaining one; no patient is in two folds' test sets.",
+    )
     _train_options(p)
     p.add_argument(
         "--folds",
@@ -238,9 +260,12 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 
 
 def _add_explain(sub) -> None:
-    p = sub.add_parser("explain", help="saliency and Grad-CAM overlays (PNG) for chosen images",
-                       description="For each chosen image of a dataset, save a PNG with the "
-                       "image, its gradient saliency map and its Grad-CAM heat map.")  # fmt: skip
+    p = sub.add_parser(
+        "explain",
+        help="saliency and Grad-CAM overlays (PNG) for chosen images",
+        description="For each chosen image of a dataset, save a PNG with the "
+        "image, its gradient saliency map and its Grad-CAM heat map.",
+    )
     p.add_argument("model", help="model file (model.npz from a run directory)")
     p.add_argument("data", help="dataset: 'phantoms' or a path engine.data.datasets reads")
     p.add_argument(
@@ -266,15 +291,19 @@ def _add_explain(sub) -> None:
 def _cmd_explain(args: argparse.Namespace) -> int:
     from engine import workflow
 
-    workflow.explain(args.model, args.data, args.index, args.out, layer=args.layer,
-                     target=args.target)  # fmt: skip
+    workflow.explain(
+        args.model, args.data, args.index, args.out, layer=args.layer, target=args.target
+    )
     return 0
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="run the benchmark suite (pytest benchmarks --benchmark-only)",
-                       description="Run the kernel and layer benchmarks with pytest-benchmark; "
-                       "extra arguments go to pytest.")  # fmt: skip
+    p = sub.add_parser(
+        "bench",
+        help="run the benchmark suite (pytest benchmarks --benchmark-only)",
+        description="Run the kernel and layer benchmarks with pytest-benchmark; "
+        "extra arguments go to pytest.",
+    )
     p.add_argument(
         "pytest_args",
         nargs=argparse.REMAINDER,
@@ -295,9 +324,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="the whole story: seed CNN with SGD and Adam, then DICOM "
-                       "data -> train -> evaluate -> explain -> report",
-                       description="What `make demo` runs; see engine/demo.py.")  # fmt: skip
+    p = sub.add_parser(
+        "demo",
+        help="the whole story: seed CNN with SGD and Adam, then DICOM "
+        "data -> train -> evaluate -> explain -> report",
+        description="What `make demo` runs; see engine/demo.py.",
+    )
     p.add_argument(
         "--data-dir",
         default="demo-data",
@@ -317,48 +349,76 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_anonymize(sub) -> None:
-    p = sub.add_parser("anonymize", help="de-identify DICOM files (PS3.15 Basic Profile)",
-                       description="Copy every DICOM file under IN to the new folder OUT, "
-                       "de-identified by the Basic Application Level Confidentiality Profile "
-                       "(DICOM PS3.15 Table E.1-1). Never writes into IN.")  # fmt: skip
+    p = sub.add_parser(
+        "anonymize",
+        help="de-identify DICOM files (PS3.15 Basic Profile)",
+        description="Copy every DICOM file under IN to the new folder OUT, "
+        "de-identified by the Basic Application Level Confidentiality Profile "
+        "(DICOM PS3.15 Table E.1-1). Never writes into IN.",
+    )
     p.add_argument("input", metavar="IN", help="a DICOM file or a folder of them")
     p.add_argument("output", metavar="OUT", help="a new or empty folder, outside IN")
-    p.add_argument("--key", default=None,
-                   help="secret for the keyed UID/ID/date mapping: the same key gives the same "
-                   "output (default: a random key, not saved)")  # fmt: skip
+    p.add_argument(
+        "--key",
+        default=None,
+        help="secret for the keyed UID/ID/date mapping: the same key gives the same "
+        "output (default: a random key, not saved)",
+    )
     dates = p.add_mutually_exclusive_group()
-    dates.add_argument("--shift-dates", action="store_true",
-                       help="shift dates by a secret per-patient offset (keeps intervals)")  # fmt: skip
-    dates.add_argument("--replace-dates", action="store_true",
-                       help="empty, remove or replace dates as the Basic Profile says (default)")  # fmt: skip
-    p.add_argument("--allow-burned-in", action="store_true",
-                   help="also copy files whose pixels may carry burned-in identity "
-                   "(BurnedInAnnotation YES, or absent for US, XA, RF, endoscopy, secondary "
-                   "capture); their pixels are NOT cleaned")  # fmt: skip
+    dates.add_argument(
+        "--shift-dates",
+        action="store_true",
+        help="shift dates by a secret per-patient offset (keeps intervals)",
+    )
+    dates.add_argument(
+        "--replace-dates",
+        action="store_true",
+        help="empty, remove or replace dates as the Basic Profile says (default)",
+    )
+    p.add_argument(
+        "--allow-burned-in",
+        action="store_true",
+        help="also copy files whose pixels may carry burned-in identity "
+        "(BurnedInAnnotation YES, or absent for US, XA, RF, endoscopy, secondary "
+        "capture); their pixels are NOT cleaned",
+    )
     p.set_defaults(func=_cmd_anonymize)
 
 
 def _cmd_anonymize(args: argparse.Namespace) -> int:
     from engine.data.deidentify import anonymize
 
-    report = anonymize(args.input, args.output, key=args.key, shift_dates=args.shift_dates,
-                       allow_burned_in=args.allow_burned_in)  # fmt: skip
+    report = anonymize(
+        args.input,
+        args.output,
+        key=args.key,
+        shift_dates=args.shift_dates,
+        allow_burned_in=args.allow_burned_in,
+    )
     skipped = ", ".join(f"{n} {why}" for why, n in sorted(report.skipped.items())) or "none"
-    print(f"wrote {len(report.written)} de-identified files to {args.output} "
-          f"(skipped: {skipped}); log: {report.log_path}")  # fmt: skip
+    print(
+        f"wrote {len(report.written)} de-identified files to {args.output} "
+        f"(skipped: {skipped}); log: {report.log_path}"
+    )
     for path, reason in report.refused:
         print(f"refused {path}: {reason}", file=sys.stderr)
     return 1 if report.refused else 0
 
 
 def _add_verify(sub) -> None:
-    p = sub.add_parser("verify", help="check a dataset folder against its SHA-256 manifest",
-                       description="Report files changed, missing or added since the manifest "
-                       "was built; exit status 1 if any.")  # fmt: skip
+    p = sub.add_parser(
+        "verify",
+        help="check a dataset folder against its SHA-256 manifest",
+        description="Report files changed, missing or added since the manifest "
+        "was built; exit status 1 if any.",
+    )
     p.add_argument("data", metavar="DATA", help="the dataset folder")
     p.add_argument("--manifest", required=True, metavar="FILE", help="the manifest JSON file")
-    p.add_argument("--write", action="store_true",
-                   help="build a new manifest of DATA and write it to FILE instead of checking")  # fmt: skip
+    p.add_argument(
+        "--write",
+        action="store_true",
+        help="build a new manifest of DATA and write it to FILE instead of checking",
+    )
     p.set_defaults(func=_cmd_verify)
 
 
@@ -379,10 +439,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _add_make_demo_data(sub) -> None:
-    p = sub.add_parser("make-demo-data", help="write the synthetic chest-CT DICOM study set",
-                       description="Write deterministic CT Image Storage files (fake patients, "
-                       "lung nodules as labels) and DIR/labels.csv; see "
-                       "engine/data/synthetic_dicom.py.")  # fmt: skip
+    p = sub.add_parser(
+        "make-demo-data",
+        help="write the synthetic chest-CT DICOM study set",
+        description="Write deterministic CT Image Storage files (fake patients, "
+        "lung nodules as labels) and DIR/labels.csv; see "
+        "engine/data/synthetic_dicom.py.",
+    )
     p.add_argument("out_dir", metavar="DIR", help="folder to write (created if missing)")
     p.add_argument(
         "--patients", type=POSITIVE_INT, default=40, help="number of patients (default 40)"
@@ -403,8 +466,13 @@ def _add_make_demo_data(sub) -> None:
 def _cmd_make_demo_data(args: argparse.Namespace) -> int:
     from engine.data.synthetic_dicom import make_demo_data
 
-    out = make_demo_data(args.out_dir, n_patients=args.patients,
-                         slices_per_patient=args.slices, size=args.size, seed=args.seed)  # fmt: skip
+    out = make_demo_data(
+        args.out_dir,
+        n_patients=args.patients,
+        slices_per_patient=args.slices,
+        size=args.size,
+        seed=args.seed,
+    )
     print(f"wrote {args.patients * args.slices} DICOM files and {out / 'labels.csv'}")
     return 0
 

@@ -30,8 +30,16 @@ TEST_COHORT = {"n_patients": 10, "slices_per_patient": 48, "size": 128}
 INPUT_SIZE = 40
 
 
-def train_phantoms(optimizer: str, *, n_train: int = 4000, n_test: int = 1000, epochs: int = 6,
-                   batch_size: int = 64, seed: int = 0, progress: bool = True) -> dict[str, float]:  # fmt: skip
+def train_phantoms(
+    optimizer: str,
+    *,
+    n_train: int = 4000,
+    n_test: int = 1000,
+    epochs: int = 6,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, float]:
     """Train seed_cnn (2 classes) on lesion phantoms with `optimizer`; return its test metrics."""
     x, y = make_phantoms(n_train + n_test, size=28, seed=seed)
     train, test = (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:])
@@ -45,17 +53,25 @@ def run_engine_stage(seed: int = 0, progress: bool = True) -> dict[str, dict[str
     """Stage 1: seed_cnn with SGD and with Adam on the phantoms; prints each test accuracy."""
     results = {}
     for name in OPTIMIZER_SETTINGS:
-        print(f"== seed_cnn on synthetic lesion phantoms, optimizer {name} "
-              f"{OPTIMIZER_SETTINGS[name]}")  # fmt: skip
+        print(
+            f"== seed_cnn on synthetic lesion phantoms, optimizer {name} {OPTIMIZER_SETTINGS[name]}"
+        )
         start = time.perf_counter()
         results[name] = train_phantoms(name, seed=seed, progress=progress)
-        print(f"   test accuracy {results[name]['accuracy']:.4f} "
-              f"(loss {results[name]['loss']:.4f}, {time.perf_counter() - start:.1f} s)")  # fmt: skip
+        print(
+            f"   test accuracy {results[name]['accuracy']:.4f} "
+            f"(loss {results[name]['loss']:.4f}, {time.perf_counter() - start:.1f} s)"
+        )
     return results
 
 
-def run_workflow_stage(data_dir: str | Path = "demo-data", run_dir: str | Path = "runs/demo", *,
-                       seed: int = 0, progress: bool = True) -> dict:  # fmt: skip
+def run_workflow_stage(
+    data_dir: str | Path = "demo-data",
+    run_dir: str | Path = "runs/demo",
+    *,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Stage 2: DICOM data -> train (hold-out by patient) -> evaluate -> explain -> report."""
     from engine import workflow
     from engine.data.synthetic_dicom import make_demo_data
@@ -66,29 +82,46 @@ def run_workflow_stage(data_dir: str | Path = "demo-data", run_dir: str | Path =
         if not (folder / "labels.csv").exists():
             start = time.perf_counter()
             make_demo_data(folder, seed=seed + offset, **spec)
-            print(f"== generated {spec['n_patients']} synthetic CT studies in {folder} "
-                  f"({time.perf_counter() - start:.1f} s)")  # fmt: skip
-    print(f"== medgrad train --data {cohort} --input-size {INPUT_SIZE} --epochs 10 --batch-size 32 "
-          f"--val-split 0.25 --out {run_dir}")  # fmt: skip
-    settings = workflow.TrainSettings(model="seed_cnn", optimizer="adam", lr=2e-3, epochs=10,
-                                      batch_size=32, val_split=0.25, input_size=INPUT_SIZE,
-                                      seed=seed)  # fmt: skip
+            print(
+                f"== generated {spec['n_patients']} synthetic CT studies in {folder} "
+                f"({time.perf_counter() - start:.1f} s)"
+            )
+    print(
+        f"== medgrad train --data {cohort} --input-size {INPUT_SIZE} --epochs 10 --batch-size 32 "
+        f"--val-split 0.25 --out {run_dir}"
+    )
+    settings = workflow.TrainSettings(
+        model="seed_cnn",
+        optimizer="adam",
+        lr=2e-3,
+        epochs=10,
+        batch_size=32,
+        val_split=0.25,
+        input_size=INPUT_SIZE,
+        seed=seed,
+    )
     result = workflow.train(cohort, run_dir, settings, progress=progress)
     print(f"== medgrad evaluate {run_dir}/model.npz {external}  (patients never seen in training)")
     result["external"] = workflow.evaluate(Path(run_dir) / "model.npz", external)
     return result
 
 
-def run(seed: int = 0, progress: bool = True, data_dir: str | Path = "demo-data",
-        run_dir: str | Path = "runs/demo") -> dict:  # fmt: skip
+def run(
+    seed: int = 0,
+    progress: bool = True,
+    data_dir: str | Path = "demo-data",
+    run_dir: str | Path = "runs/demo",
+) -> dict:
     """Both stages; returns {"engine": ..., "workflow": ...}."""
     start = time.perf_counter()
     results = {"engine": run_engine_stage(seed, progress)}
     results["workflow"] = run_workflow_stage(data_dir, run_dir, seed=seed, progress=progress)
     held_out = results["workflow"]["held_out"]
     auc = "n/a" if held_out["auc"] is None else f"{held_out['auc']:.4f}"
-    print(f"== summary ({time.perf_counter() - start:.0f} s): phantoms test accuracy "
-          + ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in results["engine"].items())
-          + f"; CT held-out accuracy {held_out['accuracy']:.4f}, recall {held_out['recall']:.4f},"
-          f" F1 {held_out['f1']:.4f}, AUC {auc}; report: {Path(run_dir) / 'report.md'}")  # fmt: skip
+    print(
+        f"== summary ({time.perf_counter() - start:.0f} s): phantoms test accuracy "
+        + ", ".join(f"{k} {v['accuracy']:.4f}" for k, v in results["engine"].items())
+        + f"; CT held-out accuracy {held_out['accuracy']:.4f}, recall {held_out['recall']:.4f},"
+        f" F1 {held_out['f1']:.4f}, AUC {auc}; report: {Path(run_dir) / 'report.md'}"
+    )
     return results

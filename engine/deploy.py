@@ -41,8 +41,13 @@ def _sigmoid(x):
     return np.exp(-np.logaddexp(0, -x))  # 1 / (1 + e^-x) without overflow
 
 
-ACTIVATIONS = {"ReLU": lambda x: np.maximum(x, 0), "Sigmoid": _sigmoid, "Tanh": np.tanh,
-               "Flatten": lambda x: x.reshape(len(x), -1), "Dropout": lambda x: x}  # fmt: skip
+ACTIVATIONS = {
+    "ReLU": lambda x: np.maximum(x, 0),
+    "Sigmoid": _sigmoid,
+    "Tanh": np.tanh,
+    "Flatten": lambda x: x.reshape(len(x), -1),
+    "Dropout": lambda x: x,
+}
 
 
 class NumpyModel:

@@ -146,8 +146,13 @@ def grad_cam(model: nn.Module, x: np.ndarray, target=None, layer: int | None = N
     return np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
 
 
-def save_explanation(path: str | os.PathLike, image: np.ndarray, sal: np.ndarray,
-                     cam: np.ndarray | None, title: str = "") -> Path:  # fmt: skip
+def save_explanation(
+    path: str | os.PathLike,
+    image: np.ndarray,
+    sal: np.ndarray,
+    cam: np.ndarray | None,
+    title: str = "",
+) -> Path:
     """A PNG with three panels: the image (c, h, w; channel 0 shown), the saliency map and the
     Grad-CAM heat map overlaid on the image (two panels when cam is None: a model without conv
     layers). matplotlib (Agg) is imported here, lazily."""
@@ -177,9 +182,16 @@ def save_explanation(path: str | os.PathLike, image: np.ndarray, sal: np.ndarray
     return path
 
 
-def explain_images(model: nn.Module, x: np.ndarray, out_dir: str | os.PathLike, *,
-                   names: list[str] | None = None, classes: list[str] | None = None,
-                   target=None, layer: int | None = None) -> list[Path]:  # fmt: skip
+def explain_images(
+    model: nn.Module,
+    x: np.ndarray,
+    out_dir: str | os.PathLike,
+    *,
+    names: list[str] | None = None,
+    classes: list[str] | None = None,
+    target=None,
+    layer: int | None = None,
+) -> list[Path]:
     """Saliency + Grad-CAM PNGs for images x (n, c, h, w), one file per image in out_dir, named
     after `names` (default 0000, 0001, ...). Titles give the explained class and its probability.
     layer: the Conv2d for Grad-CAM (default the last); models without conv layers get saliency only."""

@@ -31,8 +31,17 @@ def numerical_grad(f: Callable[[], float], x, eps: float = 1e-6) -> np.ndarray:
     return g
 
 
-def check_grad(fn: Callable, inputs: Iterable, params: Iterable = (), *, device: str = "cpu",
-               eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-4, seed: int = 0) -> None:  # fmt: skip
+def check_grad(
+    fn: Callable,
+    inputs: Iterable,
+    params: Iterable = (),
+    *,
+    device: str = "cpu",
+    eps: float = 1e-6,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+    seed: int = 0,
+) -> None:
     """Assert autograd == finite differences for every input and parameter of `fn`, in float64.
 
     inputs: arrays, each made a float64 Tensor on `device` that requires grad; params: (name,

@@ -135,8 +135,17 @@ Dense = Linear
 class Conv2d(Module):
     """2-D convolution, weight (out_channels, in_channels, kh, kw), He-normal initialisation."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 bias: bool = True, rng=None, init: str = "he"):  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        bias: bool = True,
+        rng=None,
+        init: str = "he",
+    ):
         kh, kw = pair(kernel_size, "kernel_size")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.stride, self.padding = pair(stride, "stride"), pair(padding, "padding")
@@ -224,8 +233,16 @@ class Sequential(Module):
         while i < len(layers):
             if self.fuse and _conv_relu_pool_at(layers, i):
                 conv, pool = layers[i], layers[i + 2]
-                x = conv2d_relu_max_pool2d(x, conv.weight, conv.bias, conv.stride, conv.padding,
-                                           pool.kernel_size, pool.stride, pool.padding)  # fmt: skip
+                x = conv2d_relu_max_pool2d(
+                    x,
+                    conv.weight,
+                    conv.bias,
+                    conv.stride,
+                    conv.padding,
+                    pool.kernel_size,
+                    pool.stride,
+                    pool.padding,
+                )
                 i += 3
             else:
                 x = layers[i](x)

@@ -58,8 +58,14 @@ class Optimizer:
 class SGD(Optimizer):
     """p -= lr * step, step from g + wd p with momentum mu (and Nesterov's look-ahead), as in PyTorch."""
 
-    def __init__(self, params, lr: float, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0):  # fmt: skip
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ):
         super().__init__(params, lr)
         if momentum < 0 or weight_decay < 0:
             raise ValueError(
@@ -73,8 +79,15 @@ class SGD(Optimizer):
     def _update(self, i, p, k):
         if self.momentum and self.velocity[i] is None:
             self.velocity[i] = backend.get_backend(p.data).xp.zeros_like(p.data)
-        k.sgd_update(p.data, p.grad, self.velocity[i], self.lr, self.momentum, self.nesterov,
-                     self.weight_decay)  # fmt: skip
+        k.sgd_update(
+            p.data,
+            p.grad,
+            self.velocity[i],
+            self.lr,
+            self.momentum,
+            self.nesterov,
+            self.weight_decay,
+        )
 
     def _buffers(self):
         return {"velocity": self.velocity}
@@ -91,8 +104,14 @@ class GD(SGD):
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction; weight decay is L2 added to the gradient (torch.optim.Adam)."""
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):  # fmt: skip
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
         super().__init__(params, lr)
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"Adam betas must lie in [0, 1), got {betas}")
@@ -108,8 +127,17 @@ class Adam(Optimizer):
         if self.m[i] is None:
             xp = backend.get_backend(p.data).xp
             self.m[i], self.v[i] = xp.zeros_like(p.data), xp.zeros_like(p.data)
-        k.adam_update(p.data, p.grad, self.m[i], self.v[i], self.steps, self.lr, *self.betas,
-                      self.eps, self.weight_decay)  # fmt: skip
+        k.adam_update(
+            p.data,
+            p.grad,
+            self.m[i],
+            self.v[i],
+            self.steps,
+            self.lr,
+            *self.betas,
+            self.eps,
+            self.weight_decay,
+        )
 
     def _buffers(self):
         return {"m": self.m, "v": self.v}

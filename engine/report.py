@@ -95,9 +95,18 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def write_report(run_dir: str | os.PathLike, *, title: str, settings: dict, history: dict,
-                 evaluation: dict, y_true: np.ndarray, probs: np.ndarray, classes: list[str],
-                 explanations: list[Path] = ()) -> Path:  # fmt: skip
+def write_report(
+    run_dir: str | os.PathLike,
+    *,
+    title: str,
+    settings: dict,
+    history: dict,
+    evaluation: dict,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    explanations: list[Path] = (),
+) -> Path:
     """Write curves.png, confusion_matrix.png, roc.png and report.md into run_dir; returns report.md.
 
     evaluation: engine.metrics.summary of the held-out set; settings: what was run (shown as a
@@ -130,8 +139,12 @@ def write_report(run_dir: str | os.PathLike, *, title: str, settings: dict, hist
         "auc",
     ):
         lines.append(f"| {name.replace('_', ' ')} | {_fmt(evaluation.get(name))} |")
-    lines += ["", "Precision, recall (sensitivity), specificity and F1 are those of class "
-              f"'{classes[1] if len(classes) == 2 else 'macro average'}'.", ""]  # fmt: skip
+    lines += [
+        "",
+        "Precision, recall (sensitivity), specificity and F1 are those of class "
+        f"'{classes[1] if len(classes) == 2 else 'macro average'}'.",
+        "",
+    ]
     for caption, path in plots.items():
         lines += [f"## {caption}", "", f"![{caption}]({path.name})", ""]
     if explanations:

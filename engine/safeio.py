@@ -44,8 +44,13 @@ def _read_header(f, where: str, max_bytes: int, error: type[MedgradError]):
     return shape, fortran, dtype, nbytes
 
 
-def load_npy(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES, mmap: bool = False,
-             error: type[MedgradError] = SerializationError) -> np.ndarray:  # fmt: skip
+def load_npy(
+    path: str | os.PathLike,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    mmap: bool = False,
+    error: type[MedgradError] = SerializationError,
+) -> np.ndarray:
     """Load one `.npy` after checking its header (dtype, size); memory-mapped read-only with mmap."""
     path = Path(path)
     try:
@@ -61,8 +66,13 @@ def load_npy(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES, mma
         raise error(f"{path}: unreadable .npy ({exc})") from exc
 
 
-def load_npz(path: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES, max_members: int = 10000,
-             error: type[MedgradError] = SerializationError) -> dict[str, np.ndarray]:  # fmt: skip
+def load_npz(
+    path: str | os.PathLike,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_members: int = 10000,
+    error: type[MedgradError] = SerializationError,
+) -> dict[str, np.ndarray]:
     """Load every array of a `.npz`, each header checked before its data is read; max_bytes bounds
     the total. Anything pickled, truncated or not a zip raises `error` naming the file."""
     path = Path(path)

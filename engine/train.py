@@ -123,8 +123,16 @@ class Schedule:
         return lr0
 
 
-def train_epoch(model, optimizer, x, y, batch_size, rng, on_batch: Callable | None = None,
-                augment: Callable | None = None):  # fmt: skip
+def train_epoch(
+    model,
+    optimizer,
+    x,
+    y,
+    batch_size,
+    rng,
+    on_batch: Callable | None = None,
+    augment: Callable | None = None,
+):
     """One pass over (x, y) in mini-batches shuffled by `rng`; returns mean loss and accuracy.
 
     augment(batch, rng) -> batch, if given, transforms each batch with draws from the same rng,
@@ -171,13 +179,25 @@ def _write_json(path: Path, obj: dict) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def fit(model: nn.Module, optimizer: optim.Optimizer, train: tuple[np.ndarray, np.ndarray],
-        val: tuple[np.ndarray, np.ndarray] | None = None, *, epochs: int = 5, batch_size: int = 64,
-        seed: int = 0, progress: bool = True, schedule: Schedule | None = None,
-        patience: int | None = None, augment: Callable | None = None,
-        run_dir: str | os.PathLike | None = None, resume: bool = False,
-        preprocessing: dict | None = None, classes: list[str] | None = None,
-        on_epoch_end: Callable[[int, dict], bool | None] | None = None) -> History:  # fmt: skip
+def fit(
+    model: nn.Module,
+    optimizer: optim.Optimizer,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    epochs: int = 5,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+    schedule: Schedule | None = None,
+    patience: int | None = None,
+    augment: Callable | None = None,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    preprocessing: dict | None = None,
+    classes: list[str] | None = None,
+    on_epoch_end: Callable[[int, dict], bool | None] | None = None,
+) -> History:
     """Train `model` on train=(x, y) for `epochs`, validating on `val` after each epoch.
 
     x: float32 (n, c, h, w); y: int (n,). GD optimizers take the whole set as one batch.
@@ -198,8 +218,14 @@ def fit(model: nn.Module, optimizer: optim.Optimizer, train: tuple[np.ndarray, n
     rng = np.random.default_rng(seed)
     history = History()
     lr0, start, best = optimizer.lr, 0, {"loss": math.inf, "epoch": 0, "bad_epochs": 0}
-    settings = {"batch_size": batch_size, "seed": seed, "schedule": asdict(schedule),
-                "patience": patience, "n_train": len(x), "lr0": lr0}  # fmt: skip
+    settings = {
+        "batch_size": batch_size,
+        "seed": seed,
+        "schedule": asdict(schedule),
+        "patience": patience,
+        "n_train": len(x),
+        "lr0": lr0,
+    }
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -215,8 +241,9 @@ def fit(model: nn.Module, optimizer: optim.Optimizer, train: tuple[np.ndarray, n
     for epoch in range(start, epochs):
         optimizer.lr = schedule.lr(lr0, epoch, epochs)
         n_batches = -(-len(x) // batch_size)
-        with tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
-                  leave=False) as bar:  # fmt: skip
+        with tqdm(
+            total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False
+        ) as bar:
 
             def tick(loss_value: float, bar=bar) -> None:
                 bar.update(1)
@@ -226,12 +253,19 @@ def fit(model: nn.Module, optimizer: optim.Optimizer, train: tuple[np.ndarray, n
         row = {"loss": loss, "accuracy": acc, "lr": optimizer.lr}
         if val is not None:
             v = evaluate(model, *val)
-            row.update(val_loss=v["loss"], val_accuracy=v["accuracy"], val_recall=v["recall"],
-                       val_f1=v["f1"], val_auc=v["auc"])  # fmt: skip
+            row.update(
+                val_loss=v["loss"],
+                val_accuracy=v["accuracy"],
+                val_recall=v["recall"],
+                val_f1=v["f1"],
+                val_auc=v["auc"],
+            )
         history.add(**row)
         if progress:
-            print(f"epoch {epoch + 1:3d}/{epochs}  " + "  ".join(
-                f"{k} {v:.4g}" for k, v in row.items() if v is not None))  # fmt: skip
+            print(
+                f"epoch {epoch + 1:3d}/{epochs}  "
+                + "  ".join(f"{k} {v:.4g}" for k, v in row.items() if v is not None)
+            )
         monitored = row.get("val_loss", loss)
         improved = monitored < best["loss"]
         if improved:
@@ -240,20 +274,33 @@ def fit(model: nn.Module, optimizer: optim.Optimizer, train: tuple[np.ndarray, n
             best["bad_epochs"] += 1
         stop = patience is not None and best["bad_epochs"] >= patience
         if run_dir is not None:
-            state = {"epoch": epoch + 1, "history": history.epochs, "best": best, "rng": rng_state(rng),
-                     "model_rngs": [rng_state(m.rng) for m in _model_rngs(model)],
-                     "settings": settings}  # fmt: skip
+            state = {
+                "epoch": epoch + 1,
+                "history": history.epochs,
+                "best": best,
+                "rng": rng_state(rng),
+                "model_rngs": [rng_state(m.rng) for m in _model_rngs(model)],
+                "settings": settings,
+            }
             if stop:
                 state["best"] = {**best, "bad_epochs": -1}  # marks "stopped early" for resume
             meta = {"preprocessing": preprocessing, "classes": classes}
-            save_checkpoint(run_dir / "checkpoint.npz", model, optimizer=optimizer,
-                            train_state=state, **meta)  # fmt: skip
+            save_checkpoint(
+                run_dir / "checkpoint.npz", model, optimizer=optimizer, train_state=state, **meta
+            )
             if improved:
                 save_checkpoint(
                     run_dir / "model.npz", model, train_state={"epoch": epoch + 1}, **meta
                 )
-            _write_json(run_dir / "metrics.json", {"history": history.epochs, "best_epoch":
-                        best["epoch"], "epochs_run": epoch + 1, "stopped_early": stop})  # fmt: skip
+            _write_json(
+                run_dir / "metrics.json",
+                {
+                    "history": history.epochs,
+                    "best_epoch": best["epoch"],
+                    "epochs_run": epoch + 1,
+                    "stopped_early": stop,
+                },
+            )
         if stop:
             if progress:
                 print(f"early stop: no lower validation loss for {patience} epochs")

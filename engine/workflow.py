@@ -56,8 +56,9 @@ class TrainSettings:
 # ---- data ----
 
 
-def load_data(source: str | os.PathLike, *, input_size: int = 28, n_phantoms: int = 2000,
-              seed: int = 0):  # fmt: skip
+def load_data(
+    source: str | os.PathLike, *, input_size: int = 28, n_phantoms: int = 2000, seed: int = 0
+):
     """A dataset with .images float32 (n, c, h, w), .labels int64 (n,), .groups (n,) patient ids,
     .paths, .classes and .preprocessing (how the images were prepared)."""
     if str(source) == "phantoms":
@@ -65,9 +66,13 @@ def load_data(source: str | os.PathLike, *, input_size: int = 28, n_phantoms: in
 
         x, y = make_phantoms(n_phantoms, size=input_size, seed=seed)
         return SimpleNamespace(
-            images=x, labels=y, groups=np.arange(len(y)), paths=None, classes=PHANTOM_CLASSES,
+            images=x,
+            labels=y,
+            groups=np.arange(len(y)),
+            paths=None,
+            classes=PHANTOM_CLASSES,
             preprocessing={"source": "phantoms", "input_size": input_size, "in_channels": 1},
-        )  # fmt: skip
+        )
     if not Path(source).exists():
         raise DataError(f"{source}: no such file or folder (or use --data phantoms)")
     try:
@@ -78,9 +83,10 @@ def load_data(source: str | os.PathLike, *, input_size: int = 28, n_phantoms: in
     info = getattr(ds, "info", {}) or {}
     # what inference needs to prepare new images the same way (predict, engine.deploy users)
     ds.preprocessing = {
-        "input_size": input_size, "in_channels": int(ds.images.shape[1]),
+        "input_size": input_size,
+        "in_channels": int(ds.images.shape[1]),
         **{k: info[k] for k in ("window", "method", "normalize") if k in info},
-    }  # fmt: skip
+    }
     return ds
 
 
@@ -123,14 +129,21 @@ def _build(settings: TrainSettings, ds, num_classes: int):
     from engine import optim
 
     rng = np.random.default_rng(settings.seed)
-    model = models.get(settings.model, in_channels=int(ds.images.shape[1]),
-                       input_size=int(ds.images.shape[-1]), num_classes=num_classes, rng=rng)  # fmt: skip
+    model = models.get(
+        settings.model,
+        in_channels=int(ds.images.shape[1]),
+        input_size=int(ds.images.shape[-1]),
+        num_classes=num_classes,
+        rng=rng,
+    )
     model.to(settings.device)
     if settings.optimizer not in optim.OPTIMIZERS:
         raise MedgradError(f"unknown optimizer {settings.optimizer!r}")
     lr = settings.lr if settings.lr is not None else DEFAULT_LR[settings.optimizer]
-    kwargs = {"sgd": {"momentum": settings.momentum, "weight_decay": settings.weight_decay},
-              "adam": {"weight_decay": settings.weight_decay}}.get(settings.optimizer, {})  # fmt: skip
+    kwargs = {
+        "sgd": {"momentum": settings.momentum, "weight_decay": settings.weight_decay},
+        "adam": {"weight_decay": settings.weight_decay},
+    }.get(settings.optimizer, {})
     return model, optim.OPTIMIZERS[settings.optimizer](model.parameters(), lr=lr, **kwargs)
 
 
@@ -139,11 +152,23 @@ def _fit(settings, model, opt, ds, train_idx, val_idx, run_dir, resume, progress
 
     schedule = Schedule(settings.schedule, step_size=settings.step_size, gamma=settings.gamma)
     val = (ds.images[val_idx], ds.labels[val_idx]) if len(val_idx) else None
-    return fit(model, opt, (ds.images[train_idx], ds.labels[train_idx]), val,
-               epochs=settings.epochs, batch_size=settings.batch_size, seed=settings.seed,
-               progress=progress, schedule=schedule, patience=settings.patience,
-               augment=_augment(settings.augment), run_dir=run_dir, resume=resume,
-               preprocessing=ds.preprocessing, classes=_classes(ds))  # fmt: skip
+    return fit(
+        model,
+        opt,
+        (ds.images[train_idx], ds.labels[train_idx]),
+        val,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+        progress=progress,
+        schedule=schedule,
+        patience=settings.patience,
+        augment=_augment(settings.augment),
+        run_dir=run_dir,
+        resume=resume,
+        preprocessing=ds.preprocessing,
+        classes=_classes(ds),
+    )
 
 
 def _write_manifest(source, run_dir: Path) -> str | None:
@@ -159,8 +184,15 @@ def _write_manifest(source, run_dir: Path) -> str | None:
     return "manifest.json"
 
 
-def train(source, run_dir: str | os.PathLike, settings: TrainSettings, *, resume: bool = False,
-          progress: bool = True, explain_n: int = 4) -> dict:  # fmt: skip
+def train(
+    source,
+    run_dir: str | os.PathLike,
+    settings: TrainSettings,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    explain_n: int = 4,
+) -> dict:
     """Train on `source` with a patient-level hold-out, then evaluate, explain and report.
 
     run_dir receives model.npz (best validation loss), checkpoint.npz (resume), metrics.json
@@ -171,12 +203,18 @@ def train(source, run_dir: str | os.PathLike, settings: TrainSettings, *, resume
 
     run_dir = Path(run_dir)
     with _compute(settings.device, settings.kernels):
-        ds = load_data(source, input_size=settings.input_size, n_phantoms=settings.n_phantoms,
-                       seed=settings.seed)  # fmt: skip
+        ds = load_data(
+            source,
+            input_size=settings.input_size,
+            n_phantoms=settings.n_phantoms,
+            seed=settings.seed,
+        )
         classes = _classes(ds)
         train_idx, val_idx = holdout(ds, settings.val_split, settings.seed)
-        print(f"data: {len(ds.labels)} images of {len(np.unique(ds.groups))} patients, classes "
-              f"{classes}; training on {len(train_idx)}, held out {len(val_idx)} (by patient)")  # fmt: skip
+        print(
+            f"data: {len(ds.labels)} images of {len(np.unique(ds.groups))} patients, classes "
+            f"{classes}; training on {len(train_idx)}, held out {len(val_idx)} (by patient)"
+        )
         model, opt = _build(settings, ds, len(classes))
         run_dir.mkdir(parents=True, exist_ok=True)
         manifest_name = _write_manifest(source, run_dir)
@@ -190,26 +228,50 @@ def train(source, run_dir: str | os.PathLike, settings: TrainSettings, *, resume
         # explain the held-out images the model is most sure contain the last class ("lesion")
         pick = val_idx[np.argsort(-probs[:, -1])[:explain_n]]
         names = [_name(ds, i) for i in pick]
-        shown = explain.explain_images(model, ds.images[pick], run_dir / "explain", names=names,
-                                       classes=classes)  # fmt: skip
+        shown = explain.explain_images(
+            model, ds.images[pick], run_dir / "explain", names=names, classes=classes
+        )
     result = {
-        "settings": asdict(settings), "source": str(source), "classes": classes,
-        "n_train": int(len(train_idx)), "n_val": int(len(val_idx)), "train_seconds": seconds,
-        "history": history.epochs, "held_out": evaluation, "manifest": manifest_name,
-    }  # fmt: skip
+        "settings": asdict(settings),
+        "source": str(source),
+        "classes": classes,
+        "n_train": int(len(train_idx)),
+        "n_val": int(len(val_idx)),
+        "train_seconds": seconds,
+        "history": history.epochs,
+        "held_out": evaluation,
+        "manifest": manifest_name,
+    }
     metrics_path = run_dir / "metrics.json"
     previous = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     text = json.dumps({**previous, **result}, indent=1)
     atomic_write(metrics_path, lambda f: f.write(text.encode()))
-    shown_settings = {"data": source, "model": settings.model, "optimizer": settings.optimizer,
-                      "lr": opt_lr(settings), "epochs": settings.epochs,
-                      "batch size": settings.batch_size, "schedule": settings.schedule,
-                      "augmentation": settings.augment, "held-out fraction": settings.val_split,
-                      "seed": settings.seed, "training images": len(train_idx),
-                      "held-out images": len(val_idx), "training time (s)": f"{seconds:.1f}"}  # fmt: skip
-    report.write_report(run_dir, title=f"medgrad run: {settings.model} on {source}",
-                        settings=shown_settings, history=history.epochs, evaluation=evaluation,
-                        y_true=yv, probs=probs, classes=classes, explanations=shown)  # fmt: skip
+    shown_settings = {
+        "data": source,
+        "model": settings.model,
+        "optimizer": settings.optimizer,
+        "lr": opt_lr(settings),
+        "epochs": settings.epochs,
+        "batch size": settings.batch_size,
+        "schedule": settings.schedule,
+        "augmentation": settings.augment,
+        "held-out fraction": settings.val_split,
+        "seed": settings.seed,
+        "training images": len(train_idx),
+        "held-out images": len(val_idx),
+        "training time (s)": f"{seconds:.1f}",
+    }
+    report.write_report(
+        run_dir,
+        title=f"medgrad run: {settings.model} on {source}",
+        settings=shown_settings,
+        history=history.epochs,
+        evaluation=evaluation,
+        y_true=yv,
+        probs=probs,
+        classes=classes,
+        explanations=shown,
+    )
     print_metrics("held-out", evaluation)
     print(f"run directory: {run_dir} (model.npz, metrics.json, report.md)")
     return result
@@ -229,9 +291,11 @@ def _name(ds, i: int) -> str:
 
 def print_metrics(label: str, m: dict) -> None:
     auc = "n/a" if m["auc"] is None else f"{m['auc']:.4f}"
-    print(f"{label}: accuracy {m['accuracy']:.4f}  recall {m['recall']:.4f}  "
-          f"precision {m['precision']:.4f}  specificity {m['specificity']:.4f}  "
-          f"F1 {m['f1']:.4f}  AUC {auc}  (n = {m['n']})")  # fmt: skip
+    print(
+        f"{label}: accuracy {m['accuracy']:.4f}  recall {m['recall']:.4f}  "
+        f"precision {m['precision']:.4f}  specificity {m['specificity']:.4f}  "
+        f"F1 {m['f1']:.4f}  AUC {auc}  (n = {m['n']})"
+    )
 
 
 # ---- evaluate / predict / explain a saved model ----
@@ -292,8 +356,10 @@ def predict(model_path, inputs: list[str], out: str | os.PathLike) -> Path:
     probs = predict_proba(model, images)
     classes = ckpt.classes or [str(i) for i in range(probs.shape[1])]
     rows = [["path", "predicted", *[f"p_{c}" for c in classes]]]
-    rows += [[str(p), classes[int(np.argmax(q))], *[f"{v:.6f}" for v in q]]
-             for p, q in zip(paths, probs, strict=True)]  # fmt: skip
+    rows += [
+        [str(p), classes[int(np.argmax(q))], *[f"{v:.6f}" for v in q]]
+        for p, q in zip(paths, probs, strict=True)
+    ]
     out = Path(out)
 
     def write(f):
@@ -308,8 +374,15 @@ def predict(model_path, inputs: list[str], out: str | os.PathLike) -> Path:
     return out
 
 
-def explain(model_path, source, indices: list[int], out_dir, *, layer: int | None = None,
-            target: int | None = None) -> list[Path]:  # fmt: skip
+def explain(
+    model_path,
+    source,
+    indices: list[int],
+    out_dir,
+    *,
+    layer: int | None = None,
+    target: int | None = None,
+) -> list[Path]:
     """Saliency + Grad-CAM PNGs for images `indices` of dataset `source`."""
     from engine import explain as ex
 
@@ -319,8 +392,15 @@ def explain(model_path, source, indices: list[int], out_dir, *, layer: int | Non
     if bad:
         raise DataError(f"image indices {bad} out of range 0..{len(ds.labels) - 1}")
     idx = np.asarray(indices, dtype=np.int64)
-    paths = ex.explain_images(model, ds.images[idx], out_dir, names=[_name(ds, i) for i in idx],
-                              classes=ckpt.classes, target=target, layer=layer)  # fmt: skip
+    paths = ex.explain_images(
+        model,
+        ds.images[idx],
+        out_dir,
+        names=[_name(ds, i) for i in idx],
+        classes=ckpt.classes,
+        target=target,
+        layer=layer,
+    )
     print(f"{len(paths)} explanations -> {out_dir}")
     return paths
 
@@ -339,8 +419,12 @@ def cross_validate(source, folds: int, settings: TrainSettings, *, progress: boo
 
     names = ("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "auc")
     with _compute(settings.device, settings.kernels):
-        ds = load_data(source, input_size=settings.input_size, n_phantoms=settings.n_phantoms,
-                       seed=settings.seed)  # fmt: skip
+        ds = load_data(
+            source,
+            input_size=settings.input_size,
+            n_phantoms=settings.n_phantoms,
+            seed=settings.seed,
+        )
         classes = _classes(ds)
         splits = stratified_group_kfold(ds.labels, ds.groups, folds, settings.seed)
         seen: dict = {}
@@ -357,16 +441,24 @@ def cross_validate(source, folds: int, settings: TrainSettings, *, progress: boo
             m["test_patients"] = sorted(str(g) for g in np.unique(ds.groups[test_idx]))
             m["patients"] = len(m["test_patients"])
             rows.append(m)
-            print(f"fold {f + 1}/{folds}: " + "  ".join(_cell(m[k], k) for k in names)
-                  + f"  ({len(test_idx)} images, {m['patients']} patients)")  # fmt: skip
+            print(
+                f"fold {f + 1}/{folds}: "
+                + "  ".join(_cell(m[k], k) for k in names)
+                + f"  ({len(test_idx)} images, {m['patients']} patients)"
+            )
     summary = {}
     for k in names:
         values = np.array([r[k] for r in rows if r[k] is not None], dtype=np.float64)
         std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         summary[k] = {"mean": float(values.mean()) if len(values) else None, "std": std}
-    print("mean ± std: " + "  ".join(
-        f"{k} {summary[k]['mean']:.4f} ± {summary[k]['std']:.4f}" for k in names
-        if summary[k]["mean"] is not None))  # fmt: skip
+    print(
+        "mean ± std: "
+        + "  ".join(
+            f"{k} {summary[k]['mean']:.4f} ± {summary[k]['std']:.4f}"
+            for k in names
+            if summary[k]["mean"] is not None
+        )
+    )
     return {"folds": rows, "summary": summary, "test_patients_disjoint": True}
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from engine import nn
 
 
-def mlp(in_channels: int = 1, input_size: int = 28, num_classes: int = 10, hidden: int = 128,
-        rng=None) -> nn.Sequential:  # fmt: skip
+def mlp(
+    in_channels: int = 1, input_size: int = 28, num_classes: int = 10, hidden: int = 128, rng=None
+) -> nn.Sequential:
     """Flatten, Dense hidden ReLU, Dense hidden ReLU, Dense num_classes."""
     return nn.Sequential(
         nn.Flatten(),

@@ -48,9 +48,13 @@ def _run(code: str, **env) -> dict:
     full_env = {k: v for k, v in os.environ.items() if k != "ENGINE_KERNELS"}
     full_env.update(PYTHONPATH=str(ROOT), **env)
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, cwd=ROOT,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=ROOT,
         timeout=120,
-    )  # fmt: skip
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 

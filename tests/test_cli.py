@@ -13,8 +13,17 @@ import pytest
 from engine.cli import build_parser, main
 
 SUBCOMMANDS = ["train", "evaluate", "predict", "cv", "explain", "bench", "demo"]
-TINY = ["--data", "phantoms", "--n-phantoms", "96", "--input-size", "16", "--batch-size", "16",
-        "--quiet"]  # fmt: skip
+TINY = [
+    "--data",
+    "phantoms",
+    "--n-phantoms",
+    "96",
+    "--input-size",
+    "16",
+    "--batch-size",
+    "16",
+    "--quiet",
+]
 
 
 def test_python_dash_m_engine_help_lists_the_subcommands():
@@ -46,8 +55,15 @@ def test_train_evaluate_explain_resume_on_phantoms(tmp_path, capsys):
     assert main(["train", *TINY, "--epochs", "2", "--val-split", "0.25", "--out", str(run)]) == 0
     out = capsys.readouterr().out
     assert "held-out: accuracy" in out and "recall" in out and "F1" in out and "AUC" in out
-    for name in ("model.npz", "checkpoint.npz", "metrics.json", "curves.png",
-                 "confusion_matrix.png", "roc.png", "report.md"):  # fmt: skip
+    for name in (
+        "model.npz",
+        "checkpoint.npz",
+        "metrics.json",
+        "curves.png",
+        "confusion_matrix.png",
+        "roc.png",
+        "report.md",
+    ):
         assert (run / name).is_file(), name
     assert len(list((run / "explain").glob("*.png"))) == 4
     saved = json.loads((run / "metrics.json").read_text())
@@ -60,18 +76,39 @@ def test_train_evaluate_explain_resume_on_phantoms(tmp_path, capsys):
         == 0
     )
     assert json.loads((tmp_path / "e.json").read_text())["n"] == 2000  # the default phantom set
-    assert main(["explain", str(run / "model.npz"), "phantoms", "--index", "3", "5", "--layer",
-                 "0", "--out", str(tmp_path / "ex")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "explain",
+                str(run / "model.npz"),
+                "phantoms",
+                "--index",
+                "3",
+                "5",
+                "--layer",
+                "0",
+                "--out",
+                str(tmp_path / "ex"),
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "ex").iterdir()) == [
-        "explain_image00003.png", "explain_image00005.png"]  # fmt: skip
+        "explain_image00003.png",
+        "explain_image00005.png",
+    ]
 
     # 2 epochs + resume to 4 == 4 epochs straight, bit for bit (the command-line path of F4)
     straight = tmp_path / "straight"
     assert (
         main(["train", *TINY, "--epochs", "4", "--val-split", "0.25", "--out", str(straight)]) == 0
     )
-    assert main(["train", *TINY, "--epochs", "4", "--val-split", "0.25", "--out", str(run),
-                 "--resume"]) == 0  # fmt: skip
+    assert (
+        main(
+            ["train", *TINY, "--epochs", "4", "--val-split", "0.25", "--out", str(run), "--resume"]
+        )
+        == 0
+    )
     from engine.checkpoint import load_checkpoint
 
     a, b = load_checkpoint(straight / "checkpoint.npz"), load_checkpoint(run / "checkpoint.npz")
@@ -82,8 +119,12 @@ def test_train_evaluate_explain_resume_on_phantoms(tmp_path, capsys):
 
 def test_cv_prints_folds_and_mean_std(tmp_path, capsys):
     out_json = tmp_path / "cv.json"
-    assert main(["cv", *TINY, "--folds", "3", "--epochs", "1", "--model", "mlp",
-                 "--out", str(out_json)]) == 0  # fmt: skip
+    assert (
+        main(
+            ["cv", *TINY, "--folds", "3", "--epochs", "1", "--model", "mlp", "--out", str(out_json)]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.count("fold ") == 3 and "mean ± std" in out and "auc" in out
     result = json.loads(out_json.read_text())

@@ -47,8 +47,12 @@ def run(opt_cls, p0, grads, **kwargs):
     return p.data
 
 
-SGD_CASES = [dict(lr=0.1), dict(lr=0.1, momentum=0.9), dict(lr=0.05, momentum=0.8, nesterov=True),
-             dict(lr=0.1, momentum=0.9, weight_decay=0.01)]  # fmt: skip
+SGD_CASES = [
+    dict(lr=0.1),
+    dict(lr=0.1, momentum=0.9),
+    dict(lr=0.05, momentum=0.8, nesterov=True),
+    dict(lr=0.1, momentum=0.9, weight_decay=0.01),
+]
 ADAM_CASES = [
     dict(lr=1e-2),
     dict(lr=1e-3, betas=(0.8, 0.99), eps=1e-6),
@@ -67,8 +71,9 @@ def test_sgd_matches_pytorch_algorithm(rng, flavour, kwargs):
 @pytest.mark.parametrize("kwargs", ADAM_CASES)
 def test_adam_matches_pytorch_algorithm(rng, flavour, kwargs):
     p0, grads = rng.standard_normal((3, 4)), grads_sequence(rng, (3, 4))
-    np.testing.assert_allclose(run(optim.Adam, p0, grads, **kwargs), reference_adam(p0, grads, **kwargs),
-                               rtol=1e-10)  # fmt: skip
+    np.testing.assert_allclose(
+        run(optim.Adam, p0, grads, **kwargs), reference_adam(p0, grads, **kwargs), rtol=1e-10
+    )
 
 
 def test_gd_is_plain_gradient_descent(rng, flavour):
@@ -110,8 +115,14 @@ def test_state_dict_round_trip_continues_identically(rng):
     np.testing.assert_array_equal(p.data, straight)
 
 
-@pytest.mark.parametrize("kwargs,match", [(dict(lr=0), "learning rate"), (dict(lr=0.1, momentum=-1), "momentum"),
-                                          (dict(lr=0.1, nesterov=True), "Nesterov")])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(lr=0), "learning rate"),
+        (dict(lr=0.1, momentum=-1), "momentum"),
+        (dict(lr=0.1, nesterov=True), "Nesterov"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         optim.SGD([Parameter(np.ones(1))], **kwargs)
@@ -123,8 +134,10 @@ def test_bad_arguments(kwargs, match):
 def test_against_torch_optim(rng):
     torch = pytest.importorskip("torch")
     p0, grads = rng.standard_normal((3, 4)), grads_sequence(rng, (3, 4))
-    for ours, theirs, kw in ((optim.SGD, torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
-                             (optim.Adam, torch.optim.Adam, dict(lr=1e-2, weight_decay=0.1))):  # fmt: skip
+    for ours, theirs, kw in (
+        (optim.SGD, torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
+        (optim.Adam, torch.optim.Adam, dict(lr=1e-2, weight_decay=0.1)),
+    ):
         tp = torch.tensor(p0.copy(), requires_grad=True)
         topt = theirs([tp], **kw)
         for g in grads:

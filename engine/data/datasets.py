@@ -54,8 +54,10 @@ class Dataset:
         return len(self.labels)
 
     def __repr__(self) -> str:
-        return (f"Dataset(n={len(self)}, shape={tuple(self.images.shape[1:])}, classes={self.classes}, "
-                f"patients={len(np.unique(self.groups))}, skipped={len(self.skipped)})")  # fmt: skip
+        return (
+            f"Dataset(n={len(self)}, shape={tuple(self.images.shape[1:])}, classes={self.classes}, "
+            f"patients={len(np.unique(self.groups))}, skipped={len(self.skipped)})"
+        )
 
     @classmethod
     def from_arrays(cls, images, labels, groups=None, classes=None) -> Dataset:
@@ -118,11 +120,22 @@ def _read_labels_csv(folder: Path) -> list[dict]:
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
-    key = "path" if "path" in fields else ("sop_instance_uid" if "sop_instance_uid" in fields
-                                           else "sopinstanceuid" if "sopinstanceuid" in fields else None)  # fmt: skip
+    key = (
+        "path"
+        if "path" in fields
+        else (
+            "sop_instance_uid"
+            if "sop_instance_uid" in fields
+            else "sopinstanceuid"
+            if "sopinstanceuid" in fields
+            else None
+        )
+    )
     if "label" not in fields or key is None:
-        raise DataError(f"{path}: needs a 'label' column and a 'path' or 'sop_instance_uid' column, "
-                        f"found {list(fields.values())}")  # fmt: skip
+        raise DataError(
+            f"{path}: needs a 'label' column and a 'path' or 'sop_instance_uid' column, "
+            f"found {list(fields.values())}"
+        )
     out = []
     for i, row in enumerate(rows, start=2):
         ref, label = (row.get(fields[key]) or "").strip(), (row.get(fields["label"]) or "").strip()
@@ -144,8 +157,9 @@ def _file_stamp(paths: list[Path], root: Path) -> list:
     return out
 
 
-def _dicom_source(folder: Path, *, window, channels, input_size, method, on_error, max_pixels,
-                  skipped: list) -> tuple[dict, list[str], Iterator]:  # fmt: skip
+def _dicom_source(
+    folder: Path, *, window, channels, input_size, method, on_error, max_pixels, skipped: list
+) -> tuple[dict, list[str], Iterator]:
     """A DICOM folder with labels.csv (path or SOPInstanceUID) or with one sub-folder per class."""
     from engine.data.dicom import list_files, read_image
 
@@ -170,8 +184,14 @@ def _dicom_source(folder: Path, *, window, channels, input_size, method, on_erro
     if not items:
         raise DataError(f"{folder}: no files")
     index = {c: i for i, c in enumerate(classes)}
-    desc = {"kind": "dicom", "root": str(folder.resolve()), "files": _file_stamp(stamp_files, folder),
-            "window": window, "channels": channels, "max_pixels": max_pixels}  # fmt: skip
+    desc = {
+        "kind": "dicom",
+        "root": str(folder.resolve()),
+        "files": _file_stamp(stamp_files, folder),
+        "window": window,
+        "channels": channels,
+        "max_pixels": max_pixels,
+    }
 
     def chunks():
         from engine.data.transforms import resize
@@ -205,8 +225,12 @@ def _dicom_source(folder: Path, *, window, channels, input_size, method, on_erro
 
 
 def _join(buf) -> tuple:
-    return (np.concatenate([b[0] for b in buf]), np.concatenate([b[1] for b in buf]).astype(np.int64),
-            [g for b in buf for g in b[2]], [p for b in buf for p in b[3]])  # fmt: skip
+    return (
+        np.concatenate([b[0] for b in buf]),
+        np.concatenate([b[1] for b in buf]).astype(np.int64),
+        [g for b in buf for g in b[2]],
+        [p for b in buf for p in b[3]],
+    )
 
 
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -275,8 +299,9 @@ def _mnist_source(source: Path, *, split, input_size, method, max_bytes) -> tupl
     images_path, labels_path = _find_idx(source, split)
     lf, lshape, ldtype = _open_idx(labels_path, max_bytes)
     with lf:
-        labels = np.frombuffer(_read_exact(lf, int(np.prod(lshape)) * ldtype.itemsize, labels_path),
-                               ldtype).astype(np.int64)  # fmt: skip
+        labels = np.frombuffer(
+            _read_exact(lf, int(np.prod(lshape)) * ldtype.itemsize, labels_path), ldtype
+        ).astype(np.int64)
     f, shape, dtype = _open_idx(images_path, max_bytes)
     if len(shape) != 3 or shape[0] != len(labels):
         f.close()
@@ -386,8 +411,11 @@ class _NpyWriter:
 
 
 def _cache_key(desc: dict, settings: dict) -> str:
-    blob = json.dumps({"version": CACHE_VERSION, "source": desc, "settings": settings},
-                      sort_keys=True, default=str)  # fmt: skip
+    blob = json.dumps(
+        {"version": CACHE_VERSION, "source": desc, "settings": settings},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -411,12 +439,20 @@ def _load_cached(entry: Path) -> Dataset | None:
         warnings.warn(f"cache entry {entry} is unreadable ({exc}); rebuilding it", stacklevel=3)
         shutil.rmtree(entry, ignore_errors=True)
         return None
-    return Dataset(images, labels.astype(np.int64), groups.astype(str), [str(p) for p in paths],
-                   meta["classes"], [tuple(s) for s in meta["skipped"]], meta["info"])  # fmt: skip
+    return Dataset(
+        images,
+        labels.astype(np.int64),
+        groups.astype(str),
+        [str(p) for p in paths],
+        meta["classes"],
+        [tuple(s) for s in meta["skipped"]],
+        meta["info"],
+    )
 
 
-def _build(chunks: Iterator, classes: list[str], *, normalize, writer: _NpyWriter | None,
-           skipped: list) -> tuple:  # fmt: skip
+def _build(
+    chunks: Iterator, classes: list[str], *, normalize, writer: _NpyWriter | None, skipped: list
+) -> tuple:
     """Consume chunks -> (images or None, labels, groups, paths, mean, std)."""
     kept, labels, groups, paths = [], [], [], []
     total = total_sq = count = 0.0
@@ -456,10 +492,20 @@ def _standardise_in_place(images: np.ndarray, mean: float, std: float) -> None:
         images[start : start + CHUNK] = (images[start : start + CHUNK] - np.float32(mean)) * scale
 
 
-def load_dataset(source: str | os.PathLike, *, input_size: int = 28, window="file", split: str = "train",
-                 resize_method: str = "area", channels: int | None = None, normalize=None,
-                 cache_dir: str | os.PathLike | None = None, on_error: str = "raise",
-                 max_pixels: int | None = None, max_bytes: int = 4 << 30) -> Dataset:  # fmt: skip
+def load_dataset(
+    source: str | os.PathLike,
+    *,
+    input_size: int = 28,
+    window="file",
+    split: str = "train",
+    resize_method: str = "area",
+    channels: int | None = None,
+    normalize=None,
+    cache_dir: str | os.PathLike | None = None,
+    on_error: str = "raise",
+    max_pixels: int | None = None,
+    max_bytes: int = 4 << 30,
+) -> Dataset:
     """Load images from `source` -> Dataset with images float32 (n, c, input_size, input_size).
 
     source: a DICOM folder with labels.csv (columns label and path or sop_instance_uid, optional
@@ -505,16 +551,32 @@ def load_dataset(source: str | os.PathLike, *, input_size: int = 28, window="fil
         desc, classes, chunks = _mnist_source(source, split=split, max_bytes=max_bytes, **kw)
     elif source.is_dir():
         desc, classes, chunks = _dicom_source(
-            source, window=window, channels=channels or 1, on_error=on_error,
-            max_pixels=max_pixels or DEFAULT_MAX_PIXELS, skipped=skipped, **kw)  # fmt: skip
+            source,
+            window=window,
+            channels=channels or 1,
+            on_error=on_error,
+            max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+            skipped=skipped,
+            **kw,
+        )
     elif source.name == "labels.csv":
-        return load_dataset(source.parent, input_size=input_size, window=window, split=split,
-                            resize_method=resize_method, channels=channels, normalize=normalize,
-                            cache_dir=cache_dir, on_error=on_error, max_pixels=max_pixels,
-                            max_bytes=max_bytes)  # fmt: skip
+        return load_dataset(
+            source.parent,
+            input_size=input_size,
+            window=window,
+            split=split,
+            resize_method=resize_method,
+            channels=channels,
+            normalize=normalize,
+            cache_dir=cache_dir,
+            on_error=on_error,
+            max_pixels=max_pixels,
+            max_bytes=max_bytes,
+        )
     elif source.suffix == ".npz":
-        desc, classes, chunks = _medmnist_source(source, split=split, channels=channels,
-                                                 max_bytes=max_bytes, **kw)  # fmt: skip
+        desc, classes, chunks = _medmnist_source(
+            source, split=split, channels=channels, max_bytes=max_bytes, **kw
+        )
     elif "idx" in source.name or source.suffix in (".idx", ".gz"):
         desc, classes, chunks = _mnist_source(source, split=split, max_bytes=max_bytes, **kw)
     else:
@@ -522,8 +584,9 @@ def load_dataset(source: str | os.PathLike, *, input_size: int = 28, window="fil
     settings = {**kw, "normalize": normalize, "on_error": on_error}
     info = {"source": str(source), **settings, "window": window, "split": split}
     if cache_dir is None:
-        images, labels, groups, paths, mean, std = _build(chunks, classes, normalize=normalize,
-                                                          writer=None, skipped=skipped)  # fmt: skip
+        images, labels, groups, paths, mean, std = _build(
+            chunks, classes, normalize=normalize, writer=None, skipped=skipped
+        )
         if normalize == "dataset":
             _standardise_in_place(images, mean, std)
         info.update(mean=mean, std=std)
@@ -541,13 +604,23 @@ def _preprocessing(ds: Dataset, kind: str, window, method: str, normalize) -> di
         stats = [ds.info["mean"], ds.info["std"]]
     else:
         stats = list(normalize) if isinstance(normalize, tuple) else None
-    return {"source_kind": kind, "input_size": int(ds.images.shape[-1]),
-            "in_channels": int(ds.images.shape[1]), "window": window,
-            "resize_method": method, "normalize": stats}  # fmt: skip
+    return {
+        "source_kind": kind,
+        "input_size": int(ds.images.shape[-1]),
+        "in_channels": int(ds.images.shape[1]),
+        "window": window,
+        "resize_method": method,
+        "normalize": stats,
+    }
 
 
-def load_images(inputs, *, input_size: int = 28, preprocessing: dict | None = None,
-                max_pixels: int | None = None) -> tuple[np.ndarray, list[str]]:  # fmt: skip
+def load_images(
+    inputs,
+    *,
+    input_size: int = 28,
+    preprocessing: dict | None = None,
+    max_pixels: int | None = None,
+) -> tuple[np.ndarray, list[str]]:
     """Unlabelled DICOM files or folders -> (images float32 (n, c, s, s), paths), prepared by the
     recipe a Dataset recorded in `.preprocessing` (window, resize, channels, normalisation).
 
@@ -595,8 +668,9 @@ def _cached(cache_dir: Path, key: str, chunks, classes, normalize, skipped, info
     try:
         writer = _NpyWriter(tmp / "images.npy")
         try:
-            _, labels, groups, paths, mean, std = _build(chunks, classes, normalize=normalize,
-                                                         writer=writer, skipped=skipped)  # fmt: skip
+            _, labels, groups, paths, mean, std = _build(
+                chunks, classes, normalize=normalize, writer=writer, skipped=skipped
+            )
         finally:
             writer.close()
         if normalize == "dataset":

@@ -60,8 +60,14 @@ MAX_DEPTH = 64  # sequences nested deeper than this are hostile, not clinical
 PSEUDONYM_TAGS = frozenset({0x00100010, 0x00100020})  # Patient's Name, Patient ID
 LOG_NAME = "deidentification-log.json"
 _DUMMY_TEXT = "ANONYMIZED"
-_DUMMY_BY_VR = {"DA": "19000101", "TM": "000000", "DT": "19000101000000", "AS": "000D",
-                "IS": "0", "DS": "0"}  # fmt: skip
+_DUMMY_BY_VR = {
+    "DA": "19000101",
+    "TM": "000000",
+    "DT": "19000101000000",
+    "AS": "000D",
+    "IS": "0",
+    "DS": "0",
+}
 _NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"})
 _BYTES_VRS = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN"})
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -110,9 +116,18 @@ class Profile:
         return len(self.exact) + len(self.patterns) + 1
 
 
-_OPTION_COLUMNS = ("rtnSafePrivOpt", "rtnUIDsOpt", "rtnDevIdOpt", "rtnInstIdOpt", "rtnPatCharsOpt",
-                   "rtnLongFullDatesOpt", "rtnLongModifDatesOpt", "cleanDescOpt",
-                   "cleanStructContOpt", "cleanGraphOpt")  # fmt: skip
+_OPTION_COLUMNS = (
+    "rtnSafePrivOpt",
+    "rtnUIDsOpt",
+    "rtnDevIdOpt",
+    "rtnInstIdOpt",
+    "rtnPatCharsOpt",
+    "rtnLongFullDatesOpt",
+    "rtnLongModifDatesOpt",
+    "cleanDescOpt",
+    "cleanStructContOpt",
+    "cleanGraphOpt",
+)
 _CODES = frozenset({"X", "Z", "D", "U", "K", "C", "U*"})
 
 
@@ -582,8 +597,14 @@ def _out_component(value, fallback: str) -> str:
     return text if is_valid_uid(text) and text.startswith("2.25.") else fallback
 
 
-def anonymize(src: str | os.PathLike, dst: str | os.PathLike, *, key: str | bytes | None = None,
-              shift_dates: bool = False, allow_burned_in: bool = False) -> AnonymizeReport:  # fmt: skip
+def anonymize(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    key: str | bytes | None = None,
+    shift_dates: bool = False,
+    allow_burned_in: bool = False,
+) -> AnonymizeReport:
     """De-identify every DICOM file under src into the new folder dst (PS3.15 Basic Profile).
 
     Outputs go to dst/<study UID>/<series UID>/<SOP instance UID>.dcm, all remapped UIDs, so no
@@ -649,8 +670,9 @@ def anonymize(src: str | os.PathLike, dst: str | os.PathLike, *, key: str | byte
     return report
 
 
-def _write_log(dst: Path, report: AnonymizeReport, given_key: bool, shift_dates: bool,
-               allow_burned_in: bool) -> Path:  # fmt: skip
+def _write_log(
+    dst: Path, report: AnonymizeReport, given_key: bool, shift_dates: bool, allow_burned_in: bool
+) -> Path:
     """The run's log: tags, actions and counts only (no input paths, no original values)."""
     reasons = Counter(reason.split(":")[0] for _, reason in report.refused)
     log = {
@@ -662,7 +684,7 @@ def _write_log(dst: Path, report: AnonymizeReport, given_key: bool, shift_dates:
             "written": len(report.written),
             "refused": dict(reasons),
             "skipped": dict(report.skipped),
-        },  # fmt: skip
+        },
         "actions": [
             {"tag": tag, "name": name, "action": action, "count": n}
             for (tag, name, action), n in sorted(report.counts.items())

@@ -215,8 +215,13 @@ def _check_rle_size(path, ds) -> None:
     encoded size; a header claiming more would make the decoder allocate the whole claimed
     output before noticing the data are short (a decompression bomb). Refuse it up front."""
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    decoded = (int(ds.Rows) * int(ds.Columns) * frames * int(ds.get("SamplesPerPixel", 1) or 1)
-               * -(-int(ds.BitsAllocated) // 8))  # fmt: skip
+    decoded = (
+        int(ds.Rows)
+        * int(ds.Columns)
+        * frames
+        * int(ds.get("SamplesPerPixel", 1) or 1)
+        * -(-int(ds.BitsAllocated) // 8)
+    )
     encoded = len(ds.PixelData)
     if decoded > 64 * encoded + 64 * frames:
         raise _error(
@@ -286,8 +291,10 @@ def _decode(path, ds, frames: int, rows: int, cols: int, samples: int) -> np.nda
 def _frame_item(ds, frame: int, sequence: str):
     """Item 0 of `sequence` in the per-frame functional group of `frame`, else the shared group
     (enhanced multi-frame objects keep rescale and windows there), else None."""
-    for groups, index in (("PerFrameFunctionalGroupsSequence", frame),
-                          ("SharedFunctionalGroupsSequence", 0)):  # fmt: skip
+    for groups, index in (
+        ("PerFrameFunctionalGroupsSequence", frame),
+        ("SharedFunctionalGroupsSequence", 0),
+    ):
         seq = ds.get(groups)
         if seq is not None and len(seq) > index:
             inner = seq[index].get(sequence)
@@ -325,8 +332,11 @@ def _modality(path, ds, arr: np.ndarray) -> tuple[np.ndarray, list, list[tuple[f
             slope = float(source.get("RescaleSlope", 1.0) or 1.0)
             intercept = float(source.get("RescaleIntercept", 0.0) or 0.0)
             if not (np.isfinite(slope) and np.isfinite(intercept)) or slope == 0:
-                raise _error(path, Reason.INVALID_ATTRIBUTE,
-                             f"RescaleSlope={slope}, RescaleIntercept={intercept}")  # fmt: skip
+                raise _error(
+                    path,
+                    Reason.INVALID_ATTRIBUTE,
+                    f"RescaleSlope={slope}, RescaleIntercept={intercept}",
+                )
             out[i] = arr[i] * slope + intercept
             records.append({"slope": slope, "intercept": intercept})
             ends = (lo * slope + intercept, hi * slope + intercept)
@@ -413,8 +423,10 @@ def _grey(path, ds, arr: np.ndarray, window, meta: dict) -> np.ndarray:
     """
     values, records, ranges = _modality(path, ds, arr)
     meta["rescale"] = records[0] if len(set(map(str, records))) == 1 else records
-    invert = (str(ds.PhotometricInterpretation).strip() == "MONOCHROME1"
-              or str(ds.get("PresentationLUTShape", "")).strip() == "INVERSE")  # fmt: skip
+    invert = (
+        str(ds.PhotometricInterpretation).strip() == "MONOCHROME1"
+        or str(ds.get("PresentationLUTShape", "")).strip() == "INVERSE"
+    )
     meta["inverted"] = invert
     used = []
     for i in range(values.shape[0]):
@@ -482,8 +494,13 @@ def _meta(path, ds) -> dict[str, Any]:
     }
 
 
-def read_image(path: str | os.PathLike, *, window=None, max_pixels: int = DEFAULT_MAX_PIXELS,
-               max_file_bytes: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:  # fmt: skip
+def read_image(
+    path: str | os.PathLike,
+    *,
+    window=None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Read one DICOM file -> (pixels float32, meta dict).
 
     Grey-scale: (frames, H, W), (1, H, W) for a single frame. window=None gives physical units
@@ -540,8 +557,9 @@ def _pixels(path, ds, window, max_pixels):
         out = arr.astype(np.float32)
         if window is not None:
             out /= np.float32(2**bits - 1)
-        meta.update(window="rgb-range" if window is not None else None, rescale=None,
-                    inverted=False)  # fmt: skip
+        meta.update(
+            window="rgb-range" if window is not None else None, rescale=None, inverted=False
+        )
     else:
         out = _grey(path, ds, arr, window, meta).astype(np.float32)
     if not np.isfinite(out).all():
@@ -571,8 +589,13 @@ def list_files(folder: str | os.PathLike, *, recursive: bool = True) -> list[Pat
     return sorted(out)
 
 
-def read_series(folder: str | os.PathLike, *, window=None, series_uid: str | None = None,
-                max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, tuple, list[dict]]:  # fmt: skip
+def read_series(
+    folder: str | os.PathLike,
+    *,
+    window=None,
+    series_uid: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[np.ndarray, tuple, list[dict]]:
     """Stack a folder of single-frame slices -> (volume float32 (slices, H, W), (dz, dy, dx), metas).
 
     Slices are sorted by their position along the slice normal (ImagePositionPatient projected on
@@ -619,11 +642,15 @@ def _stack(folder: Path, items: list) -> tuple[np.ndarray, tuple, list[dict]]:
                 f"{name} is {img.shape[1:]}, {Path(first['path']).name} is {items[0][0].shape[1:]}"
             )
         if not np.allclose(meta["image_orientation"], first["image_orientation"], atol=1e-4):
-            raise bad(f"{name} has orientation {meta['image_orientation']}, "
-                      f"{Path(first['path']).name} has {first['image_orientation']}")  # fmt: skip
+            raise bad(
+                f"{name} has orientation {meta['image_orientation']}, "
+                f"{Path(first['path']).name} has {first['image_orientation']}"
+            )
         if meta["pixel_spacing"] != first["pixel_spacing"]:
-            raise bad(f"{name} has pixel spacing {meta['pixel_spacing']}, "
-                      f"{Path(first['path']).name} has {first['pixel_spacing']}")  # fmt: skip
+            raise bad(
+                f"{name} has pixel spacing {meta['pixel_spacing']}, "
+                f"{Path(first['path']).name} has {first['pixel_spacing']}"
+            )
     iop = np.asarray(first["image_orientation"], dtype=np.float64)
     normal = np.cross(iop[:3], iop[3:])
     if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-3):
@@ -636,14 +663,18 @@ def _stack(folder: Path, items: list) -> tuple[np.ndarray, tuple, list[dict]]:
         gaps = np.diff(depth)
         if gaps.min() < 1e-3:
             i = int(gaps.argmin())
-            raise bad(f"{Path(items[i][1]['path']).name} and {Path(items[i + 1][1]['path']).name} "
-                      f"are at the same position along the slice normal")  # fmt: skip
+            raise bad(
+                f"{Path(items[i][1]['path']).name} and {Path(items[i + 1][1]['path']).name} "
+                f"are at the same position along the slice normal"
+            )
         dz = float(np.median(gaps))
         worst = int(np.abs(gaps - dz).argmax())
         if abs(gaps[worst] - dz) > 0.01 * dz + 0.01:
-            raise bad(f"uneven slice spacing: {gaps[worst]:.3f} mm between "
-                      f"{Path(items[worst][1]['path']).name} and "
-                      f"{Path(items[worst + 1][1]['path']).name}, median {dz:.3f} mm")  # fmt: skip
+            raise bad(
+                f"uneven slice spacing: {gaps[worst]:.3f} mm between "
+                f"{Path(items[worst][1]['path']).name} and "
+                f"{Path(items[worst + 1][1]['path']).name}, median {dz:.3f} mm"
+            )
     else:
         dz = float(first["slice_thickness"] or 1.0)
     dy, dx = first["pixel_spacing"] or (1.0, 1.0)

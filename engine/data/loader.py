@@ -30,17 +30,28 @@ class DataLoader:
     (0: none, everything on the caller's thread). drop_last drops a final short batch.
     """
 
-    def __init__(self, dataset, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 indices=None, augment: Callable | None = None, prefetch: int = 2,
-                 drop_last: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        indices=None,
+        augment: Callable | None = None,
+        prefetch: int = 2,
+        drop_last: bool = False,
+    ):
         if isinstance(dataset, tuple):
             self.images, self.labels = dataset
         else:
             self.images, self.labels = dataset.images, dataset.labels
         n = len(self.labels)
         if len(self.images) != n or getattr(self.images, "ndim", 0) != 4:
-            raise DataError(f"need images (n, c, h, w) and labels (n,), got {np.shape(self.images)} "
-                            f"and {np.shape(self.labels)}")  # fmt: skip
+            raise DataError(
+                f"need images (n, c, h, w) and labels (n,), got {np.shape(self.images)} "
+                f"and {np.shape(self.labels)}"
+            )
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if int(prefetch) < 0:
@@ -112,8 +123,9 @@ class _Prefetch:
     def __init__(self, batches: Iterator, depth: int):
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(batches,), daemon=True,
-                                       name="medgrad-prefetch")  # fmt: skip
+        self.thread = threading.Thread(
+            target=self._run, args=(batches,), daemon=True, name="medgrad-prefetch"
+        )
         self.thread.start()
 
     def _put(self, item) -> bool:

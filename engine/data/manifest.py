@@ -50,9 +50,12 @@ def _relative(path: Path, root: Path) -> str:
         raise DataError(f"{path}: not inside the dataset root {root}") from exc
 
 
-def build_manifest(root_or_paths: str | os.PathLike | Iterable[str | os.PathLike], *,
-                   root: str | os.PathLike | None = None,
-                   exclude: Iterable[str | os.PathLike] = ()) -> dict:  # fmt: skip
+def build_manifest(
+    root_or_paths: str | os.PathLike | Iterable[str | os.PathLike],
+    *,
+    root: str | os.PathLike | None = None,
+    exclude: Iterable[str | os.PathLike] = (),
+) -> dict:
     """Manifest of a dataset folder (every regular file under it) or of a list of files.
 
     -> {"format": "medgrad-manifest", "version": 1, "algorithm": "sha256", "count": n,
@@ -170,13 +173,24 @@ class VerifyReport:
         head = f"{self.checked} files checked: "
         if self.ok:
             return head + "all match the manifest"
-        parts = [f"{len(v)} {k}" for k, v in
-                 (("changed", self.changed), ("missing", self.missing), ("added", self.added)) if v]  # fmt: skip
+        parts = [
+            f"{len(v)} {k}"
+            for k, v in (
+                ("changed", self.changed),
+                ("missing", self.missing),
+                ("added", self.added),
+            )
+            if v
+        ]
         return head + ", ".join(parts)
 
 
-def verify_manifest(root: str | os.PathLike, manifest_or_path: dict | str | os.PathLike, *,
-                    exclude: Iterable[str | os.PathLike] = ()) -> VerifyReport:  # fmt: skip
+def verify_manifest(
+    root: str | os.PathLike,
+    manifest_or_path: dict | str | os.PathLike,
+    *,
+    exclude: Iterable[str | os.PathLike] = (),
+) -> VerifyReport:
     """Check the files under root against a manifest (dict or file). Sizes are compared first,
     so a changed size costs no hashing. The manifest file itself, if inside root, is not 'added'."""
     root = Path(root).resolve()

@@ -19,8 +19,13 @@ def _smooth_noise(rng: np.random.Generator, n: int, size: int, coarse: int = 7) 
     return rows[:, :, i0] * (1 - f) + rows[:, :, i0 + 1] * f
 
 
-def make_phantoms(n: int, size: int = 28, seed: int = 0, lesion_fraction: float = 0.5,
-                  return_centres: bool = False):  # fmt: skip
+def make_phantoms(
+    n: int,
+    size: int = 28,
+    seed: int = 0,
+    lesion_fraction: float = 0.5,
+    return_centres: bool = False,
+):
     """-> images float32 (n, 1, size, size) in about [0, 1], labels int64 (n,) (1 = lesion present),
     and with return_centres the (row, col) pixel centre of each lesion (drawn for label 0 too).
 

@@ -53,8 +53,9 @@ def _assign(
     return bin_of_group[group_of]
 
 
-def holdout_split(labels, groups, val_fraction: float = 0.2,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def holdout_split(
+    labels, groups, val_fraction: float = 0.2, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """-> (train_idx, val_idx) int64 sorted index arrays; no group on both sides.
 
     labels: (n,) class ids; groups: (n,) patient ids (any hashable dtype). The validation side
@@ -76,8 +77,9 @@ def holdout_split(labels, groups, val_fraction: float = 0.2,
     return train, val
 
 
-def stratified_group_kfold(labels, groups, k: int = 5,
-                           seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+def stratified_group_kfold(
+    labels, groups, k: int = 5, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """-> k pairs (train_idx, test_idx), int64 sorted; each sample is in exactly one test fold.
 
     Folds are built from whole patients and stratified by class as well as the patients allow.

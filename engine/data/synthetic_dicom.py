@@ -18,12 +18,46 @@ FOV_MM = 340.0  # reconstruction field of view: pixel spacing = FOV_MM / size
 SLICE_MM = 5.0  # slice thickness and spacing
 MIN_VISIBLE = 0.8  # a nodule is drawn (and labels the slice) where its cut is >= 0.8 R
 
-_FIRST = ["JANE", "JOHN", "MARIA", "AHMED", "WEI", "OLGA", "PEDRO", "AIKO", "FATIMA", "LUCAS",
-          "EMMA", "NOAH", "ZOE", "IVAN", "SARA", "KOFI"]  # fmt: skip
-_LAST = ["DOE", "SMITH", "GARCIA", "KHAN", "CHEN", "IVANOVA", "SILVA", "TANAKA", "OKAFOR",
-         "MULLER", "ROSSI", "NOVAK", "DUBOIS", "NIELSEN", "COHEN", "MENSAH"]  # fmt: skip
-_INSTITUTIONS = [("Springfield General Hospital", "742 Evergreen Terrace, Springfield"),
-                 ("St. Example University Medical Center", "1 Sample Road, Exampletown")]  # fmt: skip
+_FIRST = [
+    "JANE",
+    "JOHN",
+    "MARIA",
+    "AHMED",
+    "WEI",
+    "OLGA",
+    "PEDRO",
+    "AIKO",
+    "FATIMA",
+    "LUCAS",
+    "EMMA",
+    "NOAH",
+    "ZOE",
+    "IVAN",
+    "SARA",
+    "KOFI",
+]
+_LAST = [
+    "DOE",
+    "SMITH",
+    "GARCIA",
+    "KHAN",
+    "CHEN",
+    "IVANOVA",
+    "SILVA",
+    "TANAKA",
+    "OKAFOR",
+    "MULLER",
+    "ROSSI",
+    "NOVAK",
+    "DUBOIS",
+    "NIELSEN",
+    "COHEN",
+    "MENSAH",
+]
+_INSTITUTIONS = [
+    ("Springfield General Hospital", "742 Evergreen Terrace, Springfield"),
+    ("St. Example University Medical Center", "1 Sample Road, Exampletown"),
+]
 
 # Stored-value encodings, cycled over patients so readers meet all of them:
 # (BitsStored, PixelRepresentation, RescaleSlope, RescaleIntercept)
@@ -94,8 +128,9 @@ def _slice_hu(
         lcy, lcx, lry, lrx = lungs[int(rng.integers(2))]
         ang, dist = rng.uniform(0, 2 * np.pi), np.sqrt(rng.uniform(0, 0.7))
         r = rng.uniform(1.0, 2.5) / px
-        dot = _ellipse(yy, xx, lcy + dist * lry * np.sin(ang), lcx + dist * lrx * np.cos(ang),
-                       r, r, soft=0.8)  # fmt: skip
+        dot = _ellipse(
+            yy, xx, lcy + dist * lry * np.sin(ang), lcx + dist * lrx * np.cos(ang), r, r, soft=0.8
+        )
         hu = hu * (1 - dot) + dot * rng.uniform(-100, 40)
     # nodules: spheres (centre z in mm, row, col, radius mm, HU); cut where >= MIN_VISIBLE R
     has_lesion = False
@@ -142,8 +177,17 @@ def _place_nodules(rng, a: dict, size: int, n_slices: int, target: int) -> list:
     return nodules
 
 
-def _write_slice(path: Path, hu: np.ndarray, *, patient: dict, series: dict, k: int,
-                 n_slices: int, size: int, uid) -> str:  # fmt: skip
+def _write_slice(
+    path: Path,
+    hu: np.ndarray,
+    *,
+    patient: dict,
+    series: dict,
+    k: int,
+    n_slices: int,
+    size: int,
+    uid,
+) -> str:
     """One CT Image Storage file; returns its SOPInstanceUID."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
@@ -217,8 +261,15 @@ def _write_slice(path: Path, hu: np.ndarray, *, patient: dict, series: dict, k: 
     return sop_uid
 
 
-def make_demo_data(out_dir: str | os.PathLike, *, n_patients: int = 40, slices_per_patient: int = 48,
-                   size: int = 128, lesion_fraction: float = 0.5, seed: int = 0) -> Path:  # fmt: skip
+def make_demo_data(
+    out_dir: str | os.PathLike,
+    *,
+    n_patients: int = 40,
+    slices_per_patient: int = 48,
+    size: int = 128,
+    lesion_fraction: float = 0.5,
+    seed: int = 0,
+) -> Path:
     """Write the study set to out_dir -> out_dir (as a Path).
 
     Layout: out_dir/patient_NN/IMxxxxx.dcm (file names deliberately not in slice order) and
@@ -230,8 +281,10 @@ def make_demo_data(out_dir: str | os.PathLike, *, n_patients: int = 40, slices_p
     from pydicom.uid import generate_uid
 
     if n_patients < 1 or slices_per_patient < 5 or size < 32:
-        raise ValueError(f"need n_patients >= 1, slices_per_patient >= 5 and size >= 32; got "
-                         f"{n_patients}, {slices_per_patient}, {size}")  # fmt: skip
+        raise ValueError(
+            f"need n_patients >= 1, slices_per_patient >= 5 and size >= 32; got "
+            f"{n_patients}, {slices_per_patient}, {size}"
+        )
     if not 0.0 <= lesion_fraction <= 0.9:
         raise ValueError(f"lesion_fraction must be in [0, 0.9], got {lesion_fraction}")
     out = Path(out_dir)
@@ -257,8 +310,12 @@ def make_demo_data(out_dir: str | os.PathLike, *, n_patients: int = 40, slices_p
             "referrer": f"{_LAST[rng.integers(len(_LAST))]}^{_FIRST[rng.integers(len(_FIRST))]}^^DR",
             "study_uid": uid("study"),
         }
-        series = {"uid": uid("series"), "frame_uid": uid("frame"),
-                  "encoding": _ENCODINGS[p % len(_ENCODINGS)], "monochrome1": p % 4 == 3}  # fmt: skip
+        series = {
+            "uid": uid("series"),
+            "frame_uid": uid("frame"),
+            "encoding": _ENCODINGS[p % len(_ENCODINGS)],
+            "monochrome1": p % 4 == 3,
+        }
         anatomy = _patient_anatomy(rng, size)
         target = int(round(lesion_fraction * slices_per_patient))
         nodules = _place_nodules(rng, anatomy, size, slices_per_patient, target)
@@ -269,8 +326,16 @@ def make_demo_data(out_dir: str | os.PathLike, *, n_patients: int = 40, slices_p
             z = k / max(slices_per_patient - 1, 1)
             hu, lesion = _slice_hu(rng, anatomy, size, z, k * SLICE_MM, nodules)
             path = folder / f"IM{int(names[k]):05d}.dcm"
-            _write_slice(path, hu, patient=patient, series=series, k=k,
-                         n_slices=slices_per_patient, size=size, uid=uid)  # fmt: skip
+            _write_slice(
+                path,
+                hu,
+                patient=patient,
+                series=series,
+                k=k,
+                n_slices=slices_per_patient,
+                size=size,
+                uid=uid,
+            )
             rows.append((path.relative_to(out).as_posix(), int(lesion), patient["id"]))
     with open(out / "labels.csv", "w", newline="") as f:
         writer = csv.writer(f)

@@ -69,8 +69,9 @@ class Augment:
     batch and a generator state give the same result on any thread. float32 in, float32 out.
     """
 
-    def __init__(self, scale=(0.9, 1.1), rotate: float = 15.0, flip: bool = True,
-                 intensity: float = 0.1):  # fmt: skip
+    def __init__(
+        self, scale=(0.9, 1.1), rotate: float = 15.0, flip: bool = True, intensity: float = 0.1
+    ):
         lo, hi = (1.0 - scale, 1.0 + scale) if np.isscalar(scale) else scale
         if not 0 < lo <= hi:
             raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi, got {scale}")
@@ -79,8 +80,10 @@ class Augment:
         self.scale, self.rotate, self.flip, self.intensity = (lo, hi), rotate, flip, intensity
 
     def __repr__(self) -> str:
-        return (f"Augment(scale={self.scale}, rotate={self.rotate}, flip={self.flip}, "
-                f"intensity={self.intensity})")  # fmt: skip
+        return (
+            f"Augment(scale={self.scale}, rotate={self.rotate}, flip={self.flip}, "
+            f"intensity={self.intensity})"
+        )
 
     def __call__(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         from scipy import ndimage

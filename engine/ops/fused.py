@@ -37,17 +37,24 @@ class ConvReLUPool2dFn(Function):
         return gx, (gW if self.needs_grad[1] else None), (gb if self.needs_grad[2] else None)
 
 
-def conv2d_relu_max_pool2d(x, W, b=None, stride=1, padding=0, pool_size=2, pool_stride=None,
-                           pool_padding=0) -> Tensor:  # fmt: skip
+def conv2d_relu_max_pool2d(
+    x, W, b=None, stride=1, padding=0, pool_size=2, pool_stride=None, pool_padding=0
+) -> Tensor:
     """max_pool2d(relu(conv2d(x, W, b, stride, padding)), pool_size, pool_stride, pool_padding)
     as one op. x (n, c, h, w), W (oc, c, kh, kw), b (oc,) or None -> y (n, oc, qh, qw) with
     oh = (h + 2 ph - kh) // sh + 1 for the conv and qh = (oh + 2 pph - pkh) // psh + 1 for the
     pool (pool_stride defaults to pool_size). Arguments are checked as conv2d and max_pool2d do."""
     x, W, b, stride, padding, (oh, ow) = conv_args(x, W, b, stride, padding)
-    pool = pool_attrs((x.shape[0], W.shape[0], oh, ow), pool_size, pool_stride, pool_padding,
-                      "max_pool2d")  # fmt: skip
-    attrs = dict(stride=stride, padding=padding, pool_size=pool["kernel_size"],
-                 pool_stride=pool["stride"], pool_padding=pool["padding"])  # fmt: skip
+    pool = pool_attrs(
+        (x.shape[0], W.shape[0], oh, ow), pool_size, pool_stride, pool_padding, "max_pool2d"
+    )
+    attrs = dict(
+        stride=stride,
+        padding=padding,
+        pool_size=pool["kernel_size"],
+        pool_stride=pool["stride"],
+        pool_padding=pool["padding"],
+    )
     if b is None:
         return ConvReLUPool2dFn.apply(x, W, **attrs)
     return ConvReLUPool2dFn.apply(x, W, b, **attrs)

@@ -25,8 +25,9 @@ _kernels: dict = {}  # name -> the built kernel
 def _build(source):
     """A cupy.ElementwiseKernel from a Source (CuPy is imported by table.py before any call)."""
     cupy = sys.modules["cupy"]
-    return cupy.ElementwiseKernel(source.in_params, source.out_params, source.operation,
-                                  source.name, preamble=source.preamble)  # fmt: skip
+    return cupy.ElementwiseKernel(
+        source.in_params, source.out_params, source.operation, source.name, preamble=source.preamble
+    )
 
 
 def _kernel(name: str):
@@ -129,15 +130,17 @@ def max_pool2d_forward(x, kernel_size, stride, padding):
     xp = array_module(x)
     shape = _pool_shape(x.shape, kernel_size, stride, padding)
     y, argmax = xp.empty(shape, dtype=x.dtype), xp.empty(shape, dtype=xp.int32)
-    _kernel("max_pool2d_forward")(x, *x.shape[2:], *shape[2:],
-                                  *_geometry(kernel_size, stride, padding), y, argmax)  # fmt: skip
+    _kernel("max_pool2d_forward")(
+        x, *x.shape[2:], *shape[2:], *_geometry(kernel_size, stride, padding), y, argmax
+    )
     return y, argmax
 
 
 def max_pool2d_backward(gy, argmax, x_shape, kernel_size, stride, padding):
     gx = array_module(gy).empty(x_shape, dtype=gy.dtype)
-    _kernel("max_pool2d_backward")(gy, argmax, *x_shape[2:], *gy.shape[2:],
-                                   *_geometry(kernel_size, stride, padding), gx)  # fmt: skip
+    _kernel("max_pool2d_backward")(
+        gy, argmax, *x_shape[2:], *gy.shape[2:], *_geometry(kernel_size, stride, padding), gx
+    )
     return gx
 
 
@@ -145,15 +148,17 @@ def avg_pool2d_forward(x, kernel_size, stride, padding):
     xp = array_module(x)
     shape = _pool_shape(x.shape, kernel_size, stride, padding)
     y = xp.empty(shape, dtype=x.dtype)
-    _kernel("avg_pool2d_forward")(x, *x.shape[2:], *shape[2:],
-                                  *_geometry(kernel_size, stride, padding), y)  # fmt: skip
+    _kernel("avg_pool2d_forward")(
+        x, *x.shape[2:], *shape[2:], *_geometry(kernel_size, stride, padding), y
+    )
     return y
 
 
 def avg_pool2d_backward(gy, x_shape, kernel_size, stride, padding):
     gx = array_module(gy).empty(x_shape, dtype=gy.dtype)
-    _kernel("avg_pool2d_backward")(gy, *x_shape[2:], *gy.shape[2:],
-                                   *_geometry(kernel_size, stride, padding), gx)  # fmt: skip
+    _kernel("avg_pool2d_backward")(
+        gy, *x_shape[2:], *gy.shape[2:], *_geometry(kernel_size, stride, padding), gx
+    )
     return gx
 
 
@@ -175,8 +180,22 @@ def _im2col_t(x, kernel_size, stride, padding, ones_row: bool):
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
     cols = xp.empty((c * kh * kw + ones_row, n * oh * ow), dtype=x.dtype)
-    _kernel("im2col_t")(x, c, h, w, *_divisor(kw), sh, sw, ph, pw, *_divisor(n * oh * ow),
-                        *_divisor(oh * ow), *_divisor(ow), *_divisor(kh * kw), cols)  # fmt: skip
+    _kernel("im2col_t")(
+        x,
+        c,
+        h,
+        w,
+        *_divisor(kw),
+        sh,
+        sw,
+        ph,
+        pw,
+        *_divisor(n * oh * ow),
+        *_divisor(oh * ow),
+        *_divisor(ow),
+        *_divisor(kh * kw),
+        cols,
+    )
     return cols
 
 
@@ -197,8 +216,9 @@ def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_str
     xp = array_module(x)
     n = x.shape[0]
     oc, _, kh, kw = W.shape
-    oh, ow, qh, qw = _fused_shapes(x.shape, W.shape, stride, padding, pool_size, pool_stride,
-                                   pool_padding)  # fmt: skip
+    oh, ow, qh, qw = _fused_shapes(
+        x.shape, W.shape, stride, padding, pool_size, pool_stride, pool_padding
+    )
     if not _fused_fits32(x.shape, W.shape, oh, ow):
         z = relu_forward(conv2d_forward(x, W, b, stride, padding))
         return max_pool2d_forward(z, pool_size, pool_stride, pool_padding)
@@ -206,15 +226,26 @@ def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_str
     y = xp.empty((n, oc, qh, qw), dtype=x.dtype)
     argmax = xp.empty((n, oc, qh, qw), dtype=xp.int32)
     bias = b if b is not None else z  # without a bias a dummy is never read
-    _kernel("bias_relu_max_pool2d_forward")(z, bias, b is not None, n, *_divisor(oc), oh, ow,
-                                            *_divisor(qh), *_divisor(qw),
-                                            *_geometry(pool_size, pool_stride, pool_padding),
-                                            y, argmax)  # fmt: skip
+    _kernel("bias_relu_max_pool2d_forward")(
+        z,
+        bias,
+        b is not None,
+        n,
+        *_divisor(oc),
+        oh,
+        ow,
+        *_divisor(qh),
+        *_divisor(qw),
+        *_geometry(pool_size, pool_stride, pool_padding),
+        y,
+        argmax,
+    )
     return y, argmax
 
 
-def conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding, pool_size, pool_stride,
-                                    pool_padding, need_gx):  # fmt: skip
+def conv2d_relu_max_pool2d_backward(
+    gy, y, argmax, x, W, stride, padding, pool_size, pool_stride, pool_padding, need_gx
+):
     # one kernel gathers gz, the conv-output gradient, channel-major (oc, n*oh*ow) straight from
     # the pooled windows; one GEMM gz @ [cols; 1]^T gives gW and gb together (the ones row of the
     # columns sums gz's rows: no reduction kernel, gz read once); if asked, gx = col2im(W^T @ gz)
@@ -223,16 +254,38 @@ def conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding, pool_s
     xp = array_module(gy)
     n, c, h, w = x.shape
     oc, _, kh, kw = W.shape
-    oh, ow, qh, qw = _fused_shapes(x.shape, W.shape, stride, padding, pool_size, pool_stride,
-                                   pool_padding)  # fmt: skip
+    oh, ow, qh, qw = _fused_shapes(
+        x.shape, W.shape, stride, padding, pool_size, pool_stride, pool_padding
+    )
     if not _fused_fits32(x.shape, W.shape, oh, ow):
-        return _fused_backward64(gy, y, argmax, x, W, stride, padding, pool_size, pool_stride,
-                                 pool_padding, need_gx, (n, oc, oh, ow))  # fmt: skip
+        return _fused_backward64(
+            gy,
+            y,
+            argmax,
+            x,
+            W,
+            stride,
+            padding,
+            pool_size,
+            pool_stride,
+            pool_padding,
+            need_gx,
+            (n, oc, oh, ow),
+        )
     gz = xp.empty((oc, n * oh * ow), dtype=gy.dtype)
-    _kernel("relu_max_pool2d_backward")(gy, y, argmax, *_divisor(n), oc, *_divisor(oh),
-                                        *_divisor(ow), qh, qw,
-                                        *_geometry32(pool_size, pool_stride, pool_padding),
-                                        gz)  # fmt: skip
+    _kernel("relu_max_pool2d_backward")(
+        gy,
+        y,
+        argmax,
+        *_divisor(n),
+        oc,
+        *_divisor(oh),
+        *_divisor(ow),
+        qh,
+        qw,
+        *_geometry32(pool_size, pool_stride, pool_padding),
+        gz,
+    )
     k = c * kh * kw
     G = xp.matmul(gz, _im2col_t(x, (kh, kw), stride, padding, True).T)  # (oc, k + 1)
     gW, gb = G[:, :k].reshape(W.shape), G[:, k]
@@ -240,14 +293,23 @@ def conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding, pool_s
     if need_gx:
         gcols = xp.matmul(W.reshape(oc, k).T, gz)  # (k, n*oh*ow), channel-major
         gx = xp.empty(x.shape, dtype=gy.dtype)
-        _kernel("col2im_t")(gcols, *_divisor(c), *_divisor(h), *_divisor(w), oh, ow,
-                            *_geometry32((kh, kw), stride, padding), n * oh * ow,
-                            gx)  # fmt: skip
+        _kernel("col2im_t")(
+            gcols,
+            *_divisor(c),
+            *_divisor(h),
+            *_divisor(w),
+            oh,
+            ow,
+            *_geometry32((kh, kw), stride, padding),
+            n * oh * ow,
+            gx,
+        )
     return gx, gW, gb
 
 
-def _fused_backward64(gy, y, argmax, x, W, stride, padding, pool_size, pool_stride, pool_padding,
-                      need_gx, conv_shape):  # fmt: skip
+def _fused_backward64(
+    gy, y, argmax, x, W, stride, padding, pool_size, pool_stride, pool_padding, need_gx, conv_shape
+):
     """The fused backward composed from the 64-bit unfused kernels (numpy_cpu's definition)."""
     xp = array_module(gy)
     g = xp.where(y > 0, gy, 0).astype(gy.dtype, copy=False)

@@ -133,8 +133,30 @@ def _fused_direct_body(
 
 
 @njit(**JIT)
-def _fused_gemm_body(x, Wm, bias, ckh, ckw, sh, sw, ph, pw, oh, ow, chunk,
-                     kh, kw, psh, psw, pph, ppw, y, argmax, lo, hi):  # fmt: skip
+def _fused_gemm_body(
+    x,
+    Wm,
+    bias,
+    ckh,
+    ckw,
+    sh,
+    sw,
+    ph,
+    pw,
+    oh,
+    ow,
+    chunk,
+    kh,
+    kw,
+    psh,
+    psw,
+    pph,
+    ppw,
+    y,
+    argmax,
+    lo,
+    hi,
+):
     """Task t = images [t*chunk, (t+1)*chunk): K-major im2col of the chunk, one single-threaded
     BLAS call out = Wm @ cols (oc, chunk*P), then ReLU + pool of each plane straight from out."""
     n, oc = x.shape[0], Wm.shape[0]
@@ -148,8 +170,9 @@ def _fused_gemm_body(x, Wm, bias, ckh, ckw, sh, sw, ph, pw, oh, ow, chunk,
         for b in range(b0, b1):
             for o in range(oc):
                 plane = out[o, (b - b0) * npix : (b - b0 + 1) * npix]  # conv plane (b, o), rs = ow
-                _relu_pool_plane(plane, ow, oh, ow, bias[o], kh, kw, psh, psw, pph, ppw,
-                                 y[b, o], argmax[b, o])  # fmt: skip
+                _relu_pool_plane(
+                    plane, ow, oh, ow, bias[o], kh, kw, psh, psw, pph, ppw, y[b, o], argmax[b, o]
+                )
 
 
 @njit(**JIT)
@@ -174,8 +197,9 @@ def _pad_crop(x, b0, b1, ph, pw, dst):
 
 
 @njit(**JIT)
-def _fused_wide_body(x, Wm, bias, ckh, ckw, ph, pw, oh, ow, chunk, kh, kw, psh, psw, pph, ppw,
-                     y, argmax, lo, hi):  # fmt: skip
+def _fused_wide_body(
+    x, Wm, bias, ckh, ckw, ph, pw, oh, ow, chunk, kh, kw, psh, psw, pph, ppw, y, argmax, lo, hi
+):
     """_fused_gemm_body for a stride-1 conv, in the wide layout of kernels/numba_cpu/conv.py:
     each chunk's images are padded and cropped to the conv rows/columns the pool reads (oh, ow)
     into a small buffer, then im2col is one memcpy per run and the pool reads each plane with
@@ -198,8 +222,9 @@ def _fused_wide_body(x, Wm, bias, ckh, ckw, ph, pw, oh, ow, chunk, kh, kw, psh, 
         for b in range(b0, b1):
             for o in range(oc):
                 plane = out[o, (b - b0) * span : (b - b0 + 1) * span]
-                _relu_pool_plane(plane, wc, oh, ow, bias[o], kh, kw, psh, psw, pph, ppw,
-                                 y[b, o], argmax[b, o])  # fmt: skip
+                _relu_pool_plane(
+                    plane, wc, oh, ow, bias[o], kh, kw, psh, psw, pph, ppw, y[b, o], argmax[b, o]
+                )
 
 
 def _finite(*arrays) -> bool:
@@ -237,8 +262,9 @@ def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_str
         chunk = _chunk(n, 16 * (c + oc) * qh * qw)  # V and M of a chunk stay in L2
         if _finite(x, W):
             return winograd.forward(_c(x), _c(W), bias, padding, qh, qw, chunk, run_tasks)
-        return reference.conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size,
-                                                        pool_stride, pool_padding)  # fmt: skip
+        return reference.conv2d_relu_max_pool2d_forward(
+            x, W, b, stride, padding, pool_size, pool_stride, pool_padding
+        )
     y = np.empty((n, oc, qh, qw), dtype=x.dtype)
     argmax = np.empty((n, oc, qh, qw), dtype=np.int32)
     if c * ckh * ckw <= DIRECT_MAX_K:
@@ -259,8 +285,9 @@ def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_str
     return y, argmax
 
 
-def conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding, pool_size, pool_stride,
-                                    pool_padding, need_gx):  # fmt: skip
+def conv2d_relu_max_pool2d_backward(
+    gy, y, argmax, x, W, stride, padding, pool_size, pool_stride, pool_padding, need_gx
+):
     """See kernels.numpy_cpu.fused.conv2d_relu_max_pool2d_backward: (gx or None, gW, gb).
     The full conv-output gradient is never built: a thin 3x3 first layer (no gx) runs the
     polyphase kernel; every other geometry the window-driven kernel of sparse_grad.py. Both skip
@@ -271,14 +298,17 @@ def conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding, pool_s
     n, _, h, w = x.shape
     gy, y, argmax = _c(gy), _c(y), _c(argmax)
     if not _finite(x, W):  # the reference's IEEE results (see _finite)
-        return reference.conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding,
-                                                         pool_size, pool_stride, pool_padding,
-                                                         need_gx)  # fmt: skip
+        return reference.conv2d_relu_max_pool2d_backward(
+            gy, y, argmax, x, W, stride, padding, pool_size, pool_stride, pool_padding, need_gx
+        )
     qh, qw = gy.shape[2:]
-    if (not need_gx
-            and polyphase.applies(c, (ckh, ckw), stride, pool_size, pool_stride, pool_padding,
-                                  DIRECT_MAX_K)
-            and polyphase.grad_fits(oc, c, qh, qw, gy.dtype.itemsize)):  # fmt: skip
+    if (
+        not need_gx
+        and polyphase.applies(
+            c, (ckh, ckw), stride, pool_size, pool_stride, pool_padding, DIRECT_MAX_K
+        )
+        and polyphase.grad_fits(oc, c, qh, qw, gy.dtype.itemsize)
+    ):
         gW, gb = polyphase.grad_weight(gy, y, argmax, _padded(x, ph, pw), W.shape, run_tasks)
         return None, gW, gb
     oh, ow = out_size(h, ckh, sh, ph), out_size(w, ckw, sw, pw)
@@ -286,5 +316,6 @@ def conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding, pool_s
     owu = _pool_reach(ow, pool_size[1], pool_stride[1], pool_padding[1], qw)
     hc, wc = (ohu - 1) * sh + ckh, (owu - 1) * sw + ckw  # padded input rows/columns read
     pool = (*pool_size, *pool_stride, *pool_padding)
-    return sparse_grad.grad(gy, y, argmax, _c(x), _c(W), stride, padding, pool, hc, wc,
-                            need_gx, run_tasks)  # fmt: skip
+    return sparse_grad.grad(
+        gy, y, argmax, _c(x), _c(W), stride, padding, pool, hc, wc, need_gx, run_tasks
+    )

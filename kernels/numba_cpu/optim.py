@@ -52,8 +52,15 @@ def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay):
     if views is None:
         return reference.sgd_update(p, g, v, lr, momentum, nesterov, weight_decay)
     vv = views[2] if v is not None else np.empty(0, dtype=p.dtype)
-    _sgd_body(views[0], views[1], vv, float(lr), float(momentum if v is not None else 0.0),
-              bool(nesterov), float(weight_decay))  # fmt: skip
+    _sgd_body(
+        views[0],
+        views[1],
+        vv,
+        float(lr),
+        float(momentum if v is not None else 0.0),
+        bool(nesterov),
+        float(weight_decay),
+    )
     return None
 
 
@@ -65,6 +72,13 @@ def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
         return reference.adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay)
     lr_t = lr / (1 - beta1**step)
     root_bc2 = (1 - beta2**step) ** 0.5
-    _adam_body(*views, float(lr_t), float(beta1), float(beta2), float(eps), float(root_bc2),
-               float(weight_decay))  # fmt: skip
+    _adam_body(
+        *views,
+        float(lr_t),
+        float(beta1),
+        float(beta2),
+        float(eps),
+        float(root_bc2),
+        float(weight_decay),
+    )
     return None

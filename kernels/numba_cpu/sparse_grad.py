@@ -58,8 +58,17 @@ def _axpy_list(dst, gs, srcs, offs, m):
     e = 0
     while e + 4 <= m:
         o0, o1, o2, o3 = offs[e], offs[e + 1], offs[e + 2], offs[e + 3]
-        _axpy4(dst, gs[e], srcs[o0 : o0 + n], gs[e + 1], srcs[o1 : o1 + n],
-               gs[e + 2], srcs[o2 : o2 + n], gs[e + 3], srcs[o3 : o3 + n])  # fmt: skip
+        _axpy4(
+            dst,
+            gs[e],
+            srcs[o0 : o0 + n],
+            gs[e + 1],
+            srcs[o1 : o1 + n],
+            gs[e + 2],
+            srcs[o2 : o2 + n],
+            gs[e + 3],
+            srcs[o3 : o3 + n],
+        )
         e += 4
     while e < m:
         src, g = srcs[offs[e] : offs[e] + n], gs[e]
@@ -69,8 +78,29 @@ def _axpy_list(dst, gs, srcs, offs, m):
 
 
 @njit(**JIT)
-def _grad_body(gy, y, argmax, x, Wf, kh, kw, sh, sw, ph, pw, hc, wc, pool, need_gx, chunk,
-               partial, gbp, gx, lo, hi):  # fmt: skip
+def _grad_body(
+    gy,
+    y,
+    argmax,
+    x,
+    Wf,
+    kh,
+    kw,
+    sh,
+    sw,
+    ph,
+    pw,
+    hc,
+    wc,
+    pool,
+    need_gx,
+    chunk,
+    partial,
+    gbp,
+    gx,
+    lo,
+    hi,
+):
     """Task t = images [t*chunk, (t+1)*chunk): partial[t] = this chunk's gW in the acc layout,
     gbp[t] = its gb, gx of its images (if need_gx). Wf[o, (u*kw + v)*c + ch] = W[o, ch, u, v]."""
     n, oc, qh, qw = gy.shape
@@ -164,7 +194,28 @@ def grad(gy, y, argmax, x, W, stride, padding, pool, hc, wc, need_gx, run_tasks)
     partial = np.empty((tasks, oc, kh, kw * c), dtype=gy.dtype)
     gbp = np.empty((tasks, oc), dtype=gy.dtype)
     gx = np.empty(x.shape if need_gx else (0, c, 1, 1), dtype=gy.dtype)
-    run_tasks(_grad_body, tasks, gy, y, argmax, x, Wf, kh, kw, sh, sw, ph, pw, hc, wc,
-              np.array(pool, dtype=np.int64), need_gx, CHUNK, partial, gbp, gx)  # fmt: skip
+    run_tasks(
+        _grad_body,
+        tasks,
+        gy,
+        y,
+        argmax,
+        x,
+        Wf,
+        kh,
+        kw,
+        sh,
+        sw,
+        ph,
+        pw,
+        hc,
+        wc,
+        np.array(pool, dtype=np.int64),
+        need_gx,
+        CHUNK,
+        partial,
+        gbp,
+        gx,
+    )
     gW = partial.sum(axis=0).reshape(oc, kh, kw, c).transpose(0, 3, 1, 2)
     return (gx if need_gx else None), np.ascontiguousarray(gW), gbp.sum(axis=0)

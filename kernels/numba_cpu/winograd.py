@@ -195,6 +195,7 @@ def forward(x, W, bias, padding, qh, qw, chunk, run_tasks):
     n, oc = x.shape[0], W.shape[0]
     y = np.empty((n, oc, qh, qw), dtype=x.dtype)
     argmax = np.empty((n, oc, qh, qw), dtype=np.int32)
-    run_tasks(_forward_body, -(-n // chunk), x, filter_transform(W), bias, *padding, chunk, y,
-              argmax)  # fmt: skip
+    run_tasks(
+        _forward_body, -(-n // chunk), x, filter_transform(W), bias, *padding, chunk, y, argmax
+    )
     return y, argmax

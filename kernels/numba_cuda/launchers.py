@@ -73,8 +73,23 @@ def col2im(cols, x_shape, kernel_size, stride, padding):
     n, c, h, w = x_shape
     oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
     x = xp.empty(x_shape, dtype=cols.dtype)
-    launch(bodies.col2im, x.size, xp.ascontiguousarray(cols), x, c, h, w, kh, kw, sh, sw, ph, pw,
-           oh, ow)  # fmt: skip
+    launch(
+        bodies.col2im,
+        x.size,
+        xp.ascontiguousarray(cols),
+        x,
+        c,
+        h,
+        w,
+        kh,
+        kw,
+        sh,
+        sw,
+        ph,
+        pw,
+        oh,
+        ow,
+    )
     return x
 
 
@@ -152,31 +167,59 @@ def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_str
     xp = array_module(x)
     n = x.shape[0]
     oc, _, kh, kw = W.shape
-    oh, ow, qh, qw = _fused_shapes(x.shape, W.shape, stride, padding, pool_size, pool_stride,
-                                   pool_padding)  # fmt: skip
+    oh, ow, qh, qw = _fused_shapes(
+        x.shape, W.shape, stride, padding, pool_size, pool_stride, pool_padding
+    )
     z = xp.matmul(W.reshape(oc, -1), im2col(x, (kh, kw), stride, padding).T)
     y = xp.empty((n, oc, qh, qw), dtype=x.dtype)
     argmax = xp.empty((n, oc, qh, qw), dtype=xp.int32)
     bias = b if b is not None else xp.zeros(1, dtype=x.dtype)
     (pkh, pkw), (psh, psw), (pph, ppw) = pool_size, pool_stride, pool_padding
-    launch(bodies.bias_relu_max_pool2d_forward, y.size, z.reshape(oc, n, oh, ow), bias,
-           b is not None, y, argmax, pkh, pkw, psh, psw, pph, ppw)  # fmt: skip
+    launch(
+        bodies.bias_relu_max_pool2d_forward,
+        y.size,
+        z.reshape(oc, n, oh, ow),
+        bias,
+        b is not None,
+        y,
+        argmax,
+        pkh,
+        pkw,
+        psh,
+        psw,
+        pph,
+        ppw,
+    )
     return y, argmax
 
 
-def conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding, pool_size, pool_stride,
-                                    pool_padding, need_gx):  # fmt: skip
+def conv2d_relu_max_pool2d_backward(
+    gy, y, argmax, x, W, stride, padding, pool_size, pool_stride, pool_padding, need_gx
+):
     # gz (oc, n*oh*ow) gathered from the pooled windows by one body; gW = gz @ cols, gb = the
     # row sums of gz, gx = col2im(gz^T @ W) when asked
     xp = array_module(gy)
     n = x.shape[0]
     oc, _, kh, kw = W.shape
-    oh, ow, _, _ = _fused_shapes(x.shape, W.shape, stride, padding, pool_size, pool_stride,
-                                 pool_padding)  # fmt: skip
+    oh, ow, _, _ = _fused_shapes(
+        x.shape, W.shape, stride, padding, pool_size, pool_stride, pool_padding
+    )
     gz = xp.empty((oc, n, oh, ow), dtype=gy.dtype)
     (pkh, pkw), (psh, psw), (pph, ppw) = pool_size, pool_stride, pool_padding
-    launch(bodies.relu_max_pool2d_backward, gz.size, xp.ascontiguousarray(gy), y, argmax, gz,
-           pkh, pkw, psh, psw, pph, ppw)  # fmt: skip
+    launch(
+        bodies.relu_max_pool2d_backward,
+        gz.size,
+        xp.ascontiguousarray(gy),
+        y,
+        argmax,
+        gz,
+        pkh,
+        pkw,
+        psh,
+        psw,
+        pph,
+        ppw,
+    )
     gz = gz.reshape(oc, -1)
     gW = xp.matmul(gz, im2col(x, (kh, kw), stride, padding)).reshape(W.shape)
     gb = gz.sum(axis=1)
@@ -230,8 +273,17 @@ def sgd_update(p, g, v, lr, momentum, nesterov, weight_decay):
     if not _in_place_ok(p, g, v):
         return NUMPY_KERNELS["sgd_update"](p, g, v, lr, momentum, nesterov, weight_decay)
     if momentum:
-        launch(bodies.sgd_momentum, p.size, _flat(p), _flat(g), _flat(v), float(lr),
-               float(momentum), bool(nesterov), float(weight_decay))  # fmt: skip
+        launch(
+            bodies.sgd_momentum,
+            p.size,
+            _flat(p),
+            _flat(g),
+            _flat(v),
+            float(lr),
+            float(momentum),
+            bool(nesterov),
+            float(weight_decay),
+        )
     else:
         launch(bodies.sgd_plain, p.size, _flat(p), _flat(g), float(lr), float(weight_decay))
 
@@ -241,8 +293,20 @@ def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
         return NUMPY_KERNELS["adam_update"](p, g, m, v, step, lr, beta1, beta2, eps, weight_decay)
     step_size = lr / (1 - beta1**step)
     bias2_sqrt = (1 - beta2**step) ** 0.5
-    launch(bodies.adam, p.size, _flat(p), _flat(g), _flat(m), _flat(v), float(step_size),
-           float(beta1), float(beta2), float(bias2_sqrt), float(eps), float(weight_decay))  # fmt: skip
+    launch(
+        bodies.adam,
+        p.size,
+        _flat(p),
+        _flat(g),
+        _flat(m),
+        _flat(v),
+        float(step_size),
+        float(beta1),
+        float(beta2),
+        float(bias2_sqrt),
+        float(eps),
+        float(weight_decay),
+    )
 
 
 KERNELS = {

@@ -29,8 +29,9 @@ def relu_max_pool2d_backward(gy, y, argmax, conv_shape, pool_size, pool_stride, 
     return max_pool2d_backward(g, argmax, conv_shape, pool_size, pool_stride, pool_padding)
 
 
-def conv2d_relu_max_pool2d_backward(gy, y, argmax, x, W, stride, padding, pool_size, pool_stride,
-                                    pool_padding, need_gx):  # fmt: skip
+def conv2d_relu_max_pool2d_backward(
+    gy, y, argmax, x, W, stride, padding, pool_size, pool_stride, pool_padding, need_gx
+):
     """The fused layer's backward: gy (n, oc, qh, qw), y and argmax from the forward, x, W ->
     (gx (n, c, h, w) or None when not need_gx, gW (oc, c, kh, kw), gb (oc,)). gz = the gradient
     w.r.t. the conv output (relu_max_pool2d_backward); gx, gW are the conv's backward of gz, and

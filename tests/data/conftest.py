@@ -8,10 +8,23 @@ import pytest
 pydicom = pytest.importorskip("pydicom")
 
 
-def write_ct(path, stored, *, photometric="MONOCHROME2", slope=1.0, intercept=-1024.0,
-             window=(40.0, 400.0), position=(0.0, 0.0, 0.0), orientation=(1, 0, 0, 0, 1, 0),
-             spacing=(0.7, 0.7), series_uid="1.2.3.4", patient_id="P1", bits_stored=12,
-             signed=False, **extra):  # fmt: skip
+def write_ct(
+    path,
+    stored,
+    *,
+    photometric="MONOCHROME2",
+    slope=1.0,
+    intercept=-1024.0,
+    window=(40.0, 400.0),
+    position=(0.0, 0.0, 0.0),
+    orientation=(1, 0, 0, 0, 1, 0),
+    spacing=(0.7, 0.7),
+    series_uid="1.2.3.4",
+    patient_id="P1",
+    bits_stored=12,
+    signed=False,
+    **extra,
+):
     """Write a single-frame CT Image Storage file with `stored` (h, w) integer values."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -48,5 +61,6 @@ def demo_dir(tmp_path_factory):
     """A small synthetic study set: 6 patients x 6 slices of 32 x 32 (about 1 s to write)."""
     from engine.data.synthetic_dicom import make_demo_data
 
-    return make_demo_data(tmp_path_factory.mktemp("demo"), n_patients=6, slices_per_patient=6,
-                          size=32, seed=1)  # fmt: skip
+    return make_demo_data(
+        tmp_path_factory.mktemp("demo"), n_patients=6, slices_per_patient=6, size=32, seed=1
+    )

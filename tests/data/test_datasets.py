@@ -136,8 +136,10 @@ def test_mnist_idx_rejects_malformed(tmp_path, rng):
 
 
 def test_medmnist_npz(tmp_path, rng):
-    arrays = {f"{s}_images": rng.integers(0, 256, (n, 28, 28, 3)).astype(np.uint8) for s, n in
-              [("train", 30), ("val", 10), ("test", 12)]}  # fmt: skip
+    arrays = {
+        f"{s}_images": rng.integers(0, 256, (n, 28, 28, 3)).astype(np.uint8)
+        for s, n in [("train", 30), ("val", 10), ("test", 12)]
+    }
     arrays.update(
         {
             f"{s}_labels": rng.integers(0, 4, (len(arrays[f"{s}_images"]), 1))

@@ -147,8 +147,9 @@ def test_window_arguments(tmp_path):
 
 
 def test_sigmoid_voi_function(tmp_path):
-    path = write_ct(tmp_path / "ct.dcm", np.array([[1024, 1424]]), window=(0.0, 400.0),
-                    VOILUTFunction="SIGMOID")  # fmt: skip
+    path = write_ct(
+        tmp_path / "ct.dcm", np.array([[1024, 1424]]), window=(0.0, 400.0), VOILUTFunction="SIGMOID"
+    )
     image, _ = read_image(path, window="file")
     np.testing.assert_allclose(image[0, 0], [0.5, 1 / (1 + np.exp(-4.0))], rtol=1e-6)
 
@@ -297,9 +298,14 @@ def test_missing_required_attributes(tmp_path):
         ds.save_as(tmp_path / "x.dcm")
         with pytest.raises(DicomReadError, match=keyword):
             read_image(tmp_path / "x.dcm")
-    for keyword, value in [("Rows", 0), ("BitsAllocated", 12), ("SamplesPerPixel", 5),
-                           ("NumberOfFrames", 0), ("NumberOfFrames", -1),
-                           ("RescaleSlope", "NaN")]:  # fmt: skip
+    for keyword, value in [
+        ("Rows", 0),
+        ("BitsAllocated", 12),
+        ("SamplesPerPixel", 5),
+        ("NumberOfFrames", 0),
+        ("NumberOfFrames", -1),
+        ("RescaleSlope", "NaN"),
+    ]:
         ds = copy.deepcopy(base)
         with warnings.catch_warnings():  # pydicom warns about the invalid values we set
             warnings.simplefilter("ignore")
@@ -362,7 +368,7 @@ def test_decoder_panic_is_a_dicom_read_error(monkeypatch):
         ("MR_small_jp2klossless.dcm", "MR_small.dcm"),
         ("MR2_J2KR.dcm", "MR2_UNCR.dcm"),
         ("emri_small_jpeg_ls_lossless.dcm", "emri_small.dcm"),
-    ],  # fmt: skip
+    ],
 )
 def test_lossless_compressed_equals_uncompressed_when_a_decoder_is_installed(compressed, plain):
     """With the dicom-codecs extra (or Pillow for JPEG 2000) lossless files decode bit-exactly."""

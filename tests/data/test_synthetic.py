@@ -26,12 +26,20 @@ def test_demo_data_headers_and_identities(demo_dir):
     assert ds.SOPClassUID == pydicom.uid.CTImageStorage
     assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
     assert ds.Modality == "CT" and ds.RescaleType == "HU" and ds.Rows == 32
-    for keyword in ["PatientName", "PatientBirthDate", "InstitutionName", "AccessionNumber",
-                    "ReferringPhysicianName", "StudyDate"]:  # fmt: skip
+    for keyword in [
+        "PatientName",
+        "PatientBirthDate",
+        "InstitutionName",
+        "AccessionNumber",
+        "ReferringPhysicianName",
+        "StudyDate",
+    ]:
         assert str(ds.get(keyword, "")), keyword  # fake identity present, for de-identification
     assert ds.PatientID == rows[0]["patient_id"]
-    photometric = {pydicom.dcmread(demo_dir / r["path"], stop_before_pixels=True).PhotometricInterpretation
-                   for r in rows[::6]}  # fmt: skip
+    photometric = {
+        pydicom.dcmread(demo_dir / r["path"], stop_before_pixels=True).PhotometricInterpretation
+        for r in rows[::6]
+    }
     assert photometric == {"MONOCHROME1", "MONOCHROME2"}
     assert len({r["patient_id"] for r in rows}) == 6
 
@@ -105,6 +113,19 @@ def test_make_demo_data_rejects_bad_arguments(tmp_path):
 def test_cli_make_demo_data(tmp_path, capsys):
     from engine.cli import main
 
-    assert main(["make-demo-data", str(tmp_path / "d"), "--patients", "1", "--slices", "5",
-                 "--size", "32"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "make-demo-data",
+                str(tmp_path / "d"),
+                "--patients",
+                "1",
+                "--slices",
+                "5",
+                "--size",
+                "32",
+            ]
+        )
+        == 0
+    )
     assert len(_rows(tmp_path / "d")) == 5 and "wrote 5 DICOM files" in capsys.readouterr().out

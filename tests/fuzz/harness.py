@@ -23,8 +23,15 @@ HOSTILE_32 = (0, 1, 2, 0x7FFFFFFF, 0x80000000, 0xFFFFFFF0, 0xFFFFFFFE, 0xFFFFFFF
 HOSTILE_16 = (0, 1, 0x7FFF, 0x8000, 0xFFFE, 0xFFFF)
 VRS = (b"SQ", b"UN", b"OB", b"OW", b"UL", b"US", b"SS", b"FD", b"AT", b"UT", b"DS", b"XX", b"\0\0")
 LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
-SEED_NAMES = ("CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm", "MR_small_RLE.dcm",
-              "SC_rgb_small_odd.dcm", "rtplan.dcm", "image_dfl.dcm")  # fmt: skip
+SEED_NAMES = (
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "MR_small_implicit.dcm",
+    "MR_small_RLE.dcm",
+    "SC_rgb_small_odd.dcm",
+    "rtplan.dcm",
+    "image_dfl.dcm",
+)
 
 
 @dataclass(frozen=True)
@@ -107,8 +114,21 @@ def mutants(draw, seeds: list[Seed]) -> tuple[str, bytes, list[str]]:
     for _ in range(draw(st.integers(1, 3))):
         if not data:
             break
-        kind = draw(st.sampled_from(["flip", "flip", "overwrite", "length", "length", "vr",
-                                     "truncate", "duplicate", "splice"]))  # fmt: skip
+        kind = draw(
+            st.sampled_from(
+                [
+                    "flip",
+                    "flip",
+                    "overwrite",
+                    "length",
+                    "length",
+                    "vr",
+                    "truncate",
+                    "duplicate",
+                    "splice",
+                ]
+            )
+        )
         elements = [e for e in seed.elements if e.end <= len(data)]
         if kind in ("length", "vr", "duplicate") and not elements:
             kind = "flip"
@@ -178,13 +198,22 @@ class Worker:
         self.restarts = 0
 
     def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1",
-               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # fmt: skip
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("worker.py")), str(self.budget)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            text=True, cwd=ROOT, env=env,
-        )  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
         ready = self._read(timeout=60)
         if ready is None or not ready.get("ready"):
             raise RuntimeError("fuzz worker did not start")

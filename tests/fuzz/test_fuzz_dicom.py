@@ -37,8 +37,13 @@ def _fuzz(worker, seeds, scratch, examples: int, derandomize: bool) -> Counter:
     outcomes: Counter = Counter()
     path = scratch / "mutant.dcm"
 
-    @settings(max_examples=examples, deadline=None, derandomize=derandomize, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=derandomize,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=mutants(seeds))
     def run(case):
         name, data, done = case

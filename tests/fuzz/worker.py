@@ -56,11 +56,17 @@ def main() -> None:
             result = {"status": "error", "reason": getattr(exc, "reason", None)}
             if any(isinstance(e, MemoryError) for e in _chain(exc)):
                 # Caught, but only after the reader asked for more than the budget.
-                result = {"status": "memory", "type": "MemoryError (inside DicomReadError)",
-                          "message": str(exc)[:300]}  # fmt: skip
+                result = {
+                    "status": "memory",
+                    "type": "MemoryError (inside DicomReadError)",
+                    "message": str(exc)[:300],
+                }
         except BaseException as exc:  # noqa: BLE001 - the oracle: anything else is an escape
-            result = {"status": "escape", "type": f"{type(exc).__module__}.{type(exc).__name__}",
-                      "message": str(exc)[:300]}  # fmt: skip
+            result = {
+                "status": "escape",
+                "type": f"{type(exc).__module__}.{type(exc).__name__}",
+                "message": str(exc)[:300],
+            }
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
         result["seconds"] = time.perf_counter() - start

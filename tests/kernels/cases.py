@@ -72,17 +72,41 @@ def _conv_cases():
             )
         )
         cases["conv2d_forward"].append(
-            (label, lambda r, d, xs=xs, ws=ws, s=s, p=p: (
-                _normal(r, xs, d), _normal(r, ws, d), _normal(r, ws[0], d), s, p))
-        )  # fmt: skip
+            (
+                label,
+                lambda r, d, xs=xs, ws=ws, s=s, p=p: (
+                    _normal(r, xs, d),
+                    _normal(r, ws, d),
+                    _normal(r, ws[0], d),
+                    s,
+                    p,
+                ),
+            )
+        )
         cases["conv2d_backward_input"].append(
-            (label, lambda r, d, xs=xs, ws=ws, ys=ys, s=s, p=p: (
-                _normal(r, ys, d), _normal(r, ws, d), xs, s, p))
-        )  # fmt: skip
+            (
+                label,
+                lambda r, d, xs=xs, ws=ws, ys=ys, s=s, p=p: (
+                    _normal(r, ys, d),
+                    _normal(r, ws, d),
+                    xs,
+                    s,
+                    p,
+                ),
+            )
+        )
         cases["conv2d_backward_weight"].append(
-            (label, lambda r, d, xs=xs, ys=ys, k=k, s=s, p=p: (
-                _normal(r, ys, d), _normal(r, xs, d), k, s, p))
-        )  # fmt: skip
+            (
+                label,
+                lambda r, d, xs=xs, ys=ys, k=k, s=s, p=p: (
+                    _normal(r, ys, d),
+                    _normal(r, xs, d),
+                    k,
+                    s,
+                    p,
+                ),
+            )
+        )
     label, xs, ws, s, p = CONV[2]
     cases["conv2d_forward"].append(
         ("no_bias", lambda r, d: (_normal(r, xs, d), _normal(r, ws, d), None, s, p))
@@ -106,9 +130,18 @@ def _pool_cases():
             (label, lambda r, d, xs=xs, k=k, s=s, p=p: (distinct(r, xs).astype(d), k, s, p))
         )
         cases["max_pool2d_backward"].append(
-            (label, lambda r, d, xs=xs, ys=ys, k=k, s=s, p=p: (
-                _normal(r, ys, d), _pool_argmax(distinct(r, xs), k, s, p), xs, k, s, p))
-        )  # fmt: skip
+            (
+                label,
+                lambda r, d, xs=xs, ys=ys, k=k, s=s, p=p: (
+                    _normal(r, ys, d),
+                    _pool_argmax(distinct(r, xs), k, s, p),
+                    xs,
+                    k,
+                    s,
+                    p,
+                ),
+            )
+        )
         cases["avg_pool2d_forward"].append(
             (label, lambda r, d, xs=xs, k=k, s=s, p=p: (_normal(r, xs, d), k, s, p))
         )
@@ -117,9 +150,16 @@ def _pool_cases():
         )
     # ties: blocks of equal values; the first maximum (row-major) must win in every flavour
     cases["max_pool2d_forward"].append(
-        ("ties", lambda r, d: (np.repeat(np.repeat(_normal(r, (2, 3, 3, 4), d), 2, 2), 2, 3),
-                               (3, 3), (1, 1), (1, 1)))
-    )  # fmt: skip
+        (
+            "ties",
+            lambda r, d: (
+                np.repeat(np.repeat(_normal(r, (2, 3, 3, 4), d), 2, 2), 2, 3),
+                (3, 3),
+                (1, 1),
+                (1, 1),
+            ),
+        )
+    )
     return cases
 
 
@@ -136,19 +176,31 @@ def _elementwise_cases():
             ("dense_2d", lambda r, d: (relu_x(r, (3, 64), d),)),
         ],
         "relu_backward": [
-            ("seed_act", lambda r, d: (_normal(r, seed_act, d), np.maximum(relu_x(r, seed_act, d), 0))),
-            ("dense_2d", lambda r, d: (_normal(r, (3, 64), d), np.maximum(relu_x(r, (3, 64), d), 0))),
+            (
+                "seed_act",
+                lambda r, d: (_normal(r, seed_act, d), np.maximum(relu_x(r, seed_act, d), 0)),
+            ),
+            (
+                "dense_2d",
+                lambda r, d: (_normal(r, (3, 64), d), np.maximum(relu_x(r, (3, 64), d), 0)),
+            ),
         ],
         "softmax_cross_entropy_forward": [
             ("seed_logits", lambda r, d: (_normal(r, (64, 10), d), r.integers(0, 10, 64))),
             ("batch1", lambda r, d: (_normal(r, (1, 3), d), np.array([2]))),
-            ("huge_logits", lambda r, d: ((_normal(r, (4, 5), d) * 1e4).astype(d), r.integers(0, 5, 4))),
+            (
+                "huge_logits",
+                lambda r, d: ((_normal(r, (4, 5), d) * 1e4).astype(d), r.integers(0, 5, 4)),
+            ),
         ],
         "softmax_cross_entropy_backward": [
-            ("seed_probs", lambda r, d: (_probs(r, (64, 10), d), r.integers(0, 10, 64), np.asarray(0.7, d))),
+            (
+                "seed_probs",
+                lambda r, d: (_probs(r, (64, 10), d), r.integers(0, 10, 64), np.asarray(0.7, d)),
+            ),
             ("batch1", lambda r, d: (_probs(r, (1, 3), d), np.array([0]), np.asarray(1.0, d))),
         ],
-    }  # fmt: skip
+    }
 
 
 def _probs(r, shape, d):
@@ -229,9 +281,20 @@ def _fused_cases():
         cases[BWD].append((label, backward))
         cases[BWD].append((f"{label}_gx", lambda r, d, f=backward: f(r, d, need_gx=True)))
     cases["conv2d_relu_max_pool2d_forward"].append(
-        ("no_bias", lambda r, d: (_normal(r, (2, 3, 9, 8), d), _normal(r, (4, 3, 3, 3), d), None,
-                                  (1, 1), (0, 0), (2, 2), (2, 2), (0, 0)))
-    )  # fmt: skip
+        (
+            "no_bias",
+            lambda r, d: (
+                _normal(r, (2, 3, 9, 8), d),
+                _normal(r, (4, 3, 3, 3), d),
+                None,
+                (1, 1),
+                (0, 0),
+                (2, 2),
+                (2, 2),
+                (0, 0),
+            ),
+        )
+    )
     return cases
 
 

@@ -54,8 +54,12 @@ def _im2col_col2im(geometry, k, rng, dtype, dev, host):
     cols = k["im2col"](dev(x), ks, stride, padding)
     check(cols, REF["im2col"](x, ks, stride, padding), dtype, host)
     g = rng.standard_normal(host(cols).shape).astype(dtype)
-    check(k["col2im"](dev(g), x_shape, ks, stride, padding),
-          REF["col2im"](g, x_shape, ks, stride, padding), dtype, host)  # fmt: skip
+    check(
+        k["col2im"](dev(g), x_shape, ks, stride, padding),
+        REF["col2im"](g, x_shape, ks, stride, padding),
+        dtype,
+        host,
+    )
 
 
 def _conv2d(geometry, bias, k, rng, dtype, dev, host):
@@ -67,15 +71,19 @@ def _conv2d(geometry, bias, k, rng, dtype, dev, host):
     y_ref = REF["conv2d_forward"](x, W, b, stride, padding)
     check(y, y_ref, dtype, host)
     gy = rng.standard_normal(y_ref.shape).astype(dtype)
-    check(k["conv2d_backward_input"](dev(gy), dev(W), x_shape, stride, padding),
-          REF["conv2d_backward_input"](gy, W, x_shape, stride, padding), dtype, host)  # fmt: skip
+    check(
+        k["conv2d_backward_input"](dev(gy), dev(W), x_shape, stride, padding),
+        REF["conv2d_backward_input"](gy, W, x_shape, stride, padding),
+        dtype,
+        host,
+    )
     check(
         k["conv2d_backward_weight"](dev(gy), dev(x), W_shape[2:], stride, padding),
         REF["conv2d_backward_weight"](gy, x, W_shape[2:], stride, padding),
         dtype,
         host,
         scale=4,
-    )  # fmt: skip  (a sum over n*oh*ow, up to 40 products)
+    )  # (a sum over n*oh*ow, up to 40 products)
 
 
 def _max_pool2d(geometry, k, rng, dtype, dev, host):
@@ -87,9 +95,12 @@ def _max_pool2d(geometry, k, rng, dtype, dev, host):
     assert host(argmax).dtype == np.int32
     np.testing.assert_array_equal(host(argmax), argmax_ref)
     gy = rng.standard_normal(y_ref.shape).astype(dtype)
-    check(k["max_pool2d_backward"](dev(gy), argmax, x_shape, kernel_size, stride, padding),
-          REF["max_pool2d_backward"](gy, argmax_ref, x_shape, kernel_size, stride, padding),
-          dtype, host)  # fmt: skip
+    check(
+        k["max_pool2d_backward"](dev(gy), argmax, x_shape, kernel_size, stride, padding),
+        REF["max_pool2d_backward"](gy, argmax_ref, x_shape, kernel_size, stride, padding),
+        dtype,
+        host,
+    )
 
 
 def _max_pool2d_ties(k, rng, dtype, dev, host):
@@ -104,8 +115,12 @@ def _avg_pool2d(geometry, k, rng, dtype, dev, host):
     y_ref = REF["avg_pool2d_forward"](x, kernel_size, stride, padding)
     check(k["avg_pool2d_forward"](dev(x), kernel_size, stride, padding), y_ref, dtype, host)
     gy = rng.standard_normal(y_ref.shape).astype(dtype)
-    check(k["avg_pool2d_backward"](dev(gy), x_shape, kernel_size, stride, padding),
-          REF["avg_pool2d_backward"](gy, x_shape, kernel_size, stride, padding), dtype, host)  # fmt: skip
+    check(
+        k["avg_pool2d_backward"](dev(gy), x_shape, kernel_size, stride, padding),
+        REF["avg_pool2d_backward"](gy, x_shape, kernel_size, stride, padding),
+        dtype,
+        host,
+    )
 
 
 FUSED = [  # x shape, W shape, stride, padding, pool size, pool stride, pool padding
@@ -134,10 +149,12 @@ def _fused(geometry, bias, k, rng, dtype, dev, host):
     assert (y_ref == 0).any() and (y_ref > 0).any()  # both sides of the ReLU are exercised
     gy = rng.standard_normal(y_ref.shape).astype(dtype)
     for need_gx in (True, False):
-        got = k["conv2d_relu_max_pool2d_backward"](dev(gy), y, argmax, dev(x), dev(W), stride,
-                                                   padding, *pool, need_gx)  # fmt: skip
-        ref = REF["conv2d_relu_max_pool2d_backward"](gy, y_ref, argmax_ref, x, W, stride,
-                                                     padding, *pool, need_gx)  # fmt: skip
+        got = k["conv2d_relu_max_pool2d_backward"](
+            dev(gy), y, argmax, dev(x), dev(W), stride, padding, *pool, need_gx
+        )
+        ref = REF["conv2d_relu_max_pool2d_backward"](
+            gy, y_ref, argmax_ref, x, W, stride, padding, *pool, need_gx
+        )
         assert (got[0] is None) == (not need_gx)
         if need_gx:
             check(got[0], ref[0], dtype, host)
@@ -163,8 +180,12 @@ def _softmax_cross_entropy(n, classes, k, rng, dtype, dev, host):
     check(loss, loss_ref, dtype, host)
     check(probs, probs_ref, dtype, host)
     gloss = np.asarray(0.7, dtype=dtype)
-    check(k["softmax_cross_entropy_backward"](probs, dev(t), dev(gloss)),
-          REF["softmax_cross_entropy_backward"](probs_ref, t, gloss), dtype, host)  # fmt: skip
+    check(
+        k["softmax_cross_entropy_backward"](probs, dev(t), dev(gloss)),
+        REF["softmax_cross_entropy_backward"](probs_ref, t, gloss),
+        dtype,
+        host,
+    )
 
 
 def _softmax_cross_entropy_bad_targets(k, rng, dtype, dev, host):
@@ -227,12 +248,24 @@ CASES = {
 
 # the kernels the cases exercise: the runners check this equals KERNEL_NAMES
 COVERED = {
-    "im2col", "col2im", "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
-    "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
-    "relu_forward", "relu_backward", "softmax_cross_entropy_forward",
-    "softmax_cross_entropy_backward", "sgd_update", "adam_update",
-    "conv2d_relu_max_pool2d_forward", "conv2d_relu_max_pool2d_backward",
-}  # fmt: skip
+    "im2col",
+    "col2im",
+    "conv2d_forward",
+    "conv2d_backward_input",
+    "conv2d_backward_weight",
+    "max_pool2d_forward",
+    "max_pool2d_backward",
+    "avg_pool2d_forward",
+    "avg_pool2d_backward",
+    "relu_forward",
+    "relu_backward",
+    "softmax_cross_entropy_forward",
+    "softmax_cross_entropy_backward",
+    "sgd_update",
+    "adam_update",
+    "conv2d_relu_max_pool2d_forward",
+    "conv2d_relu_max_pool2d_backward",
+}
 
 
 def uncovered() -> list[str]:

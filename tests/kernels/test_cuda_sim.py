@@ -32,8 +32,9 @@ if not SIMULATED:
         """Run this file again with the simulator on; every parity case must pass there."""
         env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONDONTWRITEBYTECODE": "1"}
         cmd = [sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-p", "no:cacheprovider"]
-        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=CHILD_TIMEOUT_S)  # fmt: skip
+        done = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S
+        )
         out = done.stdout + done.stderr
         assert done.returncode == 0, f"simulator tests failed:\n{out[-6000:]}"
         passed = re.search(r"(\d+) passed", out)

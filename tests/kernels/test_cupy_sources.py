@@ -41,14 +41,29 @@ template <typename U> struct Raw {  // CuPy's CArray as a raw argument: flat, ro
     U& operator[](ptrdiff_t k) const { return d[k]; }
 };
 """
-_CTYPES = {"float": ctypes.c_float, "double": ctypes.c_double, "int": ctypes.c_int,
-           "long long": ctypes.c_longlong, "bool": ctypes.c_bool,
-           "unsigned int": ctypes.c_uint}  # fmt: skip
-_NUMPY = {"float": np.float32, "double": np.float64, "int": np.int32, "long long": np.int64,
-          "bool": np.bool_, "unsigned int": np.uint32}  # fmt: skip
+_CTYPES = {
+    "float": ctypes.c_float,
+    "double": ctypes.c_double,
+    "int": ctypes.c_int,
+    "long long": ctypes.c_longlong,
+    "bool": ctypes.c_bool,
+    "unsigned int": ctypes.c_uint,
+}
+_NUMPY = {
+    "float": np.float32,
+    "double": np.float64,
+    "int": np.int32,
+    "long long": np.int64,
+    "bool": np.bool_,
+    "unsigned int": np.uint32,
+}
 _SCALAR_C = {"int32": "int", "uint32": "unsigned int", "bool": "bool"}  # CuPy type -> C type
-_C_OF = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
-         np.dtype(np.int32): "int", np.dtype(np.int64): "long long"}  # fmt: skip
+_C_OF = {
+    np.dtype(np.float32): "float",
+    np.dtype(np.float64): "double",
+    np.dtype(np.int32): "int",
+    np.dtype(np.int64): "long long",
+}
 
 
 def _params(spec: str) -> list[tuple[bool, str, str]]:
@@ -105,8 +120,11 @@ class CpuElementwise:
             digest = hashlib.sha1(code.encode()).hexdigest()[:16]
             src, lib = self.build_dir / f"{digest}.cpp", self.build_dir / f"{digest}.so"
             src.write_text(code)
-            done = subprocess.run([CXX, "-O1", "-shared", "-fPIC", "-std=c++14", "-o", str(lib),
-                                   str(src)], capture_output=True, text=True)  # fmt: skip
+            done = subprocess.run(
+                [CXX, "-O1", "-shared", "-fPIC", "-std=c++14", "-o", str(lib), str(src)],
+                capture_output=True,
+                text=True,
+            )
             assert done.returncode == 0, f"{self.source.name} does not compile:\n{done.stderr}"
             fn = ctypes.CDLL(str(lib)).run
             fn.argtypes, fn.restype = [ctypes.c_ssize_t, ctypes.c_void_p], None
@@ -115,8 +133,7 @@ class CpuElementwise:
 
     def _code(self, binding: dict, kinds: tuple) -> str:
         """The body inside a loop over i, each parameter declared as CuPy declares it."""
-        lines = [_PRELUDE, *(f"typedef {c} {t};" for t, c in binding.items()),
-                 self.source.preamble]  # fmt: skip
+        lines = [_PRELUDE, *(f"typedef {c} {t};" for t, c in binding.items()), self.source.preamble]
         lines.append('extern "C" void run(ptrdiff_t n, void** a) {')
         loop = []
         for index, ((raw, typ, name), is_array) in enumerate(
@@ -185,11 +202,15 @@ def test_magic_division_is_exact():
     for d in divisors:
         d_, m, s = launchers._divisor(d)
         assert d_ == d and 0 < m < 2**32 and 0 <= s <= 31
-        n = np.concatenate([
-            np.arange(0, min(3 * d + 3, 5000)), rng.integers(0, 2**31, 200),
-            np.arange(2**31 - min(3 * d + 3, 5000), 2**31),
-            (rng.integers(1, (2**31 - 1) // d + 1, 200) * d)[:, None] + np.array([-1, 0, 1]),
-        ], axis=None)  # fmt: skip
+        n = np.concatenate(
+            [
+                np.arange(0, min(3 * d + 3, 5000)),
+                rng.integers(0, 2**31, 200),
+                np.arange(2**31 - min(3 * d + 3, 5000), 2**31),
+                (rng.integers(1, (2**31 - 1) // d + 1, 200) * d)[:, None] + np.array([-1, 0, 1]),
+            ],
+            axis=None,
+        )
         n = n[(n >= 0) & (n < 2**31)].astype(np.uint64)
         q = (((n * np.uint64(m)) >> np.uint64(32)) + n) >> np.uint64(s)
         np.testing.assert_array_equal(q, n // np.uint64(d), err_msg=f"d={d}")

@@ -80,7 +80,7 @@ def _op_cases(cp):
             "exp_log_tanh_sigmoid",
             lambda x: F.exp(x) * F.log(x) + F.tanh(x) + F.sigmoid(x),
             [pos((3, 4))],
-        ),  # fmt: skip
+        ),
         ("relu", F.relu, [away_from_zero(rng, (2, 3, 4))]),
         ("softmax", lambda x: F.softmax(x, 0), [rng.standard_normal((3, 5))]),
         ("log_softmax", lambda x: F.log_softmax(x, -1), [rng.standard_normal((3, 5))]),
@@ -88,23 +88,23 @@ def _op_cases(cp):
             "softmax_cross_entropy",
             lambda z: F.softmax_cross_entropy(z, labels),
             [rng.standard_normal((4, 3))],
-        ),  # fmt: skip
+        ),
         ("mse_loss", F.mse_loss, [rng.standard_normal((4, 3)), rng.standard_normal((4, 3))]),
         (
             "bce_with_logits",
             lambda z: F.binary_cross_entropy_with_logits(z, targets),
             [rng.standard_normal((4, 3)) * 3],
-        ),  # fmt: skip
+        ),
         (
             "matmul_linear",
             lambda x, W, b: F.linear(x, W, b) @ W,
             [rng.standard_normal((4, 5)), rng.standard_normal((3, 5)), rng.standard_normal(3)],
-        ),  # fmt: skip
+        ),
         (
             "sum_mean_reshape",
             lambda x: (x.sum(axis=1) * x.mean(axis=(0, 1)).reshape(1, 4)).transpose(),
             [rng.standard_normal((2, 3, 4))],
-        ),  # fmt: skip
+        ),
         (
             "conv2d_s1_p0",
             lambda x, W, b: F.conv2d(x, W, b, 1, 0),
@@ -113,17 +113,17 @@ def _op_cases(cp):
                 rng.standard_normal((4, 3, 3, 2)),
                 rng.standard_normal(4),
             ],
-        ),  # fmt: skip
+        ),
         (
             "conv2d_s2_p1_nobias",
             lambda x, W: F.conv2d(x, W, stride=2, padding=1),
             [rng.standard_normal((1, 2, 5, 5)), rng.standard_normal((3, 2, 3, 3))],
-        ),  # fmt: skip
+        ),
         (
             "conv2d_nonsquare",
             lambda x, W: F.conv2d(x, W, stride=(1, 2), padding=(0, 1)),
             [rng.standard_normal((2, 2, 4, 6)), rng.standard_normal((2, 2, 2, 3))],
-        ),  # fmt: skip
+        ),
         ("max_pool2d", lambda x: F.max_pool2d(x, 2), [distinct(rng, (2, 2, 4, 6))]),
         ("max_pool2d_s2_p1", lambda x: F.max_pool2d(x, 3, 2, 1), [distinct(rng, (1, 2, 5, 5))]),
         ("avg_pool2d", lambda x: F.avg_pool2d(x, 2), [rng.standard_normal((2, 2, 4, 6))]),
@@ -150,15 +150,25 @@ def test_gpu_conv2d_layer_grad(gpu, stride, padding):
     cp, _ = gpu
     rng = np.random.default_rng(0)
     layer = nn.Conv2d(3, 4, (3, 2), stride=stride, padding=padding, rng=rng).astype(np.float64)
-    check_grad_cuda(cp, layer.to("cuda"), [rng.standard_normal((2, 3, 7, 6))],
-                    params=layer.named_parameters(), **TOL["gradcheck"])  # fmt: skip
+    check_grad_cuda(
+        cp,
+        layer.to("cuda"),
+        [rng.standard_normal((2, 3, 7, 6))],
+        params=layer.named_parameters(),
+        **TOL["gradcheck"],
+    )
 
 
 def test_gpu_sequential_grad(gpu):
     cp, _ = gpu
     rng = np.random.default_rng(0)
-    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, rng=rng), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Flatten(), nn.Linear(2 * 3 * 3, 3, rng=rng)).astype(np.float64)  # fmt: skip
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1, rng=rng),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2 * 3 * 3, 3, rng=rng),
+    ).astype(np.float64)
     x = distinct(rng, (2, 1, 6, 6), step=0.05)
     check_grad_cuda(cp, model.to("cuda"), [x], params=model.named_parameters(), **TOL["gradcheck"])
 
@@ -196,10 +206,14 @@ def test_out_of_range_target_on_cuda_gives_nan_loss_without_sync(gpu):
 
 
 # ---- optimizers and training ----
-@pytest.mark.parametrize("make_opt", [
-    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
-    lambda ps: optim.Adam(ps, lr=1e-2, weight_decay=1e-3),
-], ids=["sgd_nesterov", "adam"])  # fmt: skip
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        lambda ps: optim.Adam(ps, lr=1e-2, weight_decay=1e-3),
+    ],
+    ids=["sgd_nesterov", "adam"],
+)
 def test_gpu_optimizer_steps_match_cpu(gpu, make_opt):
     x, y = make_phantoms(16, seed=3)
     runs = []
@@ -229,8 +243,9 @@ def _train_seed_cnn(device: str, x, y, x_test, y_test, epochs=3, batch=64) -> tu
     for _ in range(epochs):
         total = 0.0
         for idx in np.array_split(order.permutation(len(x)), len(x) // batch):
-            loss = F.softmax_cross_entropy(model(Tensor(x[idx]).to(device)),
-                                           Tensor(y[idx]).to(device))  # fmt: skip
+            loss = F.softmax_cross_entropy(
+                model(Tensor(x[idx]).to(device)), Tensor(y[idx]).to(device)
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()

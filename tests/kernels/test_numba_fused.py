@@ -39,9 +39,13 @@ def _block(rng, geometry, dtype):
 
 @pytest.mark.parametrize(
     "geometry,module,function",
-    [(THIN, "polyphase", "forward"), (THIN, "polyphase", "grad_weight"),
-     (THICK, "winograd", "forward"), (THICK, "sparse_grad", "grad")],
-)  # fmt: skip
+    [
+        (THIN, "polyphase", "forward"),
+        (THIN, "polyphase", "grad_weight"),
+        (THICK, "winograd", "forward"),
+        (THICK, "sparse_grad", "grad"),
+    ],
+)
 def test_common_block_takes_its_fast_kernel(rng, monkeypatch, geometry, module, function):
     nb = _numba()
     fast = getattr(nb, module)

@@ -27,9 +27,13 @@ def _params():
             for label, make in CASES[name]:
                 for dtype in DTYPES:
                     yield pytest.param(
-                        flavour, name, make, dtype, marks=marks,
+                        flavour,
+                        name,
+                        make,
+                        dtype,
+                        marks=marks,
                         id=f"{flavour}-{name}-{label}-{np.dtype(dtype).name}",
-                    )  # fmt: skip
+                    )
 
 
 def _flatten(value):

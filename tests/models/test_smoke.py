@@ -30,14 +30,33 @@ def test_loss_drops_on_fixed_batch(name):
 def test_seed_cnn_is_the_articles_network():
     model = models.get("seed_cnn")
     kinds = [type(m).__name__ for m in model.layers]
-    assert kinds == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d", "Flatten", "Linear", "ReLU",
-                     "Linear"]  # fmt: skip
+    assert kinds == [
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Conv2d",
+        "ReLU",
+        "MaxPool2d",
+        "Flatten",
+        "Linear",
+        "ReLU",
+        "Linear",
+    ]
     shapes = {k: v.shape for k, v in model.state_dict().items()}
-    assert shapes == {"0.weight": (32, 1, 3, 3), "0.bias": (32,), "3.weight": (64, 32, 3, 3), "3.bias": (64,),
-                      "7.weight": (64, 1600), "7.bias": (64,), "9.weight": (10, 64), "9.bias": (10,)}  # fmt: skip
+    assert shapes == {
+        "0.weight": (32, 1, 3, 3),
+        "0.bias": (32,),
+        "3.weight": (64, 32, 3, 3),
+        "3.bias": (64,),
+        "7.weight": (64, 1600),
+        "7.bias": (64,),
+        "9.weight": (10, 64),
+        "9.bias": (10,),
+    }
     assert model(Tensor(np.zeros((2, 1, 28, 28), dtype=np.float32))).shape == (2, 10)
     assert models.get("seed_cnn", in_channels=3, input_size=64, num_classes=4)(
-        Tensor(np.zeros((1, 3, 64, 64), dtype=np.float32))).shape == (1, 4)  # fmt: skip
+        Tensor(np.zeros((1, 3, 64, 64), dtype=np.float32))
+    ).shape == (1, 4)
 
 
 def test_seed_cnn_overfits_32_samples():

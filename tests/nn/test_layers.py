@@ -60,8 +60,13 @@ def test_dropout_layer_train_and_eval(rng):
 
 
 def test_sequential_grad_and_pytorch_names(rng):
-    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, rng=rng), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                          nn.Linear(2 * 3 * 3, 3, rng=rng)).astype(np.float64)  # fmt: skip
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1, rng=rng),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2 * 3 * 3, 3, rng=rng),
+    ).astype(np.float64)
     assert list(model.state_dict()) == ["0.weight", "0.bias", "4.weight", "4.bias"]
     x = distinct(rng, (2, 1, 6, 6), step=0.05)
     check_grad(model, [x], params=model.named_parameters(), **TOL["gradcheck"])

@@ -55,8 +55,11 @@ def test_sigmoid_is_stable_for_huge_inputs():
 
 def test_dropout_grad_and_scaling(rng):
     mask_rng = np.random.default_rng(3)
-    check_grad(lambda x: F.dropout(x, 0.3, True, np.random.default_rng(3)), [rng.standard_normal((4, 5))],
-               **TOL["gradcheck"])  # fmt: skip
+    check_grad(
+        lambda x: F.dropout(x, 0.3, True, np.random.default_rng(3)),
+        [rng.standard_normal((4, 5))],
+        **TOL["gradcheck"],
+    )
     y = F.dropout(np.ones((200, 200)), 0.25, True, mask_rng).data
     assert set(np.unique(y)) == {0.0, 1 / 0.75}
     assert abs((y == 0).mean() - 0.25) < 0.01

@@ -62,8 +62,9 @@ def _windows(z, kernel_size, stride, padding):
 
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,padding,pk,ps,pp", CASES)
-def test_conv2d_relu_max_pool2d_forward_matches_loops(rng, x_shape, w_shape, stride, padding,
-                                                      pk, ps, pp):  # fmt: skip
+def test_conv2d_relu_max_pool2d_forward_matches_loops(
+    rng, x_shape, w_shape, stride, padding, pk, ps, pp
+):
     x, W, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(4)
     b = b[: w_shape[0]] - 0.5  # some windows rectify to all zeros
     y = conv2d_relu_max_pool2d(x, W, b, stride, padding, pk, ps, pp)
@@ -76,20 +77,23 @@ def test_conv2d_relu_max_pool2d_grad(rng, x_shape, w_shape, stride, padding, pk,
     x, W, b = _draw(rng, x_shape, w_shape, stride, padding, (pk, ps, pp))
     check_grad(
         lambda x, W, b: conv2d_relu_max_pool2d(x, W, b, stride, padding, pk, ps, pp),
-        [x, W, b], **TOL["gradcheck"],
-    )  # fmt: skip
+        [x, W, b],
+        **TOL["gradcheck"],
+    )
 
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,padding,pk,ps,pp", CASES)
-def test_conv2d_relu_max_pool2d_grad_without_input_grad(rng, x_shape, w_shape, stride, padding,
-                                                        pk, ps, pp):  # fmt: skip
+def test_conv2d_relu_max_pool2d_grad_without_input_grad(
+    rng, x_shape, w_shape, stride, padding, pk, ps, pp
+):
     """The weight and bias gradients alone (x a constant, as for a network's first layer): the
     backward kernels may take another path when no input gradient is asked for."""
     x, W, b = _draw(rng, x_shape, w_shape, stride, padding, (pk, ps, pp))
     check_grad(
         lambda W, b: conv2d_relu_max_pool2d(Tensor(x), W, b, stride, padding, pk, ps, pp),
-        [W, b], **TOL["gradcheck"],
-    )  # fmt: skip
+        [W, b],
+        **TOL["gradcheck"],
+    )
 
 
 @pytest.mark.parametrize("with_bias", [True, False])
@@ -137,9 +141,14 @@ def test_sequential_fused_equals_layer_by_layer(rng):
 
 def test_sequential_fuses_only_exact_runs():
     """Conv2d -> ReLU -> MaxPool2d runs fused; a run broken by another layer does not."""
-    model = nn.Sequential(nn.Conv2d(1, 2, 3, rng=np.random.default_rng(0)), nn.ReLU(),
-                          nn.MaxPool2d(2), nn.Conv2d(2, 2, 3, rng=np.random.default_rng(0)),
-                          nn.ReLU(), nn.AvgPool2d(2))  # fmt: skip
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, rng=np.random.default_rng(0)),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(2, 2, 3, rng=np.random.default_rng(0)),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+    )
     x = Tensor(np.ones((1, 1, 12, 12), dtype=np.float32), requires_grad=True)
     names, fn = [], model(x).creator
     while fn is not None:

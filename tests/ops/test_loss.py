@@ -34,8 +34,11 @@ def test_losses_grad(rng):
         [rng.uniform(0.1, 0.9, (4, 3))],
         **TOL["gradcheck"],
     )
-    check_grad(lambda z: F.binary_cross_entropy_with_logits(z, targets), [rng.standard_normal((4, 3)) * 3],
-               **TOL["gradcheck"])  # fmt: skip
+    check_grad(
+        lambda z: F.binary_cross_entropy_with_logits(z, targets),
+        [rng.standard_normal((4, 3)) * 3],
+        **TOL["gradcheck"],
+    )
 
 
 def test_softmax_cross_entropy_value(rng):
@@ -71,8 +74,11 @@ def test_bce_with_logits_huge_logits(dtype):
 def test_bce_matches_logits_version_and_clamps(rng):
     z, t = rng.standard_normal(10), rng.integers(0, 2, 10).astype(np.float64)
     p = 1 / (1 + np.exp(-z))
-    np.testing.assert_allclose(F.binary_cross_entropy(p, t).item(),
-                               F.binary_cross_entropy_with_logits(z, t).item(), rtol=1e-10)  # fmt: skip
+    np.testing.assert_allclose(
+        F.binary_cross_entropy(p, t).item(),
+        F.binary_cross_entropy_with_logits(z, t).item(),
+        rtol=1e-10,
+    )
     edge = F.binary_cross_entropy(np.array([0.0, 1.0]), np.array([1.0, 0.0]))
     assert edge.item() == 100.0  # log clamped at -100, as in PyTorch
 

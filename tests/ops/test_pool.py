@@ -86,9 +86,14 @@ def test_max_pool2d_padding_never_wins():
     assert np.isfinite(y.data).all() and y.data.max() == -1.0
 
 
-@pytest.mark.parametrize("kwargs,match", [({"kernel_size": 2, "padding": 2}, "half"),
-                                          ({"kernel_size": 0}, ">= 1"),
-                                          ({"kernel_size": 9}, "does not fit")])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"kernel_size": 2, "padding": 2}, "half"),
+        ({"kernel_size": 0}, ">= 1"),
+        ({"kernel_size": 9}, "does not fit"),
+    ],
+)
 def test_pool_bad_arguments(kwargs, match):
     for pool in (F.max_pool2d, F.avg_pool2d):
         with pytest.raises(ValueError, match=match):

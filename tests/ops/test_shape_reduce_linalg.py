@@ -40,7 +40,7 @@ from tests.conftest import TOL
         "sum_keepdims",
         "mean",
         "mean_axis",
-    ],  # fmt: skip
+    ],
 )
 def test_shape_and_reduce_grad(rng, fn):
     check_grad(fn, [rng.standard_normal((2, 3, 4))], **TOL["gradcheck"])
@@ -50,8 +50,11 @@ def test_shape_and_reduce_grad(rng, fn):
     "a_shape,b_shape", [((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((2, 3, 4), (2, 4, 2))]
 )
 def test_matmul_grad(rng, a_shape, b_shape):
-    check_grad(lambda a, b: a @ b, [rng.standard_normal(a_shape), rng.standard_normal(b_shape)],
-               **TOL["gradcheck"])  # fmt: skip
+    check_grad(
+        lambda a, b: a @ b,
+        [rng.standard_normal(a_shape), rng.standard_normal(b_shape)],
+        **TOL["gradcheck"],
+    )
 
 
 def test_linear_grad_and_value(rng):

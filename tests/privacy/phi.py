@@ -172,8 +172,9 @@ def _add_ct_image(ds: Dataset, s: Sentinels, *, modality: str, pixels: np.ndarra
     ds.preamble = s.word().encode().ljust(128, b"\0")
 
 
-def study_set(folder: Path, *, seed: int = 0, patients: int = 1, series: int = 2,
-              instances: int = 3) -> dict:  # fmt: skip
+def study_set(
+    folder: Path, *, seed: int = 0, patients: int = 1, series: int = 2, instances: int = 3
+) -> dict:
     """Write patients x series x instances CT files with cross-references under folder.
 
     Each instance refers to the previous one of its series (Referenced Image Sequence) and to the

@@ -62,8 +62,17 @@ def test_profile_is_the_whole_table():
     rules = [*profile.exact.values(), *(r for _, _, r in profile.patterns), profile.private]
     assert len(rules) == len(table_rows()) == 621
     counts = Counter(r.action for r in rules)
-    assert counts == {"X": 384, "D": 92, "U": 54, "Z": 42, "X/D": 22, "X/Z": 11, "X/Z/D": 8,
-                      "Z/D": 6, "X/Z/U*": 2}  # fmt: skip
+    assert counts == {
+        "X": 384,
+        "D": 92,
+        "U": 54,
+        "Z": 42,
+        "X/D": 22,
+        "X/Z": 11,
+        "X/Z/D": 8,
+        "Z/D": 6,
+        "X/Z/U*": 2,
+    }
     assert profile.rule_for(0x00100010).action == "Z"  # Patient's Name
     assert profile.rule_for(0x0020000D).action == "U"  # Study Instance UID
     assert profile.rule_for(0x00080080).action == "X/Z/D"  # Institution Name
@@ -220,13 +229,20 @@ def test_uids_consistent_across_study(tmp_path):
     assert sorted(by_series.values()) == [3, 3]
     assert len({d.SOPInstanceUID for d in outs}) == 6
     sop_uids = {d.SOPInstanceUID for d in outs}
-    old_uids = {u for d in originals.values() for u in (d.StudyInstanceUID, d.SeriesInstanceUID,
-                                                         d.SOPInstanceUID, d.FrameOfReferenceUID)}  # fmt: skip
+    old_uids = {
+        u
+        for d in originals.values()
+        for u in (d.StudyInstanceUID, d.SeriesInstanceUID, d.SOPInstanceUID, d.FrameOfReferenceUID)
+    }
     for d in outs:
         assert d.file_meta.MediaStorageSOPInstanceUID == d.SOPInstanceUID
         assert d.SOPClassUID == CTImageStorage == d.file_meta.MediaStorageSOPClassUID
-        for uid in (d.StudyInstanceUID, d.SeriesInstanceUID, d.SOPInstanceUID,
-                    d.FrameOfReferenceUID):  # fmt: skip
+        for uid in (
+            d.StudyInstanceUID,
+            d.SeriesInstanceUID,
+            d.SOPInstanceUID,
+            d.FrameOfReferenceUID,
+        ):
             assert is_valid_uid(uid) and uid.startswith("2.25.") and uid not in old_uids
         if "ReferencedImageSequence" in d:
             ref = d.ReferencedImageSequence[0]
@@ -257,10 +273,21 @@ def test_same_key_same_output_in_another_process(tmp_path):
     study_set(tmp_path / "in", patients=2, series=1, instances=2)
     anonymize(tmp_path / "in", tmp_path / "a", key=KEY, shift_dates=True)
     subprocess.run(
-        [sys.executable, "-m", "engine", "anonymize", str(tmp_path / "in"), str(tmp_path / "b"),
-         "--key", KEY, "--shift-dates"],
-        check=True, capture_output=True, cwd=Path(__file__).resolve().parents[2],
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "anonymize",
+            str(tmp_path / "in"),
+            str(tmp_path / "b"),
+            "--key",
+            KEY,
+            "--shift-dates",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert _tree(tmp_path / "a") == _tree(tmp_path / "b")
     anonymize(tmp_path / "in", tmp_path / "c", key="another key", shift_dates=True)
     uids_a = {p.stem for p in (tmp_path / "a").rglob("*.dcm")}
@@ -317,7 +344,7 @@ def _single(folder: Path, edit) -> None:
                 setattr(d, "SOPClassUID", "1.2.840.10008.5.1.4.1.1.7"),
             ),
             True,
-        ),  # fmt: skip
+        ),
     ],
     ids=["yes", "no", "absent-ct", "absent-us", "absent-secondary-capture"],
 )

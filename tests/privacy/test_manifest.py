@@ -97,10 +97,16 @@ def test_hostile_paths_in_a_manifest_are_refused(data, tmp_path, rel):
 
 @pytest.mark.parametrize(
     "text",
-    ["not json", "[]", '{"format": "other"}', '{"format": "medgrad-manifest", "version": 1, '
-     '"algorithm": "sha256", "files": {"x": {"sha256": "abc", "size": 1}}}', "[" * 100000],
+    [
+        "not json",
+        "[]",
+        '{"format": "other"}',
+        '{"format": "medgrad-manifest", "version": 1, '
+        '"algorithm": "sha256", "files": {"x": {"sha256": "abc", "size": 1}}}',
+        "[" * 100000,
+    ],
     ids=["text", "list", "other-format", "short-hash", "deep-nesting"],
-)  # fmt: skip
+)
 def test_malformed_manifests_are_one_project_error(data, tmp_path, text):
     path = tmp_path / "m.json"
     path.write_text(text)

@@ -40,8 +40,14 @@ def saved(tmp_path):
     x = np.random.default_rng(1).standard_normal((2, 1, 28, 28)).astype(np.float32)
     model(Tensor(x)).sum().backward()
     opt.step()  # so the Adam moments exist
-    path = save_checkpoint(tmp_path / "model.npz", model, optimizer=opt, classes=["a", "b", "c"],
-                           preprocessing={"input_size": 28}, train_state={"epoch": 3})  # fmt: skip
+    path = save_checkpoint(
+        tmp_path / "model.npz",
+        model,
+        optimizer=opt,
+        classes=["a", "b", "c"],
+        preprocessing={"input_size": 28},
+        train_state={"epoch": 3},
+    )
     return path, model, opt, x
 
 
@@ -190,8 +196,9 @@ def test_sigkill_during_save_leaves_old_or_new_checkpoint(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     versions = []
     for delay in (0.0, 0.01, 0.03, 0.05, 0.08, 0.13, 0.21, 0.34):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE,
-                                env=env, text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, env=env, text=True
+        )
         try:
             assert proc.stdout.readline().strip() == "ready"
             time.sleep(delay)

@@ -55,27 +55,51 @@ def test_numpy_only_inference_equals_the_engine(tmp_path):
         model = models.get(name, num_classes=3, rng=np.random.default_rng(0), **kwargs)
         path = save_checkpoint(tmp_path / f"{name}.npz", model)
         out, prob = tmp_path / f"{name}_logits.npy", tmp_path / f"{name}_probs.npy"
-        run = subprocess.run([sys.executable, "-c", BLOCKED_RUN, str(path), str(tmp_path / "x.npy"),
-                              str(out), str(prob)], env=env, capture_output=True, text=True)  # fmt: skip
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                BLOCKED_RUN,
+                str(path),
+                str(tmp_path / "x.npy"),
+                str(out),
+                str(prob),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
         # same im2col + GEMM arithmetic: equal up to float32 summation order (tanh/avg in lenet5)
-        np.testing.assert_allclose(np.load(out), predict_logits(model, x), rtol=1e-5, atol=1e-6,
-                                   err_msg=name)  # fmt: skip
+        np.testing.assert_allclose(
+            np.load(out), predict_logits(model, x), rtol=1e-5, atol=1e-6, err_msg=name
+        )
         np.testing.assert_allclose(np.load(prob), predict_proba(model, x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("stride,padding", [(1, 0), (2, 1)])
 def test_numpy_conv_and_pools_match_the_engine(rng, stride, padding):
-    layers = nn.Sequential(nn.Conv2d(2, 3, (3, 2), stride=stride, padding=padding, rng=rng),
-                           nn.Sigmoid(), nn.MaxPool2d(2, stride=1, padding=1),
-                           nn.AvgPool2d(3, stride=2, padding=1), nn.Tanh(), nn.Dropout(0.5, rng=rng),
-                           nn.Flatten()).astype(np.float64)  # fmt: skip
+    layers = nn.Sequential(
+        nn.Conv2d(2, 3, (3, 2), stride=stride, padding=padding, rng=rng),
+        nn.Sigmoid(),
+        nn.MaxPool2d(2, stride=1, padding=1),
+        nn.AvgPool2d(3, stride=2, padding=1),
+        nn.Tanh(),
+        nn.Dropout(0.5, rng=rng),
+        nn.Flatten(),
+    ).astype(np.float64)
     x = rng.standard_normal((2, 2, 9, 8))
     with_engine = predict_logits(layers, x)
     from engine.checkpoint import Checkpoint, layer_spec
 
-    net = deploy.NumpyModel(Checkpoint(path=Path("mem"), model_config=None, layers=layer_spec(layers),
-                                       weights=layers.state_dict()))  # fmt: skip
+    net = deploy.NumpyModel(
+        Checkpoint(
+            path=Path("mem"),
+            model_config=None,
+            layers=layer_spec(layers),
+            weights=layers.state_dict(),
+        )
+    )
     np.testing.assert_allclose(net(x), with_engine, rtol=1e-12, atol=1e-12)
 
 

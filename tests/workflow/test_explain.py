@@ -15,8 +15,13 @@ from engine.train import fit, predict_proba
 
 
 def _tiny(rng) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1, rng=rng), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(3 * 3 * 3, 3, rng=rng)).astype(np.float64)  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1, rng=rng),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(3 * 3 * 3, 3, rng=rng),
+    ).astype(np.float64)
 
 
 def test_saliency_gradient_passes_gradcheck(rng):
@@ -43,8 +48,14 @@ def trained():
     """seed_cnn trained for a few seconds on phantoms: ~93% accuracy, enough to find lesions."""
     x, y, centres = make_phantoms(2400, size=28, seed=0, return_centres=True)
     model = models.get("seed_cnn", num_classes=2, rng=np.random.default_rng(0))
-    fit(model, optim.Adam(model.parameters(), lr=2e-3), (x[:1600], y[:1600]), epochs=4,
-        batch_size=32, progress=False)  # fmt: skip
+    fit(
+        model,
+        optim.Adam(model.parameters(), lr=2e-3),
+        (x[:1600], y[:1600]),
+        epochs=4,
+        batch_size=32,
+        progress=False,
+    )
     return model, x[1600:], y[1600:], centres[1600:]
 
 

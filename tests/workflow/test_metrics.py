@@ -124,8 +124,11 @@ def test_against_sklearn_when_installed(rng):
     skm = pytest.importorskip("sklearn.metrics")
     y, p = rng.integers(0, 3, 50), rng.integers(0, 3, 50)
     s = rng.integers(0, 4, 50) / 3
-    for ours, theirs in ((metrics.f1, skm.f1_score), (metrics.precision, skm.precision_score),
-                         (metrics.recall, skm.recall_score)):  # fmt: skip
+    for ours, theirs in (
+        (metrics.f1, skm.f1_score),
+        (metrics.precision, skm.precision_score),
+        (metrics.recall, skm.recall_score),
+    ):
         assert ours(y, p, "macro") == pytest.approx(theirs(y, p, average="macro", zero_division=0))
     assert metrics.roc_auc((y == 1).astype(int), s) == pytest.approx(
         skm.roc_auc_score((y == 1).astype(int), s)

@@ -25,11 +25,26 @@ def _noise(batch, rng):
 
 def _run(run_dir, *, epochs=4, resume=False, stop_at=None, optimizer="sgd"):
     model = models.get("seed_cnn", input_size=16, num_classes=2, rng=np.random.default_rng(0))
-    opt = (optim.SGD(model.parameters(), lr=0.05, momentum=0.9) if optimizer == "sgd"
-           else optim.Adam(model.parameters(), lr=2e-3))  # fmt: skip
-    history = fit(model, opt, TRAIN, VAL, epochs=epochs, batch_size=16, seed=3, progress=False,
-                  schedule=Schedule("cosine"), augment=_noise, run_dir=run_dir, resume=resume,
-                  on_epoch_end=(lambda epoch, _: epoch == stop_at) if stop_at else None)  # fmt: skip
+    opt = (
+        optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        if optimizer == "sgd"
+        else optim.Adam(model.parameters(), lr=2e-3)
+    )
+    history = fit(
+        model,
+        opt,
+        TRAIN,
+        VAL,
+        epochs=epochs,
+        batch_size=16,
+        seed=3,
+        progress=False,
+        schedule=Schedule("cosine"),
+        augment=_noise,
+        run_dir=run_dir,
+        resume=resume,
+        on_epoch_end=(lambda epoch, _: epoch == stop_at) if stop_at else None,
+    )
     return model, opt, history
 
 
@@ -42,8 +57,9 @@ def _same(a, b) -> bool:
 def test_resumed_run_equals_uninterrupted_bit_for_bit(tmp_path, optimizer):
     full, full_opt, full_history = _run(tmp_path / "full", optimizer=optimizer)
     _run(tmp_path / "split", stop_at=2, optimizer=optimizer)  # "killed" after epoch 2
-    resumed, resumed_opt, resumed_history = _run(tmp_path / "split", resume=True,
-                                                 optimizer=optimizer)  # fmt: skip
+    resumed, resumed_opt, resumed_history = _run(
+        tmp_path / "split", resume=True, optimizer=optimizer
+    )
     assert _same(full, resumed)
     assert full_history.epochs == resumed_history.epochs  # losses, metrics, lr: all 4 epochs
     for name, buf in full_opt.state_dict().items():
@@ -77,8 +93,17 @@ def _model_opt():
 def test_early_stopping_and_best_model(tmp_path):
     model, opt = _model_opt()
     opt.lr = 50.0  # diverges: the validation loss stops improving at once
-    history = fit(model, opt, TRAIN, VAL, epochs=20, batch_size=16, progress=False, patience=2,
-                  run_dir=tmp_path)  # fmt: skip
+    history = fit(
+        model,
+        opt,
+        TRAIN,
+        VAL,
+        epochs=20,
+        batch_size=16,
+        progress=False,
+        patience=2,
+        run_dir=tmp_path,
+    )
     n = len(history.epochs["loss"])
     assert n < 20
     saved = json.loads((tmp_path / "metrics.json").read_text())

@@ -17,8 +17,14 @@ def _patients(n_patients: int = 15, per_patient: int = 4):
     """Phantoms grouped as patients of `per_patient` slices each (like a CT series)."""
     x, y = make_phantoms(n_patients * per_patient, size=16, seed=1)
     groups = np.repeat([f"P{i:02d}" for i in range(n_patients)], per_patient)
-    return SimpleNamespace(images=x, labels=y, groups=groups, paths=None, classes=["no", "yes"],
-                           preprocessing={"input_size": 16})  # fmt: skip
+    return SimpleNamespace(
+        images=x,
+        labels=y,
+        groups=groups,
+        paths=None,
+        classes=["no", "yes"],
+        preprocessing={"input_size": 16},
+    )
 
 
 def test_cv_test_sets_never_share_a_patient(monkeypatch, capsys):
@@ -44,9 +50,14 @@ def test_cv_refuses_overlapping_test_sets(monkeypatch):
 
     ds = _patients(6, 2)
     monkeypatch.setattr(workflow, "load_data", lambda *a, **k: ds)
-    monkeypatch.setattr(splits, "stratified_group_kfold",
-                        lambda labels, groups, k, seed: [(np.arange(2, 12), np.arange(0, 4)),
-                                                         (np.arange(4, 12), np.arange(2, 6))])  # fmt: skip
+    monkeypatch.setattr(
+        splits,
+        "stratified_group_kfold",
+        lambda labels, groups, k, seed: [
+            (np.arange(2, 12), np.arange(0, 4)),
+            (np.arange(4, 12), np.arange(2, 6)),
+        ],
+    )
     with pytest.raises(DataError, match="P01"):
         workflow.cross_validate("patients", 2, workflow.TrainSettings(model="mlp", epochs=1))
 
@@ -70,8 +81,25 @@ def test_dicom_folder_train_predict_evaluate(tmp_path, capsys):
 
     data = make_demo_data(tmp_path / "ct", n_patients=6, slices_per_patient=6, size=32, seed=0)
     run = tmp_path / "run"
-    assert main(["train", "--data", str(data), "--input-size", "16", "--epochs", "1",
-                 "--val-split", "0.34", "--out", str(run), "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--input-size",
+                "16",
+                "--epochs",
+                "1",
+                "--val-split",
+                "0.34",
+                "--out",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     manifest = (run / "manifest.json").read_text()
     assert "labels.csv" in manifest and "patient_00/" in manifest
     names = sorted(p.name for p in (run / "explain").iterdir())
