@@ -13,8 +13,14 @@ from engine.tensor import Tensor, as_tensor
 
 
 class SoftmaxFn(Function):
+    """y = exp(x) / sum exp(x) along `axis` (a non-negative int); same shape and dtype as x.
+
+    The max along the axis is subtracted first, so no exp overflows; each slice sums to 1.
+    """
+
     def forward(self, x, *, axis):
         e = self.xp.exp(x - x.max(axis=axis, keepdims=True))
+        # the Jacobian is written in the output alone: y (delta - y)
         self.y, self.axis = e / e.sum(axis=axis, keepdims=True), axis
         return self.y
 
@@ -24,8 +30,14 @@ class SoftmaxFn(Function):
 
 
 class LogSoftmaxFn(Function):
+    """y = x - logsumexp(x) along `axis` (a non-negative int); same shape and dtype as x.
+
+    Computed from x - max(x), so it stays finite for logits of any magnitude.
+    """
+
     def forward(self, x, *, axis):
         shifted = x - x.max(axis=axis, keepdims=True)
+        # exp(y) is the softmax that the gradient needs
         self.y = shifted - self.xp.log(self.xp.exp(shifted).sum(axis=axis, keepdims=True))
         self.axis = axis
         return self.y
@@ -36,6 +48,11 @@ class LogSoftmaxFn(Function):
 
 
 class MSELossFn(Function):
+    """loss = mean((y - t)^2) over all elements: y, t of one shape and dtype -> 0-d, y's dtype.
+
+    Both y and t are differentiable (gt = -gy). The squares are summed in float64.
+    """
+
     def forward(self, y, t):
         self.d = y - t  # the residual is the whole derivative
         # squares summed in float64: float32 inputs up to 65535 square to 4e9 and lose digits
@@ -50,8 +67,14 @@ class MSELossFn(Function):
 
 
 class SoftmaxCrossEntropyFn(Function):
+    """loss = mean_i [logsumexp(z_i) - z_i[t_i]]: logits z (n, k) float, t (n,) int -> 0-d.
+
+    One fused kernel pair (softmax_cross_entropy_forward/_backward), stable for any logits.
+    The integer targets get no gradient (None).
+    """
+
     def forward(self, logits, t):
-        self.t = t
+        self.t = t  # the class picked in each row: its probability is lowered by 1
         loss, self.probs = self.k.softmax_cross_entropy_forward(logits, t)  # probs for backward
         return loss
 
@@ -61,51 +84,77 @@ class SoftmaxCrossEntropyFn(Function):
 
 
 class BCEFn(Function):
+    """loss = mean(-(t log p + (1 - t) log(1 - p))): p, t of one shape and dtype -> 0-d.
+
+    p are probabilities in [0, 1]; both logs are clamped at -100 (PyTorch's rule), so p = 0 or 1
+    gives a finite loss. The gradient w.r.t. p divides by max(p (1 - p), 1e-12) (PyTorch's rule
+    too). A float target t that requires grad gets the exact derivative of the clamped forward.
+    """
+
     _EPS = 1e-12
 
     def forward(self, p, t):
-        self.p, self.t = p, t
+        self.p, self.t = p, t  # both appear in gp = (p - t) / (p (1 - p))
         xp = self.xp
         # log clamped at -100, as in PyTorch, so p = 0 or 1 gives a finite loss
         log_p = xp.maximum(xp.log(xp.where(p > 0, p, 1)), -100)
         log_p = xp.where(p > 0, log_p, -100)
         log_q = xp.maximum(xp.log(xp.where(p < 1, 1 - p, 1)), -100)
         log_q = xp.where(p < 1, log_q, -100)
+        if self.needs_grad[1]:
+            self.log_odds = log_p - log_q  # gt = -(log p - log(1 - p)), clamped logs included
         return xp.asarray(-(t * log_p + (1 - t) * log_q).mean(), dtype=p.dtype)
 
     def backward(self, gloss):
-        # d/dp -(t log p + (1-t) log(1-p)) = (p - t) / (p (1 - p)), denominator clamped
-        denom = self.xp.maximum(self.p * (1 - self.p), self._EPS)
-        return (gloss / self.p.size) * (self.p - self.t) / denom, None
+        # d/dp -(t log p + (1-t) log(1-p)) = (p - t) / (p (1 - p)), denominator clamped;
+        # d/dt = -(log p - log(1 - p)); both divided by size for the mean
+        scale = gloss / self.p.size
+        gp = gt = None
+        if self.needs_grad[0]:
+            gp = scale * (self.p - self.t) / self.xp.maximum(self.p * (1 - self.p), self._EPS)
+        if self.needs_grad[1]:
+            gt = -scale * self.log_odds
+        return gp, gt
 
 
 class BCEWithLogitsFn(Function):
+    """loss = mean(-(t log s(z) + (1 - t) log(1 - s(z)))), s = sigmoid: z, t of one shape -> 0-d.
+
+    Computed as max(z, 0) - z t + log(1 + exp(-|z|)), finite for logits of any magnitude.
+    A float target t that requires grad gets its gradient, -z / size.
+    """
+
     def forward(self, z, t):
-        self.z, self.t = z, t
+        self.z, self.t = z, t  # gz = s(z) - t needs both; gt = -z needs z
         xp = self.xp
         # -(t log s(z) + (1-t) log(1-s(z))) = max(z, 0) - z t + log(1 + exp(-|z|)): never overflows
         loss = xp.maximum(z, 0) - z * t + xp.log1p(xp.exp(-xp.abs(z)))
         return xp.asarray(loss.mean(), dtype=z.dtype)
 
     def backward(self, gloss):
-        # d/dz = sigmoid(z) - t
-        return (gloss / self.z.size) * (stable_sigmoid(self.xp, self.z) - self.t), None
+        # d/dz = sigmoid(z) - t, d/dt = -z; both divided by size for the mean
+        scale = gloss / self.z.size
+        gz = scale * (stable_sigmoid(self.xp, self.z) - self.t) if self.needs_grad[0] else None
+        gt = -scale * self.z if self.needs_grad[1] else None
+        return gz, gt
 
 
 def _check_axis(x: Tensor, axis: int, name: str) -> int:
+    """axis (negatives allowed) checked against x.ndim -> the non-negative axis."""
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"{name}: axis {axis} out of range for shape {x.shape}")
     return axis % x.ndim
 
 
 def softmax(x, axis: int = -1) -> Tensor:
-    """exp(x) / sum exp(x) along `axis`, computed after subtracting the max (stable)."""
+    """exp(x) / sum exp(x) along `axis`, same shape and dtype; computed after subtracting the
+    max, so it is stable for any logits."""
     x = as_tensor(x)
     return SoftmaxFn.apply(x, axis=_check_axis(x, axis, "softmax"))
 
 
 def log_softmax(x, axis: int = -1) -> Tensor:
-    """x - logsumexp(x) along `axis`, stable for any magnitude."""
+    """x - logsumexp(x) along `axis`, same shape and dtype; stable for any magnitude."""
     x = as_tensor(x)
     return LogSoftmaxFn.apply(x, axis=_check_axis(x, axis, "log_softmax"))
 
@@ -128,8 +177,9 @@ def mse_loss(y, t) -> Tensor:
 
 
 def softmax_cross_entropy(logits, t) -> Tensor:
-    """mean_i [logsumexp(logits_i) - logits_i[t_i]]; logits (n, k), t (n,) integer classes in [0, k).
-    A target outside [0, k) raises ValueError on the CPU; on cuda it makes the loss NaN (no sync)."""
+    """mean_i [logsumexp(logits_i) - logits_i[t_i]] -> 0-d; logits (n, k), t (n,) integer
+    classes in [0, k). A target outside [0, k) raises ValueError on the CPU; on cuda it makes
+    the loss NaN (no sync)."""
     logits, t = as_tensor(logits), as_tensor(t)
     if logits.ndim != 2:
         raise ValueError(f"softmax_cross_entropy expects logits (n, k), got {logits.shape}")
@@ -151,12 +201,14 @@ def softmax_cross_entropy(logits, t) -> Tensor:
 
 
 def binary_cross_entropy(p, t) -> Tensor:
-    """mean(-(t log p + (1 - t) log(1 - p))) for probabilities p in [0, 1]; logs clamped at -100."""
+    """mean(-(t log p + (1 - t) log(1 - p))) -> 0-d, for probabilities p in [0, 1] and targets t
+    of p's shape (t may be soft, in [0, 1]); both logs clamped at -100, as in PyTorch."""
     p, t = as_tensor(p), as_tensor(t)
     return BCEFn.apply(p, _same_shape(p, t, "binary_cross_entropy"))
 
 
 def binary_cross_entropy_with_logits(z, t) -> Tensor:
-    """The source article's BCE on sigmoid(z), computed stably from the logits z."""
+    """binary_cross_entropy(sigmoid(z), t) -> 0-d, computed stably from the logits z (the
+    source article's loss); t of z's shape, in [0, 1]. No clamping is needed."""
     z, t = as_tensor(z), as_tensor(t)
     return BCEWithLogitsFn.apply(z, _same_shape(z, t, "binary_cross_entropy_with_logits"))
