@@ -8,7 +8,13 @@ from engine.tensor import Tensor, as_tensor
 
 
 class Conv2dFn(Function):
-    """y[b, o] = sum_c x[b, c] (*) W[o, c] + b[o], with stride and zero padding."""
+    """y[n, o, i, j] = sum_{c,u,v} x_pad[n, c, i sh + u, j sw + v] W[o, c, u, v] + b[o].
+
+    x (n, c, h, w), W (oc, c, kh, kw), b (oc,) or absent -> y (n, oc, oh, ow), x's dtype, with
+    oh = (h + 2 ph - kh) // sh + 1; x_pad is x with ph, pw rows/columns of zeros on each side.
+    A cross-correlation (no kernel flip), as in every DL framework. Rows and columns that no
+    window reaches (when (h + 2 ph - kh) % sh != 0) get a zero gradient.
+    """
 
     def forward(self, x, W, b=None, *, stride, padding):
         self.x, self.W = x, W  # x for gW, W for gx
@@ -16,7 +22,7 @@ class Conv2dFn(Function):
         return self.k.conv2d_forward(x, W, b, stride, padding)
 
     def backward(self, gy):
-        # gx = correlation of gy with W transposed (col2im of gy W); gW = gy (x) im2col(x); gb = sum gy
+        # y = im2col(x) W^T + b (per pixel): gx = col2im(gy W), gW = gy^T im2col(x), gb = sum gy
         gx = gW = None
         if self.needs_grad[0]:
             gx = self.k.conv2d_backward_input(gy, self.W, self.x.shape, self.stride, self.padding)

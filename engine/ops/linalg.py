@@ -8,8 +8,14 @@ from engine.tensor import Tensor, as_tensor
 
 
 class MatMulFn(Function):
+    """y = a @ b: a (..., m, k), b (..., k, n) -> y (..., m, n); batch axes broadcast.
+
+    Both operands have at least 2 dims (the wrapper checks). Each gradient is summed back over
+    the batch axes its operand was broadcast along.
+    """
+
     def forward(self, a, b):
-        self.a, self.b = a, b
+        self.a, self.b = a, b  # b for ga = gy b^T, a for gb = a^T gy
         return a @ b
 
     def backward(self, gy):
@@ -23,6 +29,11 @@ class MatMulFn(Function):
 
 
 class LinearFn(Function):
+    """y = x W^T + b: x (n, in), W (out, in), b (out,) or absent -> y (n, out), x's dtype.
+
+    Called with two inputs (no bias) backward returns two gradients, with three it returns three.
+    """
+
     def forward(self, x, W, b=None):
         self.x, self.W = x, W  # x for gW, W for gx
         y = x @ W.T

@@ -8,33 +8,43 @@ from engine.tensor import Tensor, as_tensor
 
 
 class MaxPool2dFn(Function):
-    """Max over each window; the gradient goes to the first maximum (row-major) of the window."""
+    """y[n, c, i, j] = max of x_pad over the window rows i sh .. i sh + kh - 1, columns likewise.
+
+    x (n, c, h, w) -> y (n, c, oh, ow), x's dtype, oh = (h + 2 ph - kh) // sh + 1; padding is
+    -inf, so it never wins. Ties: the gradient goes to the first maximum (row-major) of the
+    window; overlapping windows that pick the same element add their gradients.
+    """
 
     def forward(self, x, *, kernel_size, stride, padding):
-        y, self.argmax = self.k.max_pool2d_forward(
-            x, kernel_size, stride, padding
-        )  # int32 tap index
+        # argmax (int32, flat tap index u kw + v in the window) is all backward needs of x
+        y, self.argmax = self.k.max_pool2d_forward(x, kernel_size, stride, padding)
         self.x_shape, self.attrs = x.shape, (kernel_size, stride, padding)
         return y
 
     def backward(self, gy):
-        # d max / d x_i = 1 for the argmax tap of the window, 0 elsewhere
+        # d max / d x_i = 1 for the argmax tap of the window, 0 elsewhere (summed over windows)
         return (self.k.max_pool2d_backward(gy, self.argmax, self.x_shape, *self.attrs),)
 
 
 class AvgPool2dFn(Function):
-    """Mean over each window; padded zeros count in the mean (PyTorch's default)."""
+    """y[n, c, i, j] = sum of x_pad over the window / (kh kw): the window geometry of max pool.
+
+    x (n, c, h, w) -> y (n, c, oh, ow), x's dtype, oh = (h + 2 ph - kh) // sh + 1. Padded zeros
+    count in the mean (PyTorch's count_include_pad=True), so edge windows divide by kh kw too.
+    """
 
     def forward(self, x, *, kernel_size, stride, padding):
+        # the mean is linear: backward needs only the geometry, not x
         self.x_shape, self.attrs = x.shape, (kernel_size, stride, padding)
         return self.k.avg_pool2d_forward(x, kernel_size, stride, padding)
 
     def backward(self, gy):
-        # d mean / d x_i = 1 / (kh kw) for every tap of the window
+        # d mean / d x_i = 1 / (kh kw) for every tap of the window (summed over windows)
         return (self.k.avg_pool2d_backward(gy, self.x_shape, *self.attrs),)
 
 
 def _pool_args(x, kernel_size, stride, padding, name):
+    """x as a Tensor and its validated pool attrs (see pool_attrs)."""
     x = as_tensor(x)
     return x, pool_attrs(x.shape, kernel_size, stride, padding, name)
 

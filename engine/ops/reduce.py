@@ -9,6 +9,7 @@ from engine.tensor import Tensor, as_tensor
 
 
 def _axes(axis, ndim: int) -> tuple[int, ...]:
+    """axis (None, an int or a sequence of ints, negatives allowed) -> sorted non-negative axes."""
     if axis is None:
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
@@ -19,7 +20,14 @@ def _axes(axis, ndim: int) -> tuple[int, ...]:
 
 
 class SumFn(Function):
+    """y = x summed over `axes` (sorted, non-negative ints); same dtype as x.
+
+    keepdims=True keeps each reduced axis with size 1; otherwise y drops them (0-d for all axes).
+    Empty `axes` is the identity. The gradient broadcasts gy back over the reduced axes.
+    """
+
     def forward(self, x, *, axes, keepdims):
+        # the gradient is gy broadcast back: it needs only the geometry, not x
         self.x_shape, self.axes, self.keepdims = x.shape, axes, keepdims
         return self.xp.asarray(x.sum(axis=axes, keepdims=keepdims))
 
@@ -34,12 +42,14 @@ class SumFn(Function):
 
 
 def sum(x, axis=None, keepdims: bool = False) -> Tensor:  # noqa: A001 - ndarray's name
+    """Sum over `axis` (None: all axes, an int, or a tuple), like ndarray.sum; same dtype."""
     x = as_tensor(x)
     return SumFn.apply(x, axes=_axes(axis, x.ndim), keepdims=keepdims)
 
 
 def mean(x, axis=None, keepdims: bool = False) -> Tensor:
-    """sum / count over the reduced axes."""
+    """sum / count over the reduced axes (same `axis`, `keepdims` as sum); same dtype.
+    count is the product of the reduced sizes, so a reduced axis of size 0 gives nan."""
     x = as_tensor(x)
     axes = _axes(axis, x.ndim)
     count = math.prod(x.shape[a] for a in axes)

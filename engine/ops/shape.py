@@ -7,21 +7,26 @@ from engine.tensor import Tensor, as_tensor
 
 
 class ReshapeFn(Function):
+    """y = x.reshape(shape) (one -1 allowed), same size, dtype and row-major element order."""
+
     def forward(self, x, *, shape):
-        self.x_shape = x.shape
+        self.x_shape = x.shape  # the gradient is gy reshaped back
         return x.reshape(shape)
 
     def backward(self, gy):
+        # reshape keeps the row-major order: dy_i/dx_i = 1, so gx = gy in x's shape
         return (gy.reshape(self.x_shape),)
 
 
 class TransposeFn(Function):
+    """y = x.transpose(axes): axis i of y is axis axes[i] of x; axes None reverses all axes."""
+
     def forward(self, x, *, axes):
-        self.axes = axes
+        self.axes = axes  # backward applies the inverse permutation
         return x.transpose(axes)
 
     def backward(self, gy):
-        # the inverse permutation undoes the transpose
+        # y[..., i, ...] = x[permuted]: gx = gy transposed by the inverse permutation
         if self.axes is None:
             return (gy.transpose(),)
         inverse = [0] * len(self.axes)
@@ -31,18 +36,26 @@ class TransposeFn(Function):
 
 
 class GetItemFn(Function):
+    """y = x[index] with NumPy's indexing rules (ints, slices, arrays, masks); same dtype.
+
+    Backward scatters gy into zeros of x's shape: elements picked twice (fancy indexing)
+    receive the sum of their gradients, elements never picked receive 0.
+    """
+
     def forward(self, x, *, index):
+        # backward builds zeros like x and scatters gy at the same index: x itself is not needed
         self.x_shape, self.x_dtype, self.index = x.shape, x.dtype, index
         return x[index]
 
     def backward(self, gy):
-        # scatter-add: an element picked twice by fancy indexing gets both gradients
+        # dy_j/dx_i = 1 where index picks x_i for y_j: scatter-add (a repeated pick sums)
         gx = self.xp.zeros(self.x_shape, dtype=self.x_dtype)
         self.xp.add.at(gx, self.index, gy)
         return (gx,)
 
 
 def reshape(x, shape) -> Tensor:
+    """x with the same elements in `shape` (one -1 allowed); x itself if the shape is unchanged."""
     x = as_tensor(x)
     return x if x.shape == tuple(shape) else ReshapeFn.apply(x, shape=tuple(shape))
 
@@ -56,6 +69,7 @@ def transpose(x, axes=None) -> Tensor:
 
 
 def getitem(x, index) -> Tensor:
+    """x[index] by NumPy's rules; Tensors inside the index act as constant int/bool arrays."""
     if isinstance(index, Tensor):
         index = index.data
     if isinstance(index, tuple):
