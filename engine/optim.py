@@ -12,6 +12,12 @@ from engine import backend
 
 
 class Optimizer:
+    """Base class: holds the parameters, the learning rate and the step count.
+
+    Subclasses implement `_update(i, p, k)` (one parameter, through kernel table k) and
+    `_buffers()` (their per-parameter state, by name) for state_dict.
+    """
+
     def __init__(self, params, lr: float):
         self.params = list(params)
         if not self.params:
@@ -22,10 +28,12 @@ class Optimizer:
         self.steps = 0
 
     def zero_grad(self) -> None:
+        """Drop every parameter's gradient (set to None) before the next backward."""
         for p in self.params:
             p.grad = None
 
     def step(self) -> None:
+        """One update of every parameter that has a gradient, in place on p.data."""
         self.steps += 1
         for i, p in enumerate(self.params):
             if p.grad is not None:
@@ -36,6 +44,7 @@ class Optimizer:
 
     # buffers, by parameter index, so a checkpoint can carry them
     def state_dict(self) -> dict[str, np.ndarray]:
+        """{"steps", "lr", "<buffer>.<param index>": NumPy copy}; unset buffers are left out."""
         state = {"steps": np.asarray(self.steps), "lr": np.asarray(self.lr)}
         for name, buffers in self._buffers().items():
             for i, b in enumerate(buffers):
@@ -44,6 +53,7 @@ class Optimizer:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore steps, lr and the buffers, each cast to its parameter's dtype and device."""
         self.steps, self.lr = int(state["steps"]), float(state["lr"])
         for name, buffers in self._buffers().items():
             for i, p in enumerate(self.params):
