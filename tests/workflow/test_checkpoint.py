@@ -224,6 +224,6 @@ def test_non_sequential_model_has_no_layer_list(tmp_path):
             return self.fc(x)
 
     ckpt = load_checkpoint(save_checkpoint(tmp_path / "c.npz", Custom()))
-    assert ckpt.layers is None and ckpt.model_config is None
-    with pytest.raises(SerializationError, match="no model name"):
+    assert ckpt.spec is None and ckpt.model_config is None
+    with pytest.raises(SerializationError, match="no model name and no layer spec"):
         build_model(ckpt)

@@ -90,14 +90,11 @@ def test_numpy_conv_and_pools_match_the_engine(rng, stride, padding):
     ).astype(np.float64)
     x = rng.standard_normal((2, 2, 9, 8))
     with_engine = predict_logits(layers, x)
-    from engine.checkpoint import Checkpoint, layer_spec
+    from engine.checkpoint import Checkpoint
 
     net = deploy.NumpyModel(
         Checkpoint(
-            path=Path("mem"),
-            model_config=None,
-            layers=layer_spec(layers),
-            weights=layers.state_dict(),
+            path=Path("mem"), model_config=None, spec=layers.spec(), weights=layers.state_dict()
         )
     )
     np.testing.assert_allclose(net(x), with_engine, rtol=1e-12, atol=1e-12)
@@ -112,5 +109,5 @@ def test_model_without_layer_list_is_refused(tmp_path):
             return self.fc(x)
 
     path = save_checkpoint(tmp_path / "custom.npz", Custom())
-    with pytest.raises(SerializationError, match="no layer list"):
+    with pytest.raises(SerializationError, match="no layer spec"):
         deploy.load(path)
