@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import engine.functional as F
 import models
 from engine import deploy, nn
 from engine.checkpoint import save_checkpoint
@@ -110,4 +111,18 @@ def test_model_without_layer_list_is_refused(tmp_path):
 
     path = save_checkpoint(tmp_path / "custom.npz", Custom())
     with pytest.raises(SerializationError, match="no layer spec"):
+        deploy.load(path)
+
+
+def test_unknown_layer_type_in_a_file_is_refused(tmp_path, rng, monkeypatch):
+    """A spec type without a FORWARD entry, nested inside the Sequential, names the file and type."""
+
+    class Swish(nn.Module):
+        def forward(self, x):
+            return x * F.sigmoid(x)
+
+    monkeypatch.setitem(nn.LAYERS, "Swish", Swish)
+    model = nn.Sequential(nn.Linear(3, 3, rng=rng), nn.Sequential(nn.ReLU(), Swish()))
+    path = save_checkpoint(tmp_path / "swish.npz", model)
+    with pytest.raises(SerializationError, match=r"swish.npz: unknown layer type 'Swish'"):
         deploy.load(path)
