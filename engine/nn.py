@@ -1,15 +1,16 @@
-"""Layers: Parameter, Module and the building blocks of the models (conv, pool, dense, activations).
+"""Layers: Parameter, Module (parameters, buffers, sub-modules, named like PyTorch's "0.weight"),
+the building blocks of the models, and the layer protocol: `spec()` / `from_spec()` through the one
+table `LAYERS`, `geometry()` for spatial layers, and `FUSIONS` for Sequential's fused runs.
 
-A Module finds its Parameters, buffers and sub-modules among its attributes (and in lists of
-modules), in the order they were set, so `state_dict()` reads like PyTorch's ("0.weight", "1.running_mean").
-Every layer describes itself once: `arguments()` (its constructor arguments, JSON-safe) gives
-`spec()`, and `from_spec(spec)` rebuilds it through the one table `LAYERS`; spatial layers answer
-`geometry()`. Checkpoints, engine.deploy and engine.explain read these, never the classes.
+Every layer describes itself once: `arguments()` lists its constructor arguments (JSON-safe), which
+`spec()` wraps as {"type": ..., **arguments}. Checkpoints, engine.deploy and engine.explain read
+specs and geometry, never isinstance chains.
 
 Adding a layer touches: (1) its class here (constructor, forward, `arguments()`, `geometry()` if
 it resamples space, `register_buffer` for non-trainable state), (2) its `LAYERS` entry, (3) an entry
 in engine.deploy's `FORWARD` table if it should run NumPy-only, (4) its tests in tests/nn/ (gradient
-check, spec round trip). Its op, if new, follows STYLE.md section 3; a fused op adds a `FUSIONS` rule.
+check, an example in test_protocol's EXAMPLES). A new op follows STYLE.md section 3; a fused op
+adds a `FUSIONS` rule.
 """
 
 from __future__ import annotations
@@ -136,6 +137,8 @@ class Module:
         saved and loaded with the parameters, moved by to(), cast by astype() when floating."""
         if not hasattr(array, "dtype") or isinstance(array, Tensor):
             raise ArgumentError(f"buffer {name!r} must be an array, got {type(array).__name__}")
+        if isinstance(getattr(self, name, None), (Parameter, Module)):
+            raise ArgumentError(f"buffer {name!r} would replace a parameter or sub-module")
         names = self.__dict__.setdefault("_buffer_names", [])
         if name not in names:
             names.append(name)

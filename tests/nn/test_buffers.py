@@ -8,7 +8,7 @@ import pytest
 
 from engine import Tensor, deploy, nn, optim
 from engine.checkpoint import build_model, load_checkpoint, save_checkpoint
-from engine.errors import SerializationError
+from engine.errors import ArgumentError, SerializationError
 
 
 class Centre(nn.Module):
@@ -57,6 +57,17 @@ def test_buffers_are_named_like_pytorch_and_are_not_parameters():
         "1.num_batches_tracked",
     ]
     assert model.state_dict()["1.num_batches_tracked"].dtype == np.int64
+
+
+def test_register_buffer_refuses_non_arrays_and_taken_names():
+    layer = Centre(2)
+    with pytest.raises(ArgumentError, match="'scale' must be an array"):
+        layer.register_buffer("scale", 2.0)
+    with pytest.raises(ArgumentError, match="'weight' would replace a parameter"):
+        layer.register_buffer("weight", np.zeros(2))
+    layer.register_buffer("running_mean", np.ones(2, dtype=np.float32))  # re-registering updates
+    assert [n for n, _ in layer.named_buffers()] == ["running_mean", "num_batches_tracked"]
+    assert layer.running_mean.sum() == 2
 
 
 def test_state_dict_round_trip_carries_buffers(rng):
