@@ -2,14 +2,16 @@
 
 A file holds, as plain arrays (read back with allow_pickle=False through engine.safeio):
 - "meta.json"   UTF-8 JSON as uint8: format and version, the model's config (registry name and
-                arguments), a layer list that NumPy-only inference (engine.deploy) can run, the
-                preprocessing settings, class names, optimizer name and settings, training state
+                arguments), its layer spec (engine.nn's `model.spec()`, which engine.nn.from_spec
+                rebuilds and engine.deploy runs NumPy-only), the preprocessing settings, class names, optimizer name and settings, training state
                 (epoch, history, RNG states) and the name, dtype and shape of every array below;
-- "weights/<name>"    the model's state_dict ("weights/0.weight", ...);
+- "weights/<name>"    the model's state_dict: parameters and buffers ("weights/0.weight", ...);
 - "optimizer/<name>"  the optimizer's buffers (momentum, Adam moments, step count), if saved;
 - "sha256"      hex digest (uint8) of meta.json and of every array's name, dtype, shape and bytes.
 Loading checks the digest and the array list before returning anything, so a truncated, tampered,
 pickled or foreign file raises SerializationError naming the file and nothing in it is executed.
+Version 1 files stored a flat layer list ("layers") instead of the spec; they still load (see
+_spec_from_v1). This module imports no engine.nn at top level, so engine.deploy stays NumPy-only.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from engine.errors import MedgradError, SerializationError
 from engine.safeio import load_npz
 
 FORMAT = "medgrad-model"
-VERSION = 1
+VERSION = 2  # 2: "spec" (engine.nn's layer protocol) replaced version 1's "layers" list
+READABLE_VERSIONS = (1, 2)
 MAX_META_BYTES = 16 << 20  # the JSON part: history and settings, never megabytes
 # bit generators whose state is plain integers (JSON-safe); default_rng gives PCG64
 RNG_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64")
@@ -42,7 +45,7 @@ class Checkpoint:
 
     path: Path
     model_config: dict | None  # {"name": "seed_cnn", "num_classes": 2, ...} or None
-    layers: list[dict] | None  # engine.deploy's layer list, None for non-Sequential models
+    spec: dict | None  # model.spec(): {"type": "Sequential", "layers": [...]}, None if it has none
     weights: dict[str, np.ndarray]
     preprocessing: dict = field(default_factory=dict)
     classes: list[str] | None = None
@@ -118,38 +121,47 @@ def _digest(meta_bytes: bytes, arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def layer_spec(model) -> list[dict] | None:
-    """The layers of a Sequential as plain dicts engine.deploy can run; None for other models.
+def model_spec(model) -> dict | None:
+    """model.spec() when every layer of the model is in engine.nn.LAYERS, else None (a custom
+    Module: its weights are still saved, and the code that built it rebuilds it)."""
+    from engine.errors import ArgumentError
 
-    Conv2d/Linear name their parameters ("0.weight"); pools carry kernel_size, stride, padding as
-    pairs; activations, Flatten and Dropout (identity at inference) carry only their type.
-    """
-    from engine import nn
-    from engine.ops import pair
-
-    if not isinstance(model, nn.Sequential):
+    try:
+        return model.spec()
+    except ArgumentError:
         return None
-    spec = []
-    for i, layer in enumerate(model.layers):
-        kind = type(layer).__name__
-        entry: dict = {"type": kind}
-        if isinstance(layer, nn.Conv2d):
-            entry.update(stride=list(layer.stride), padding=list(layer.padding))
-        if isinstance(layer, (nn.Conv2d, nn.Linear)):
-            entry.update(weight=f"{i}.weight", bias=f"{i}.bias" if layer.bias is not None else None)
-        elif isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
-            k = pair(layer.kernel_size)
-            entry.update(
-                kernel_size=list(k),
-                stride=list(pair(layer.stride or k)),
-                padding=list(pair(layer.padding)),
+
+
+def _spec_from_v1(layers: list | None, weights: dict[str, np.ndarray]) -> dict | None:
+    """The Sequential spec of a version-1 layer list, whose entries carried only what inference
+    needs: conv/linear sizes come from the weight shapes, Dropout's p (unused at inference) is
+    not stored and becomes 0.5."""
+    if layers is None:
+        return None
+    specs = []
+    for i, entry in enumerate(layers):
+        kind = entry["type"]
+        if kind in ("Conv2d", "Linear"):
+            W = weights[entry["weight"]]
+            if W.ndim != (4 if kind == "Conv2d" else 2):
+                raise KeyError(f"layer {i} ({kind}): weight {entry['weight']} has shape {W.shape}")
+            sizes = (
+                {"out_channels": W.shape[0], "in_channels": W.shape[1]}
+                if kind == "Conv2d"
+                else {"out_features": W.shape[0], "in_features": W.shape[1]}
             )
-        elif kind not in ("ReLU", "Sigmoid", "Tanh", "Flatten", "Dropout"):
-            return (
-                None  # a layer NumPy-only inference does not know: no spec, the engine still runs
-            )
-        spec.append(entry)
-    return spec
+            spec = {"type": kind, **sizes, "bias": entry.get("bias") is not None}
+            if kind == "Conv2d":
+                spec.update(kernel_size=list(W.shape[2:]), stride=entry["stride"])
+                spec.update(padding=entry["padding"])
+        elif kind in ("MaxPool2d", "AvgPool2d"):
+            spec = {"type": kind, **{k: entry[k] for k in ("kernel_size", "stride", "padding")}}
+        elif kind == "Dropout":
+            spec = {"type": kind, "p": 0.5}
+        else:
+            spec = {"type": kind}  # activations, Flatten; an unknown type is reported by its user
+        specs.append(spec)
+    return {"type": "Sequential", "layers": specs}
 
 
 def rng_state(rng: np.random.Generator) -> dict:
@@ -205,7 +217,7 @@ def save_checkpoint(
         "version": VERSION,
         "engine_version": engine.__version__,
         "model": getattr(model, "config", None),
-        "layers": layer_spec(model),
+        "spec": model_spec(model),
         "preprocessing": preprocessing or {},
         "classes": list(classes) if classes is not None else None,
         "optimizer": optimizer_settings(optimizer) if optimizer is not None else None,
@@ -258,9 +270,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise SerializationError(f"{path}: metadata is not valid JSON ({exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise SerializationError(f"{path}: not a medgrad model file (format {FORMAT!r} expected)")
-    if meta.get("version") != VERSION:
+    if meta.get("version") not in READABLE_VERSIONS:
         raise SerializationError(
-            f"{path}: format version {meta.get('version')}, expected {VERSION}"
+            f"{path}: format version {meta.get('version')}, expected one of {READABLE_VERSIONS}"
         )
     listed = meta.get("arrays", {})
     if set(listed) != set(raw):
@@ -270,11 +282,20 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     for name, (dtype, shape) in listed.items():
         if raw[name].dtype.str != dtype or list(raw[name].shape) != shape:
             raise SerializationError(f"{path}: {name} is not {dtype} {shape} as listed")
+    weights = {k[8:]: v for k, v in raw.items() if k.startswith("weights/")}
+    try:
+        spec = (
+            meta.get("spec") if meta["version"] > 1 else _spec_from_v1(meta.get("layers"), weights)
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise SerializationError(f"{path}: version-1 layer list is malformed ({exc!r})") from exc
+    if spec is not None and not (isinstance(spec, dict) and "type" in spec):
+        raise SerializationError(f"{path}: layer spec is not a dict with a 'type'")
     return Checkpoint(
         path=path,
         model_config=meta.get("model"),
-        layers=meta.get("layers"),
-        weights={k[8:]: v for k, v in raw.items() if k.startswith("weights/")},
+        spec=spec,
+        weights=weights,
         preprocessing=meta.get("preprocessing") or {},
         classes=meta.get("classes"),
         optimizer=meta.get("optimizer"),
@@ -284,18 +305,23 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 def build_model(ckpt: Checkpoint):
-    """Rebuild the model from its registry name and arguments and load the weights."""
+    """Rebuild the model and load the weights: from its registry name and arguments (models.get)
+    when stored, else from its layer spec (engine.nn.from_spec)."""
     import models
+    from engine import nn
 
     config = dict(ckpt.model_config or {})
     name = config.pop("name", None)
-    if name is None:
-        raise SerializationError(f"{ckpt.path}: no model name stored; rebuild the model yourself")
+    if name is None and ckpt.spec is None:
+        raise SerializationError(
+            f"{ckpt.path}: no model name and no layer spec stored; rebuild the model yourself"
+        )
+    what = repr(name) if name is not None else f"from its spec ({ckpt.spec.get('type')})"
     try:
-        model = models.get(name, **config)
+        model = models.get(name, **config) if name is not None else nn.from_spec(ckpt.spec)
         model.load_state_dict(ckpt.weights)
-    except (KeyError, ValueError, TypeError) as exc:
-        raise SerializationError(f"{ckpt.path}: weights do not fit model {name!r}: {exc}") from exc
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise SerializationError(f"{ckpt.path}: weights do not fit model {what}: {exc}") from exc
     return model
 
 

@@ -6,6 +6,8 @@ output of a chosen conv layer can be kept and its gradient read after one backwa
 - Grad-CAM (Selvaraju et al. 2017): weights a_k = mean over (i, j) of d score_c / d A_k[i, j] for
   the feature maps A of a conv layer, map = ReLU(sum_k a_k A_k), resampled to the input grid.
 score_c is the logit of class c (before softmax), as in the Grad-CAM paper.
+Which layers are convolutions, and where their cells sit on the input, come from each layer's
+`geometry()` (engine.nn's layer protocol), so new spatial layers need no change here.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import numpy as np
 
 from engine import nn
 from engine.errors import ArgumentError
-from engine.ops import pair
 from engine.tensor import Tensor
 
 
@@ -28,8 +29,13 @@ def _layers(model: nn.Module) -> list[nn.Module]:
 
 
 def conv_layers(model: nn.Module) -> list[int]:
-    """Indices of the Conv2d layers of a Sequential model."""
-    return [i for i, layer in enumerate(_layers(model)) if isinstance(layer, nn.Conv2d)]
+    """Indices of the convolution layers (geometry kind "conv") of a Sequential model."""
+    return [i for i, layer in enumerate(_layers(model)) if _kind(layer) == "conv"]
+
+
+def _kind(layer: nn.Module) -> str | None:
+    geometry = layer.geometry()
+    return geometry.kind if geometry is not None else None
 
 
 def _targets(logits: np.ndarray, target) -> np.ndarray:
@@ -69,20 +75,16 @@ def saliency(model: nn.Module, x: np.ndarray, target=None) -> tuple[np.ndarray, 
 
 def _centres(layers: list[nn.Module], upto: int) -> tuple[tuple[float, float], tuple[float, float]]:
     """(scale, offset) per axis such that feature cell u of layer `upto`'s output is centred on input
-    pixel scale * u + offset: composed from each conv/pool's stride s, padding p and kernel k as
-    input = s * out - p + (k - 1) / 2."""
+    pixel scale * u + offset: composed from each spatial layer's geometry().centre_map() (for a
+    conv or pool, input = s * out - p + (k - 1) / 2); layers without geometry keep the grid."""
     scale, offset = [1.0, 1.0], [0.0, 0.0]
     for layer in layers[: upto + 1]:
-        if isinstance(layer, nn.Conv2d):
-            k, s, p = layer.weight.shape[2:], layer.stride, layer.padding
-        elif isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
-            k = pair(layer.kernel_size)
-            s, p = pair(layer.stride or k), pair(layer.padding)
-        else:
+        geometry = layer.geometry()
+        if geometry is None:
             continue
-        for a in range(2):
-            offset[a] += scale[a] * (-p[a] + (k[a] - 1) / 2)
-            scale[a] *= s[a]
+        for a, (s, o) in enumerate(geometry.centre_map()):
+            offset[a] += scale[a] * o
+            scale[a] *= s
     return (scale[0], offset[0]), (scale[1], offset[1])
 
 

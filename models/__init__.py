@@ -1,7 +1,7 @@
 """The architectures, built from engine.nn only, and one registry: `models.get(name, **kwargs)`.
 
 Every model returned by `get` carries `.config = {"name": ..., **kwargs}`, enough to rebuild it
-(checkpoints store it beside the weights).
+(checkpoints store it beside the weights and the model's layer spec, engine.nn's `spec()`).
 """
 
 from __future__ import annotations

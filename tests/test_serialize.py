@@ -53,3 +53,24 @@ def test_truncated_and_missing_files_are_refused(tmp_path, rng):
 def test_object_arrays_are_not_saved(tmp_path):
     with pytest.raises(SerializationError, match="pickle"):
         save_state_dict({"w": np.array([{}], dtype=object)}, tmp_path / "x.npz")
+
+
+def test_buffers_round_trip_with_their_dtypes(tmp_path):
+    """Integer buffers (counters) come back as integers, float buffers as floats."""
+    from engine import nn
+
+    class Counter(nn.Module):
+        def __init__(self):
+            self.register_buffer("running_mean", np.arange(3, dtype=np.float32))
+            self.register_buffer("num_batches_tracked", np.asarray(41, dtype=np.int64))
+
+    path = tmp_path / "buffers.npz"
+    save_state_dict(nn.Sequential(Counter()).state_dict(), path)
+    loaded = load_state_dict(path)
+    assert loaded["0.num_batches_tracked"].dtype == np.int64
+    other = nn.Sequential(Counter())
+    other[0].num_batches_tracked = np.asarray(0, dtype=np.int64)
+    other[0].running_mean = np.zeros(3, dtype=np.float32)
+    other.load_state_dict(loaded)
+    assert other[0].num_batches_tracked == 41 and other[0].num_batches_tracked.dtype == np.int64
+    np.testing.assert_array_equal(other[0].running_mean, np.arange(3))

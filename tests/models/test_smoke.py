@@ -77,3 +77,20 @@ def test_unknown_model_and_config():
     model = models.get("mlp", hidden=16, num_classes=3)
     assert model.config == {"name": "mlp", "hidden": 16, "num_classes": 3}
     assert isinstance(model, nn.Module)
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_model_file_round_trip_keeps_config_spec_and_outputs(name, tmp_path):
+    from engine.checkpoint import load_checkpoint, load_model, save_checkpoint
+
+    model = models.get(name, num_classes=3, rng=np.random.default_rng(0)).eval()
+    path = save_checkpoint(tmp_path / "m.npz", model)
+    ckpt = load_checkpoint(path)
+    assert ckpt.model_config == {"name": name, "num_classes": 3}
+    assert ckpt.spec == model.spec() and ckpt.spec["type"] == "Sequential"
+    x = Tensor(np.random.default_rng(1).standard_normal((2, 1, 28, 28)).astype(np.float32))
+    rebuilt, _ = load_model(path)
+    np.testing.assert_array_equal(rebuilt(x).data, model(x).data)
+    from_spec = nn.from_spec(ckpt.spec)
+    from_spec.load_state_dict(ckpt.weights)
+    np.testing.assert_array_equal(from_spec.eval()(x).data, model(x).data)

@@ -224,6 +224,93 @@ def test_non_sequential_model_has_no_layer_list(tmp_path):
             return self.fc(x)
 
     ckpt = load_checkpoint(save_checkpoint(tmp_path / "c.npz", Custom()))
-    assert ckpt.layers is None and ckpt.model_config is None
-    with pytest.raises(SerializationError, match="no model name"):
+    assert ckpt.spec is None and ckpt.model_config is None
+    with pytest.raises(SerializationError, match="no model name and no layer spec"):
         build_model(ckpt)
+
+
+def _layer_list_v1(model) -> list[dict]:
+    """The version-1 writer's flat layer list (engine.checkpoint.layer_spec before version 2)."""
+    from engine.ops import pair
+
+    spec = []
+    for i, layer in enumerate(model.layers):
+        entry: dict = {"type": type(layer).__name__}
+        if isinstance(layer, nn.Conv2d):
+            entry.update(stride=list(layer.stride), padding=list(layer.padding))
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            entry.update(weight=f"{i}.weight", bias=f"{i}.bias" if layer.bias is not None else None)
+        elif isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
+            k = pair(layer.kernel_size)
+            entry.update(
+                kernel_size=list(k),
+                stride=list(pair(layer.stride or k)),
+                padding=list(pair(layer.padding)),
+            )
+        spec.append(entry)
+    return spec
+
+
+def _save_v1(path: Path, model, config) -> Path:
+    """A version-1 model file, written as the version-1 save_checkpoint wrote it."""
+    import json
+
+    from engine.checkpoint import _digest
+
+    arrays = {f"weights/{k}": v for k, v in model.state_dict().items()}
+    meta = {
+        "format": "medgrad-model",
+        "version": 1,
+        "engine_version": "0.1.0",
+        "model": config,
+        "layers": _layer_list_v1(model),
+        "preprocessing": {"input_size": 28},
+        "classes": None,
+        "optimizer": None,
+        "train_state": {},
+        "arrays": {name: [a.dtype.str, list(a.shape)] for name, a in arrays.items()},
+    }
+    meta_bytes = json.dumps(meta, sort_keys=True, allow_nan=False).encode()
+    payload = {
+        "meta.json": np.frombuffer(meta_bytes, dtype=np.uint8),
+        **arrays,
+        "sha256": np.frombuffer(_digest(meta_bytes, arrays).encode(), dtype=np.uint8),
+    }
+    np.savez(path, **payload)
+    return path
+
+
+@pytest.mark.parametrize("name", models.names())
+def test_version_1_files_still_load(tmp_path, name):
+    """A v1 file (flat layer list) loads: its list becomes the model's spec, the registry model
+    and the spec-built model compute what the saved one did, and NumPy-only inference runs it."""
+    from engine import deploy
+
+    model = models.get(name, num_classes=3, rng=np.random.default_rng(0)).eval()
+    x = np.random.default_rng(1).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    expected = model(Tensor(x)).data
+    path = _save_v1(tmp_path / "old.npz", model, model.config)
+    ckpt = load_checkpoint(path)
+    assert ckpt.spec == model.spec() and ckpt.preprocessing == {"input_size": 28}
+    rebuilt, _ = load_model(path)
+    np.testing.assert_array_equal(rebuilt(Tensor(x)).data, expected)
+    anonymous = _save_v1(tmp_path / "anonymous.npz", model, None)  # no registry name: the spec
+    np.testing.assert_array_equal(load_model(anonymous)[0](Tensor(x)).data, expected)
+    np.testing.assert_allclose(deploy.load(path)(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_version_1_file_with_a_broken_layer_list_is_refused(tmp_path):
+    model = models.get("mlp", hidden=4, num_classes=2, rng=np.random.default_rng(0))
+    model.layers[1].weight.data = model.layers[1].weight.data[None]  # a 3-D "Linear" weight
+    with pytest.raises(SerializationError, match="broken.npz: version-1 layer list"):
+        load_checkpoint(_save_v1(tmp_path / "broken.npz", model, None))
+
+
+def test_model_file_stores_the_spec_and_rebuilds_without_a_registry_name(tmp_path, rng):
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, stride=2, padding=1, rng=rng), nn.Tanh(), nn.Flatten(), nn.Linear(8, 2)
+    )
+    ckpt = load_checkpoint(save_checkpoint(tmp_path / "seq.npz", model))
+    assert ckpt.model_config is None and ckpt.spec == model.spec()
+    x = rng.standard_normal((3, 1, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(build_model(ckpt)(Tensor(x)).data, model(Tensor(x)).data)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import engine.functional as F
 import models
 from engine import deploy, nn
 from engine.checkpoint import save_checkpoint
@@ -90,14 +91,11 @@ def test_numpy_conv_and_pools_match_the_engine(rng, stride, padding):
     ).astype(np.float64)
     x = rng.standard_normal((2, 2, 9, 8))
     with_engine = predict_logits(layers, x)
-    from engine.checkpoint import Checkpoint, layer_spec
+    from engine.checkpoint import Checkpoint
 
     net = deploy.NumpyModel(
         Checkpoint(
-            path=Path("mem"),
-            model_config=None,
-            layers=layer_spec(layers),
-            weights=layers.state_dict(),
+            path=Path("mem"), model_config=None, spec=layers.spec(), weights=layers.state_dict()
         )
     )
     np.testing.assert_allclose(net(x), with_engine, rtol=1e-12, atol=1e-12)
@@ -112,5 +110,19 @@ def test_model_without_layer_list_is_refused(tmp_path):
             return self.fc(x)
 
     path = save_checkpoint(tmp_path / "custom.npz", Custom())
-    with pytest.raises(SerializationError, match="no layer list"):
+    with pytest.raises(SerializationError, match="no layer spec"):
+        deploy.load(path)
+
+
+def test_unknown_layer_type_in_a_file_is_refused(tmp_path, rng, monkeypatch):
+    """A spec type without a FORWARD entry, nested inside the Sequential, names the file and type."""
+
+    class Swish(nn.Module):
+        def forward(self, x):
+            return x * F.sigmoid(x)
+
+    monkeypatch.setitem(nn.LAYERS, "Swish", Swish)
+    model = nn.Sequential(nn.Linear(3, 3, rng=rng), nn.Sequential(nn.ReLU(), Swish()))
+    path = save_checkpoint(tmp_path / "swish.npz", model)
+    with pytest.raises(SerializationError, match=r"swish.npz: unknown layer type 'Swish'"):
         deploy.load(path)

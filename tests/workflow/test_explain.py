@@ -121,3 +121,29 @@ def test_model_without_conv_layers_gets_saliency_only(tmp_path, rng):
     assert path.name == "explain_0000.png" and path.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="conv layers are at"):
         grad_cam(model, x)
+
+
+def test_explain_reads_layer_geometry_not_classes(rng):
+    """A layer class explain has never heard of joins the conv list and the receptive-field walk
+    through its geometry(): a strided 'conv' made of a Conv2d's op, then a 2x2 pool."""
+    from engine.explain import _centres, conv_layers
+
+    class StridedConv(nn.Module):
+        def __init__(self):
+            self.weight = nn.Parameter(rng.standard_normal((2, 1, 3, 3)))
+
+        def geometry(self):
+            return nn.Geometry("conv", (3, 3), (2, 2), (1, 1))
+
+        def forward(self, x):
+            import engine.functional as F
+
+            return F.conv2d(x, self.weight, None, 2, 1)
+
+    model = nn.Sequential(StridedConv(), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8, 2))
+    assert conv_layers(model) == [0]
+    # conv: u -> 2 u - 1 + 1 = 2 u; then pool: v -> 2 v + 0.5, so v -> 2 (2 v + 0.5) = 4 v + 1
+    assert _centres(model.layers, 0) == ((2.0, 0.0), (2.0, 0.0))
+    assert _centres(model.layers, 2) == ((4.0, 1.0), (4.0, 1.0))
+    cams = grad_cam(model.astype(np.float64), rng.standard_normal((2, 1, 8, 8)))
+    assert cams.shape == (2, 8, 8) and cams.min() >= 0
