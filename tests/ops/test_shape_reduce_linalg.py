@@ -28,6 +28,7 @@ from tests.helpers import on_device, to_host
         lambda x: x.sum(axis=(0, 2), keepdims=True),
         lambda x: x.mean(),
         lambda x: x.mean(axis=-1, keepdims=True),
+        lambda x: x.mean(axis=(0, 1)),
     ],
     ids=[
         "reshape",
@@ -42,6 +43,7 @@ from tests.helpers import on_device, to_host
         "sum_keepdims",
         "mean",
         "mean_axis",
+        "mean_axes",
     ],
 )
 def test_shape_and_reduce_grad(backend, rng, fn):
