@@ -9,6 +9,7 @@ import engine.functional as F
 from engine.gradcheck import check_grad
 from engine.tensor import Tensor
 from tests.conftest import TOL
+from tests.helpers import on_device
 
 CASES = [  # x shape, W shape, stride, padding
     ((2, 3, 7, 6), (4, 3, 3, 3), 1, 0),
@@ -38,34 +39,47 @@ def conv2d_loops(x, W, b, stride, padding):
 
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,padding", CASES)
-def test_conv2d_forward_matches_loops(rng, x_shape, w_shape, stride, padding):
+def test_conv2d_forward_matches_loops(backend, rng, x_shape, w_shape, stride, padding):
     x, W, b = (
         rng.standard_normal(x_shape),
         rng.standard_normal(w_shape),
         rng.standard_normal(w_shape[0]),
     )
-    y = F.conv2d(x, W, b, stride=stride, padding=padding)
-    np.testing.assert_allclose(y.data, conv2d_loops(x, W, b, stride, padding), **TOL["loops64"])
+    y = F.conv2d(*(on_device(a, backend.device) for a in (x, W, b)), stride=stride, padding=padding)
+    np.testing.assert_allclose(y.numpy(), conv2d_loops(x, W, b, stride, padding), **TOL["loops64"])
 
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,padding", CASES)
-def test_conv2d_grad(rng, x_shape, w_shape, stride, padding):
+def test_conv2d_grad(backend, rng, x_shape, w_shape, stride, padding):
     x, W, b = (
         rng.standard_normal(x_shape),
         rng.standard_normal(w_shape),
         rng.standard_normal(w_shape[0]),
     )
-    check_grad(lambda x, W, b: F.conv2d(x, W, b, stride, padding), [x, W, b], **TOL["gradcheck"])
+    check_grad(
+        lambda x, W, b: F.conv2d(x, W, b, stride, padding),
+        [x, W, b],
+        device=backend.device,
+        **TOL["gradcheck"],
+    )
 
 
-def test_conv2d_grad_without_bias(rng):
+def test_conv2d_grad_without_bias(backend, rng):
     x, W = rng.standard_normal((2, 2, 5, 5)), rng.standard_normal((3, 2, 3, 3))
-    check_grad(lambda x, W: F.conv2d(x, W, stride=2, padding=1), [x, W], **TOL["gradcheck"])
+    check_grad(
+        lambda x, W: F.conv2d(x, W, stride=2, padding=1),
+        [x, W],
+        device=backend.device,
+        **TOL["gradcheck"],
+    )
 
 
-def test_conv2d_float32_stays_float32(rng):
-    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
-    W = Tensor(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), requires_grad=True)
+def test_conv2d_float32_stays_float32(backend, rng):
+    x = on_device(rng.standard_normal((2, 3, 8, 8)).astype(np.float32), backend.device)
+    W = Tensor(
+        on_device(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), backend.device),
+        requires_grad=True,
+    )
     y = F.conv2d(x, W, padding=1)
     y.sum().backward()
     assert y.dtype == np.float32 and W.grad.dtype == np.float32
@@ -81,6 +95,7 @@ def test_conv2d_float32_stays_float32(rng):
         ((1, 1, 5, 5), (1, 1, 3, 3), {"padding": (1, 2, 3)}, "padding"),
     ],
 )
-def test_conv2d_bad_arguments(x_shape, w_shape, kwargs, match):
+def test_conv2d_bad_arguments(backend, x_shape, w_shape, kwargs, match):
+    x, W = (on_device(np.zeros(shape), backend.device) for shape in (x_shape, w_shape))
     with pytest.raises((ValueError, TypeError), match=match):
-        F.conv2d(np.zeros(x_shape), np.zeros(w_shape), **kwargs)
+        F.conv2d(x, W, **kwargs)

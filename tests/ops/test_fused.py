@@ -13,6 +13,7 @@ from engine.gradcheck import check_grad
 from engine.ops.fused import conv2d_relu_max_pool2d
 from engine.tensor import Tensor
 from tests.conftest import TOL
+from tests.helpers import on_device, to_host
 from tests.ops.test_conv import conv2d_loops
 from tests.ops.test_pool import pool_loops
 
@@ -63,41 +64,45 @@ def _windows(z, kernel_size, stride, padding):
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,padding,pk,ps,pp", CASES)
 def test_conv2d_relu_max_pool2d_forward_matches_loops(
-    rng, x_shape, w_shape, stride, padding, pk, ps, pp
+    backend, rng, x_shape, w_shape, stride, padding, pk, ps, pp
 ):
     x, W, b = rng.standard_normal(x_shape), rng.standard_normal(w_shape), rng.standard_normal(4)
     b = b[: w_shape[0]] - 0.5  # some windows rectify to all zeros
-    y = conv2d_relu_max_pool2d(x, W, b, stride, padding, pk, ps, pp)
+    xd, Wd, bd = (on_device(a, backend.device) for a in (x, W, b))
+    y = conv2d_relu_max_pool2d(xd, Wd, bd, stride, padding, pk, ps, pp)
     expected = pool_loops(np.maximum(conv2d_loops(x, W, b, stride, padding), 0), pk, ps, pp, "max")
-    np.testing.assert_allclose(y.data, expected, **TOL["loops64"])
+    np.testing.assert_allclose(y.numpy(), expected, **TOL["loops64"])
 
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,padding,pk,ps,pp", CASES)
-def test_conv2d_relu_max_pool2d_grad(rng, x_shape, w_shape, stride, padding, pk, ps, pp):
+def test_conv2d_relu_max_pool2d_grad(backend, rng, x_shape, w_shape, stride, padding, pk, ps, pp):
     x, W, b = _draw(rng, x_shape, w_shape, stride, padding, (pk, ps, pp))
     check_grad(
         lambda x, W, b: conv2d_relu_max_pool2d(x, W, b, stride, padding, pk, ps, pp),
         [x, W, b],
+        device=backend.device,
         **TOL["gradcheck"],
     )
 
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,padding,pk,ps,pp", CASES)
 def test_conv2d_relu_max_pool2d_grad_without_input_grad(
-    rng, x_shape, w_shape, stride, padding, pk, ps, pp
+    backend, rng, x_shape, w_shape, stride, padding, pk, ps, pp
 ):
     """The weight and bias gradients alone (x a constant, as for a network's first layer): the
     backward kernels may take another path when no input gradient is asked for."""
     x, W, b = _draw(rng, x_shape, w_shape, stride, padding, (pk, ps, pp))
+    x = Tensor(on_device(x, backend.device))
     check_grad(
-        lambda W, b: conv2d_relu_max_pool2d(Tensor(x), W, b, stride, padding, pk, ps, pp),
+        lambda W, b: conv2d_relu_max_pool2d(x, W, b, stride, padding, pk, ps, pp),
         [W, b],
+        device=backend.device,
         **TOL["gradcheck"],
     )
 
 
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_conv2d_relu_max_pool2d_equals_composition(rng, with_bias):
+def test_conv2d_relu_max_pool2d_equals_composition(backend, rng, with_bias):
     """Values and every gradient equal max_pool2d(relu(conv2d)), ties at zero included (a negative
     bias makes many windows all-zero after the ReLU: their gradient must vanish)."""
     x, W = rng.standard_normal((3, 3, 9, 8)), rng.standard_normal((5, 3, 3, 3))
@@ -105,41 +110,48 @@ def test_conv2d_relu_max_pool2d_equals_composition(rng, with_bias):
     gy = rng.standard_normal((3, 5, 3, 3))
     results = []
     for fused in (True, False):
-        xs = [Tensor(a, requires_grad=True) for a in (x, W, b) if a is not None]
+        xs = [
+            Tensor(on_device(a, backend.device), requires_grad=True)
+            for a in (x, W, b)
+            if a is not None
+        ]
         if fused:
             y = conv2d_relu_max_pool2d(*xs, stride=1, padding=0, pool_size=2)
         else:
             y = F.max_pool2d(F.relu(F.conv2d(*xs)), 2)
-        y.backward(gy)
-        results.append([y.data] + [t.grad for t in xs])
+        y.backward(on_device(gy, backend.device))
+        results.append([y.numpy()] + [to_host(t.grad) for t in xs])
     if with_bias:
         assert (results[1][0] == 0).sum() > 5  # the all-zero windows the test is about
     for got, ref in zip(*results, strict=True):
         np.testing.assert_allclose(got, ref, **TOL["loops64"])
 
 
-def test_sequential_fused_equals_layer_by_layer(rng):
+def test_sequential_fused_equals_layer_by_layer(backend, rng):
     """The seed CNN's output, parameter gradients and input gradient (saliency) are the same with
     Sequential.fuse on and off; fusion is an execution detail, the layers stay the article's."""
     x = rng.standard_normal((4, 1, 28, 28))
     t = rng.integers(0, 10, 4)
     model = models.get("seed_cnn", rng=np.random.default_rng(1)).astype(np.float64)
+    model.to(backend.device)
+    t = on_device(t, backend.device)
     assert [type(m).__name__ for m in model.layers[:3]] == ["Conv2d", "ReLU", "MaxPool2d"]
     keys = list(model.state_dict())
     results = []
     for fuse in (True, False):
         model.fuse = fuse
         model.zero_grad()
-        xt = Tensor(x, requires_grad=True)
+        xt = Tensor(on_device(x, backend.device), requires_grad=True)
         logits = model(xt)
         F.softmax_cross_entropy(logits, t).backward()
-        results.append([logits.data, xt.grad] + [p.grad for p in model.parameters()])
+        grads = [xt.grad] + [p.grad for p in model.parameters()]
+        results.append([logits.numpy()] + [to_host(g) for g in grads])
     assert list(model.state_dict()) == keys
     for got, ref in zip(*results, strict=True):
         np.testing.assert_allclose(got, ref, **TOL["loops64"])
 
 
-def test_sequential_fuses_only_exact_runs():
+def test_sequential_fuses_only_exact_runs(backend):
     """Conv2d -> ReLU -> MaxPool2d runs fused; a run broken by another layer does not."""
     model = nn.Sequential(
         nn.Conv2d(1, 2, 3, rng=np.random.default_rng(0)),
@@ -148,8 +160,9 @@ def test_sequential_fuses_only_exact_runs():
         nn.Conv2d(2, 2, 3, rng=np.random.default_rng(0)),
         nn.ReLU(),
         nn.AvgPool2d(2),
-    )
-    x = Tensor(np.ones((1, 1, 12, 12), dtype=np.float32), requires_grad=True)
+    ).to(backend.device)
+    x = on_device(np.ones((1, 1, 12, 12), dtype=np.float32), backend.device)
+    x = Tensor(x, requires_grad=True)
     names, fn = [], model(x).creator
     while fn is not None:
         names.append(fn.name)
@@ -157,11 +170,11 @@ def test_sequential_fuses_only_exact_runs():
     assert names == ["AvgPool2dFn", "ReLUFn", "Conv2dFn", "ConvReLUPool2dFn"]
 
 
-def test_conv2d_relu_max_pool2d_rejects_bad_pool():
-    x, W = np.zeros((1, 1, 5, 5)), np.zeros((1, 1, 3, 3))
+def test_conv2d_relu_max_pool2d_rejects_bad_pool(backend):
+    x, W = (on_device(np.zeros(shape), backend.device) for shape in ((1, 1, 5, 5), (1, 1, 3, 3)))
     with pytest.raises(
         ValueError, match=r"max_pool2d: kernel \(4, 4\) does not fit input \(3, 3\)"
     ):
         conv2d_relu_max_pool2d(x, W, None, pool_size=4)
     with pytest.raises(ValueError, match="conv2d: x has 1 channels but W expects 2"):
-        conv2d_relu_max_pool2d(x, np.zeros((1, 2, 3, 3)))
+        conv2d_relu_max_pool2d(x, on_device(np.zeros((1, 2, 3, 3)), backend.device))

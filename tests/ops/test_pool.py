@@ -9,7 +9,7 @@ import engine.functional as F
 from engine.gradcheck import check_grad
 from engine.tensor import Tensor
 from tests.conftest import TOL
-from tests.helpers import distinct
+from tests.helpers import distinct, on_device, to_host
 
 CASES = [  # x shape, kernel_size, stride, padding
     ((2, 3, 6, 6), 2, None, 0),
@@ -40,50 +40,61 @@ def pool_loops(x, kernel_size, stride, padding, reduce):
 
 
 @pytest.mark.parametrize("x_shape,kernel_size,stride,padding", CASES)
-def test_max_pool2d_forward_matches_loops(rng, x_shape, kernel_size, stride, padding):
+def test_max_pool2d_forward_matches_loops(backend, rng, x_shape, kernel_size, stride, padding):
     x = rng.standard_normal(x_shape)
-    y = F.max_pool2d(x, kernel_size, stride, padding)
+    y = F.max_pool2d(on_device(x, backend.device), kernel_size, stride, padding)
     np.testing.assert_allclose(
-        y.data, pool_loops(x, kernel_size, stride, padding, "max"), **TOL["loops64"]
+        y.numpy(), pool_loops(x, kernel_size, stride, padding, "max"), **TOL["loops64"]
     )
 
 
 @pytest.mark.parametrize("x_shape,kernel_size,stride,padding", CASES)
-def test_avg_pool2d_forward_matches_loops(rng, x_shape, kernel_size, stride, padding):
+def test_avg_pool2d_forward_matches_loops(backend, rng, x_shape, kernel_size, stride, padding):
     x = rng.standard_normal(x_shape)
-    y = F.avg_pool2d(x, kernel_size, stride, padding)
+    y = F.avg_pool2d(on_device(x, backend.device), kernel_size, stride, padding)
     np.testing.assert_allclose(
-        y.data, pool_loops(x, kernel_size, stride, padding, "avg"), **TOL["loops64"]
+        y.numpy(), pool_loops(x, kernel_size, stride, padding, "avg"), **TOL["loops64"]
     )
 
 
 @pytest.mark.parametrize("x_shape,kernel_size,stride,padding", CASES)
-def test_max_pool2d_grad(rng, x_shape, kernel_size, stride, padding):
+def test_max_pool2d_grad(backend, rng, x_shape, kernel_size, stride, padding):
     x = distinct(rng, x_shape)  # tie-free: distinct values 0.01 apart
-    check_grad(lambda x: F.max_pool2d(x, kernel_size, stride, padding), [x], **TOL["gradcheck"])
+    check_grad(
+        lambda x: F.max_pool2d(x, kernel_size, stride, padding),
+        [x],
+        device=backend.device,
+        **TOL["gradcheck"],
+    )
 
 
 @pytest.mark.parametrize("x_shape,kernel_size,stride,padding", CASES)
-def test_avg_pool2d_grad(rng, x_shape, kernel_size, stride, padding):
+def test_avg_pool2d_grad(backend, rng, x_shape, kernel_size, stride, padding):
     x = rng.standard_normal(x_shape)
-    check_grad(lambda x: F.avg_pool2d(x, kernel_size, stride, padding), [x], **TOL["gradcheck"])
+    check_grad(
+        lambda x: F.avg_pool2d(x, kernel_size, stride, padding),
+        [x],
+        device=backend.device,
+        **TOL["gradcheck"],
+    )
 
 
-def test_max_pool2d_tie_gradient_goes_to_first_maximum():
+def test_max_pool2d_tie_gradient_goes_to_first_maximum(backend):
     # every window is constant: all four taps tie, the first (top-left) one takes the gradient
-    x = Tensor(np.ones((1, 1, 4, 4)), requires_grad=True)
+    x = Tensor(on_device(np.ones((1, 1, 4, 4)), backend.device), requires_grad=True)
     y = F.max_pool2d(x, 2)
-    y.backward(np.array([[[[1.0, 2.0], [3.0, 4.0]]]]))
+    y.backward(on_device(np.array([[[[1.0, 2.0], [3.0, 4.0]]]]), backend.device))
     expected = np.zeros((4, 4))
     expected[0, 0], expected[0, 2], expected[2, 0], expected[2, 2] = 1, 2, 3, 4
-    np.testing.assert_array_equal(x.grad[0, 0], expected)
-    assert x.grad.sum() == y.data.size * 2.5  # nothing lost, nothing doubled
+    gx = to_host(x.grad)
+    np.testing.assert_array_equal(gx[0, 0], expected)
+    assert gx.sum() == y.size * 2.5  # nothing lost, nothing doubled
 
 
-def test_max_pool2d_padding_never_wins():
-    x = Tensor(-np.arange(1.0, 10.0).reshape(1, 1, 3, 3), requires_grad=True)  # all negative
-    y = F.max_pool2d(x, 3, stride=1, padding=1)
-    assert np.isfinite(y.data).all() and y.data.max() == -1.0
+def test_max_pool2d_padding_never_wins(backend):
+    x = on_device(-np.arange(1.0, 10.0).reshape(1, 1, 3, 3), backend.device)  # all negative
+    y = F.max_pool2d(Tensor(x, requires_grad=True), 3, stride=1, padding=1).numpy()
+    assert np.isfinite(y).all() and y.max() == -1.0
 
 
 @pytest.mark.parametrize(
@@ -94,7 +105,8 @@ def test_max_pool2d_padding_never_wins():
         ({"kernel_size": 9}, "does not fit"),
     ],
 )
-def test_pool_bad_arguments(kwargs, match):
+def test_pool_bad_arguments(backend, kwargs, match):
+    x = on_device(np.zeros((1, 1, 4, 4)), backend.device)
     for pool in (F.max_pool2d, F.avg_pool2d):
         with pytest.raises(ValueError, match=match):
-            pool(np.zeros((1, 1, 4, 4)), **kwargs)
+            pool(x, **kwargs)
