@@ -9,6 +9,8 @@ import pytest
 from engine import Tensor, deploy, nn, optim
 from engine.checkpoint import build_model, load_checkpoint, save_checkpoint
 from engine.errors import ArgumentError, SerializationError
+from tests.conftest import backend_params, cpu_only
+from tests.helpers import on_device
 
 
 class Centre(nn.Module):
@@ -45,6 +47,7 @@ def _trained(rng, steps: int = 3) -> nn.Sequential:
     return model.eval()
 
 
+@cpu_only("buffer bookkeeping on the host; test_to_moves_buffers_to_the_gpu_and_back covers cuda")
 def test_buffers_are_named_like_pytorch_and_are_not_parameters():
     model = _model()
     assert [n for n, _ in model.named_buffers()] == ["1.running_mean", "1.num_batches_tracked"]
@@ -59,6 +62,7 @@ def test_buffers_are_named_like_pytorch_and_are_not_parameters():
     assert model.state_dict()["1.num_batches_tracked"].dtype == np.int64
 
 
+@cpu_only("buffer bookkeeping on the host; test_to_moves_buffers_to_the_gpu_and_back covers cuda")
 def test_register_buffer_refuses_non_arrays_and_taken_names():
     layer = Centre(2)
     with pytest.raises(ArgumentError, match="'scale' must be an array"):
@@ -70,6 +74,7 @@ def test_register_buffer_refuses_non_arrays_and_taken_names():
     assert layer.running_mean.sum() == 2
 
 
+@cpu_only("buffer bookkeeping on the host; test_to_moves_buffers_to_the_gpu_and_back covers cuda")
 def test_state_dict_round_trip_carries_buffers(rng):
     model = _trained(rng)
     state = model.state_dict()
@@ -85,6 +90,7 @@ def test_state_dict_round_trip_carries_buffers(rng):
     np.testing.assert_array_equal(other(x).data, model(x).data)
 
 
+@cpu_only("buffer bookkeeping on the host; test_to_moves_buffers_to_the_gpu_and_back covers cuda")
 def test_strict_load_lists_missing_and_unexpected_buffers(rng):
     model = _model()
     state = model.state_dict()
@@ -101,6 +107,7 @@ def test_strict_load_lists_missing_and_unexpected_buffers(rng):
         model.load_state_dict({**model.state_dict(), "1.running_mean": np.zeros(3)})
 
 
+@cpu_only("buffer bookkeeping on the host; test_to_moves_buffers_to_the_gpu_and_back covers cuda")
 def test_astype_casts_float_buffers_and_keeps_integer_ones(rng):
     model = _trained(rng).astype(np.float64)
     assert model[1].running_mean.dtype == np.float64
@@ -109,6 +116,7 @@ def test_astype_casts_float_buffers_and_keeps_integer_ones(rng):
     assert model(rng.standard_normal((2, 3))).dtype == np.float64
 
 
+@cpu_only("buffer bookkeeping on the host; test_to_moves_buffers_to_the_gpu_and_back covers cuda")
 def test_optimizer_never_sees_buffers(rng):
     model = _model().train()
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -128,6 +136,7 @@ def test_optimizer_never_sees_buffers(rng):
     assert set(opt.state_dict()) == {"steps", "lr", "velocity.0", "velocity.1", "velocity.2"}
 
 
+@cpu_only("buffer bookkeeping on the host; test_to_moves_buffers_to_the_gpu_and_back covers cuda")
 def test_buffers_travel_through_model_files(rng, tmp_path, monkeypatch):
     model = _trained(rng)
     ckpt = load_checkpoint(save_checkpoint(tmp_path / "custom.npz", model))
@@ -156,12 +165,15 @@ def test_buffers_travel_through_model_files(rng, tmp_path, monkeypatch):
     np.testing.assert_allclose(deploy.load(path)(x), model(x).data, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", backend_params("cuda"), indirect=True)
 @pytest.mark.gpu
-def test_to_moves_buffers_to_the_gpu_and_back(rng):
-    from engine import backend
+def test_to_moves_buffers_to_the_gpu_and_back(rng, backend):
+    from engine.backend import device_of
 
-    model = _trained(rng).to("cuda")
-    assert backend.device_of(model[1].running_mean) == "cuda"
+    model = _model().to(backend.device)
+    for _ in range(3):  # training steps on the device update the buffers there
+        model(on_device(rng.standard_normal((5, 3)).astype(np.float32), backend.device))
+    assert device_of(model[1].running_mean) == "cuda"
     assert model[1].num_batches_tracked.dtype == np.int64
     state = model.state_dict()
     assert isinstance(state["1.running_mean"], np.ndarray)

@@ -12,6 +12,7 @@ import engine.functional as F
 import models
 from engine import Tensor, nn
 from engine.errors import ArgumentError
+from tests.conftest import cpu_only
 from tests.helpers import distinct
 
 # One example per LAYERS entry, with non-default arguments; a layer added to LAYERS without an
@@ -30,10 +31,12 @@ EXAMPLES = {
 }
 
 
+@cpu_only("specs, geometry and fusion rules are device-independent metadata")
 def test_every_layer_has_an_example():
     assert sorted(EXAMPLES) == sorted(nn.LAYERS)
 
 
+@cpu_only("specs, geometry and fusion rules are device-independent metadata")
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_spec_round_trips_through_json(rng, name):
     layer = EXAMPLES[name](rng)
@@ -47,6 +50,7 @@ def test_spec_round_trips_through_json(rng, name):
     ]
 
 
+@cpu_only("specs, geometry and fusion rules are device-independent metadata")
 def test_conv2d_spec_lists_its_constructor_arguments(rng):
     spec = EXAMPLES["Conv2d"](rng).spec()
     assert spec == {
@@ -66,6 +70,7 @@ def test_conv2d_spec_lists_its_constructor_arguments(rng):
     }
 
 
+@cpu_only("specs, geometry and fusion rules are device-independent metadata")
 @pytest.mark.parametrize("name", models.names())
 def test_models_rebuilt_from_spec_compute_the_same(rng, name):
     model = models.get(name, num_classes=3, rng=np.random.default_rng(0))
@@ -75,6 +80,7 @@ def test_models_rebuilt_from_spec_compute_the_same(rng, name):
     np.testing.assert_array_equal(rebuilt(x).data, model(x).data)
 
 
+@cpu_only("specs, geometry and fusion rules are device-independent metadata")
 def test_from_spec_rejects_unknown_types_and_arguments():
     with pytest.raises(ArgumentError, match="unknown layer type 'Conv9d'.*Conv2d"):
         nn.from_spec({"type": "Conv9d"})
@@ -84,6 +90,7 @@ def test_from_spec_rejects_unknown_types_and_arguments():
         nn.from_spec({"type": "Linear", "in_features": 2, "out_featurez": 3})
 
 
+@cpu_only("specs, geometry and fusion rules are device-independent metadata")
 def test_modules_outside_layers_have_no_spec(rng):
     class Net(nn.Sequential):  # overrides forward: not a plain Sequential, cannot be rebuilt as one
         def forward(self, x):
@@ -99,6 +106,7 @@ def test_modules_outside_layers_have_no_spec(rng):
         nn.Sequential(nn.ReLU(), Custom()).spec()
 
 
+@cpu_only("specs, geometry and fusion rules are device-independent metadata")
 def test_geometry_of_spatial_layers(rng):
     conv = EXAMPLES["Conv2d"](rng).geometry()
     assert (conv.kind, conv.kernel_size, conv.stride, conv.padding) == (
@@ -116,11 +124,13 @@ def test_geometry_of_spatial_layers(rng):
         assert EXAMPLES[name](rng).geometry() is None, name
 
 
+@cpu_only("specs, geometry and fusion rules are device-independent metadata")
 def test_the_conv_relu_pool_rule_is_registered():
     patterns = [rule.pattern for rule in nn.FUSIONS]
     assert (nn.Conv2d, nn.ReLU, nn.MaxPool2d) in patterns
 
 
+@cpu_only("specs, geometry and fusion rules are device-independent metadata")
 def test_a_registered_fusion_rule_runs_and_matches_exact_classes(rng, monkeypatch):
     """A new rule (here Linear -> Tanh, run by a counting stand-in for a fused op) is used by
     Sequential for exact class runs only, and equals the layers' composition."""
