@@ -19,6 +19,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage
 
 from engine.data import deidentify as deid
+from engine.data.deid import profile as deid_profile
 from engine.data.deidentify import (
     SHIFT_DATES,
     anonymize,
@@ -93,14 +94,14 @@ def test_profile_rejects_a_row_it_cannot_read():
 
 
 def test_shipped_table_hash_is_checked(monkeypatch):
-    monkeypatch.setattr(deid, "TABLE_SHA256", "0" * 64)
-    deid.load_profile.cache_clear()
+    monkeypatch.setattr(deid_profile, "TABLE_SHA256", "0" * 64)
+    deid_profile.load_profile.cache_clear()
     try:
         with pytest.raises(DataError, match="SHA-256"):
-            deid.load_profile()
+            deid_profile.load_profile()
     finally:
         monkeypatch.undo()
-        deid.load_profile.cache_clear()
+        deid_profile.load_profile.cache_clear()
 
 
 # ------------------------------------------------------------------------------- P1, P2
