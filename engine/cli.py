@@ -380,12 +380,28 @@ def _add_anonymize(sub) -> None:
         action="store_true",
         help="also copy files whose pixels may carry burned-in identity "
         "(BurnedInAnnotation YES, or absent for US, XA, RF, endoscopy, secondary "
-        "capture); their pixels are NOT cleaned",
+        "capture); their pixels are NOT cleaned (--clean-pixels is not supported)",
+    )
+    p.add_argument(
+        "--class-folders",
+        action="store_true",
+        help="IN has one sub-folder per class and no labels.csv: keep the class folder names "
+        "(OUT/<class>/...); without it folder names are dropped. IN/labels.csv is always "
+        "carried to OUT/labels.csv (new paths, pseudonymized patient ids)",
+    )
+    p.add_argument(
+        "--report",
+        default=None,
+        metavar="FILE",
+        help="also write refused files by reason to this JSON file (keyed file tokens, no "
+        "paths or values; not inside IN)",
     )
     p.set_defaults(func=_cmd_anonymize)
 
 
 def _cmd_anonymize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from engine.data.deidentify import anonymize
 
     report = anonymize(
@@ -394,15 +410,44 @@ def _cmd_anonymize(args: argparse.Namespace) -> int:
         key=args.key,
         shift_dates=args.shift_dates,
         allow_burned_in=args.allow_burned_in,
+        class_folders=args.class_folders,
+        report_path=args.report,
     )
     skipped = ", ".join(f"{n} {why}" for why, n in sorted(report.skipped.items())) or "none"
     print(
         f"wrote {len(report.written)} de-identified files to {args.output} "
         f"(skipped: {skipped}); log: {report.log_path}"
     )
-    for path, reason in report.refused:
-        print(f"refused {path}: {reason}", file=sys.stderr)
-    return 1 if report.refused else 0
+    labels = report.labels
+    if labels is None and Path(args.input).is_dir():
+        print(
+            "no labels.csv in IN: no labels carried (use --class-folders if IN's folders are classes)"
+        )
+    elif labels is not None and labels.problems:
+        print(f"labels NOT carried ({labels.kind}):", file=sys.stderr)
+        for problem in labels.problems:
+            print(f"  {problem}", file=sys.stderr)
+    elif labels is not None:
+        dropped = sum(labels.dropped_rows.values())
+        print(
+            f"labels: {labels.rows_out} rows ({labels.kind}) -> "
+            f"{labels.path or args.output}; patient ids pseudonymized"
+            + (f"; {dropped} rows dropped with their files" if dropped else "")
+            + (
+                f"; dropped columns: {', '.join(labels.dropped_columns)}"
+                if labels.dropped_columns
+                else ""
+            )
+        )
+    for refusal in report.refused:
+        print(f"refused {refusal.path} [{refusal.token}]: {refusal.reason}", file=sys.stderr)
+    if report.refused:
+        total = len(report.written) + len(report.refused)
+        by_code = ", ".join(f"{n} {code}" for code, n in sorted(report.refused_by_code().items()))
+        print(f"refused {len(report.refused)} of {total} files: {by_code}", file=sys.stderr)
+    if report.report_path is not None:
+        print(f"report: {report.report_path}")
+    return 1 if report.refused or (labels is not None and labels.problems) else 0
 
 
 def _add_verify(sub) -> None:

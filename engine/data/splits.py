@@ -27,12 +27,17 @@ def _assign(
 ) -> np.ndarray:
     """-> bin index (int64 (n,)) per sample; every sample of a group shares one bin.
 
-    Targets: bin b should hold fractions[b] of each class. Groups are visited in a seeded random
-    order, stably re-sorted by size (largest first, as in bin packing), and each goes to the bin
-    with the smallest increase in squared distance to its per-class target (ties: the emptier
-    bin relative to its share, then the lower index).
+    Targets: bin b should hold fractions[b] of each class. Groups, numbered by first appearance,
+    are visited in a seeded random order, stably re-sorted by size (largest first, as in bin
+    packing), and each goes to the bin with the smallest increase in squared distance to its
+    per-class target (ties: the emptier bin relative to its share, then the lower index).
     """
-    group_ids, group_of = np.unique(groups, return_inverse=True)
+    # Groups are numbered in order of first appearance, not by name: the split must not depend
+    # on what patients are called, so a copy with pseudonymized ids splits the same way.
+    group_ids, first, group_of = np.unique(groups, return_index=True, return_inverse=True)
+    rank = np.empty(len(group_ids), dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(len(group_ids))
+    group_of = rank[group_of.reshape(-1)]
     classes, class_of = np.unique(labels, return_inverse=True)
     counts = np.zeros((len(group_ids), len(classes)))  # counts[g, c]: samples of class c in g
     np.add.at(counts, (group_of, class_of), 1)

@@ -19,6 +19,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage
 
 from engine.data import deidentify as deid
+from engine.data.deid import profile as deid_profile
+from engine.data.deid.gate import missing_sop_uids
 from engine.data.deidentify import (
     SHIFT_DATES,
     anonymize,
@@ -93,14 +95,14 @@ def test_profile_rejects_a_row_it_cannot_read():
 
 
 def test_shipped_table_hash_is_checked(monkeypatch):
-    monkeypatch.setattr(deid, "TABLE_SHA256", "0" * 64)
-    deid.load_profile.cache_clear()
+    monkeypatch.setattr(deid_profile, "TABLE_SHA256", "0" * 64)
+    deid_profile.load_profile.cache_clear()
     try:
         with pytest.raises(DataError, match="SHA-256"):
-            deid.load_profile()
+            deid_profile.load_profile()
     finally:
         monkeypatch.undo()
-        deid.load_profile.cache_clear()
+        deid_profile.load_profile.cache_clear()
 
 
 # ------------------------------------------------------------------------------- P1, P2
@@ -213,6 +215,14 @@ def test_corpus_folder_run_writes_only_clean_files(tmp_path):
             assert find_residual_phi(ds) == [], path.name
     written = [p for p in (tmp_path / "out").rglob("*.dcm")]
     assert len(written) == len(report.written)
+    # The only refusals are files without SOP UIDs, each told so (not a bare exception name).
+    refused = {r.path.name: r for r in report.refused}
+    assert {"empty_charset_LEI.dcm", "meta_missing_tsyntax.dcm", "nested_priv_SQ.dcm"} <= set(
+        refused
+    )
+    for r in report.refused:
+        assert r.code == "missing-sop-uid" and "SOP Instance UID (0008,0018)" in r.reason
+        assert missing_sop_uids(read_quietly(r.path))
     assert not list((tmp_path / "out").rglob("*.tmp"))
 
 
@@ -474,7 +484,8 @@ def test_synthetic_study_set_has_zero_findings(tmp_path):
         originals[remap_uid(ds.SOPInstanceUID, KEY.encode())] = ds
     report = anonymize(src, tmp_path / "out", key=KEY)
     assert len(report.written) == len(originals) == 15 and not report.refused
-    assert report.skipped == {"not DICOM": 1}  # labels.csv stays behind: it names patients
+    assert report.skipped == {}  # labels.csv is carried (tests/privacy/test_labels.py)
+    assert report.labels.rows_out == 15
     secrets = (
         {str(d.PatientName) for d in originals.values()}
         | {str(d.PatientID) for d in originals.values()}
