@@ -16,8 +16,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from kernels import KERNEL_NAMES
-from kernels.numpy_cpu import compose
+from kernels.numpy_cpu import GENERIC, compose
 from kernels.numpy_cpu.xp import array_module, conv_pool_shapes, out_size
 
 from .sources import SOURCES
@@ -350,5 +349,6 @@ KERNELS = {
     "conv2d_relu_max_pool2d_forward": conv2d_relu_max_pool2d_forward,
     "conv2d_relu_max_pool2d_backward": conv2d_relu_max_pool2d_backward,
 }
-# the 64-bit primitives the fused launchers compose past INDEX_LIMIT (looked up at call time)
-_PRIMITIVES = SimpleNamespace(**{name: KERNELS[name] for name in KERNEL_NAMES})
+# the kernels of this flavour's table (table.py's merge): the fused launchers compose its 64-bit
+# primitives past INDEX_LIMIT (looked up at call time)
+_PRIMITIVES = SimpleNamespace(**{**GENERIC, **KERNELS})

@@ -17,9 +17,10 @@ from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import numpy as np
+import pytest
 
 from engine import backend
-from kernels import ALL_KERNEL_NAMES
+from kernels import ALL_KERNEL_NAMES, coverage, describe_coverage
 from kernels.numpy_cpu import REFERENCE
 from tests.conftest import TOL
 from tests.helpers import distinct
@@ -360,6 +361,26 @@ def check_parity(k, name: str, case: Case, dtype, dev=_same, host=_same) -> None
             np.testing.assert_array_equal(g, r, err_msg=f"{name} array {i}")
         else:
             np.testing.assert_allclose(g, r, **tol, err_msg=f"{name} array {i}")
+
+
+def tiny_params(own: Mapping) -> list:
+    """pytest params (name, case) of the tiny cases of each kernel in `own`, a GPU flavour's own
+    launchers: what the CUDA simulator and the g++ build of the CUDA C run."""
+    return [
+        pytest.param(name, case, id=f"{name}-{case.label}")
+        for name in own
+        for case in CASES[name]
+        if case.tiny
+    ]
+
+
+def report_coverage(flavour: str, own: Mapping) -> None:
+    """Print the coverage line of a flavour whose own launchers are `own` (shown by `pytest -rP`)
+    and check the report: exactly those names are "own", and each of them has tiny cases."""
+    print(describe_coverage(flavour, own))
+    report = coverage(own)
+    assert {name for name, how in report.items() if how == "own"} == set(own)
+    assert all(any(case.tiny for case in CASES[name]) for name in own)
 
 
 def softmax_cross_entropy_bad_targets(k, dtype, dev=_same, host=_same) -> None:
