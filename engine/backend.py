@@ -5,6 +5,8 @@ Two independent axes:
 - kernel flavour: on the CPU "numba" (the default whenever Numba imports) or "numpy" (the reference);
   on CUDA "cupy" (the default) or "numba". Chosen by ENGINE_KERNELS=numpy|numba|cupy or, for a block
   of code, `with use_kernels("numpy"):`. A flavour the device does not offer falls back to its default.
+A flavour's `k` has every required and optional kernel name: an optional kernel it has no launcher
+for runs as its composition on the flavour's own primitives (kernels/numpy_cpu/compose.py).
 This module alone imports kernels.numba_cpu, kernels.cupy_cuda and kernels.numba_cuda, and only lazily.
 """
 
@@ -21,6 +23,7 @@ from types import ModuleType, SimpleNamespace
 import numpy as np
 
 from engine.errors import DeviceError
+from kernels.numpy_cpu.compose import complete
 
 DEVICES = ("cpu", "cuda")
 # per device: the flavours it offers, default first, and the module holding each flavour's KERNELS
@@ -43,7 +46,12 @@ class Backend:
     device: str  # "cpu" | "cuda"
     flavour: str  # "numpy" | "numba" | "cupy"
     xp: ModuleType  # numpy or cupy
-    k: SimpleNamespace  # the named kernels of kernels.KERNEL_NAMES
+    k: SimpleNamespace  # every name of kernels.KERNEL_NAMES and kernels.OPTIONAL_KERNEL_NAMES
+    offered: frozenset[str]  # the names the flavour's table has (the rest of k is composed)
+
+    def has(self, name: str) -> bool:
+        """True when the flavour's table has kernel `name`, False when k composes it."""
+        return name in self.offered
 
 
 def device_of(a) -> str:
@@ -74,7 +82,8 @@ def _load(device: str, flavour: str) -> Backend | None:
     except (ImportError, DeviceError, OSError, RuntimeError) as exc:
         _unavailable[key] = f"{type(exc).__name__}: {exc}"
         return None
-    _cache[key] = Backend(device, flavour, xp, SimpleNamespace(**module.KERNELS))
+    k = SimpleNamespace(**complete(module.KERNELS))
+    _cache[key] = Backend(device, flavour, xp, k, frozenset(module.KERNELS))
     return _cache[key]
 
 

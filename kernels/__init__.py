@@ -1,12 +1,21 @@
-"""The kernel contract: every flavour (numpy_cpu, numba_cpu, cupy_cuda, numba_cuda) supplies these names.
+"""The kernel contract: the required primitives every flavour supplies, and optional fast paths.
 
 Kernels are pure functions from arrays to arrays: no Tensor, no autograd. The docstrings with shapes,
 index schemes and tie rules live on the `kernels/numpy_cpu` versions, which are the reference.
+
+- KERNEL_NAMES: the primitives. Every flavour's table has all of them (its own launcher or the one it
+  falls back to: numba_cpu -> numpy_cpu, cupy_cuda -> numpy_cpu.GENERIC, numba_cuda -> cupy_cuda).
+- OPTIONAL_KERNEL_NAMES: fused or geometry-specialised kernels a flavour MAY offer. Each is defined
+  once, as a composition of the primitives (kernels/numpy_cpu/compose.py, `COMPOSED[name](k, ...)`).
+  engine/backend.py gives a flavour without its own launcher that composition run on the flavour's
+  own primitives (so a GPU flavour stays on the GPU), and the parity oracle is the composition run on
+  numpy_cpu's primitives (`kernels.numpy_cpu.REFERENCE`). Adding one: a name here, its composition,
+  and parity cases; fast launchers follow when a flavour wants them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 KERNEL_NAMES: dict[str, str] = {
     "im2col": "x (n,c,h,w) -> cols (n*oh*ow, c*kh*kw), rows in (n, oh, ow) order, zero padding",
@@ -24,23 +33,56 @@ KERNEL_NAMES: dict[str, str] = {
     "softmax_cross_entropy_backward": "probs (n,k), t (n,), gloss 0-d -> glogits (n,k)",
     "sgd_update": "in place: p, g, velocity; PyTorch's SGD rule (momentum, nesterov, weight decay)",
     "adam_update": "in place: p, g, m, v; PyTorch's Adam rule (L2 weight decay, bias correction)",
+}
+
+OPTIONAL_KERNEL_NAMES: dict[str, str] = {
     "conv2d_relu_max_pool2d_forward": "x, W, b|None -> (y, argmax int32) of max_pool2d(relu(conv2d))",
     "conv2d_relu_max_pool2d_backward": "gy, y, argmax, x, W, ..., need_gx -> (gx|None, gW, gb)",
 }
 
-# Kernels whose GPU flavours take the xp-generic numpy_cpu version (numpy_cpu.GENERIC) by design;
-# the GPU runners exclude them from "every kernel has its own launcher". Empty since the fused
-# conv2d_relu_max_pool2d kernels got their own cupy_cuda and numba_cuda launchers (the generic
-# composition cost 13-18 launches and full-size intermediates per layer on a GPU).
-GENERIC_ON_GPU: frozenset[str] = frozenset()
+ALL_KERNEL_NAMES: tuple[str, ...] = (*KERNEL_NAMES, *OPTIONAL_KERNEL_NAMES)
+
+
+def _unknown(names: Iterable[str]) -> list[str]:
+    return sorted(set(names) - set(ALL_KERNEL_NAMES))
 
 
 def build_table(flavour: str, table: Mapping[str, Callable]) -> dict[str, Callable]:
-    """Check that a flavour's table names exactly KERNEL_NAMES and return it as a plain dict."""
+    """Check a flavour's table and return it as a plain dict: it must name every KERNEL_NAMES entry,
+    may name any OPTIONAL_KERNEL_NAMES entries, and nothing else (RuntimeError listing the names)."""
     missing = sorted(set(KERNEL_NAMES) - set(table))
-    unknown = sorted(set(table) - set(KERNEL_NAMES))
+    unknown = _unknown(table)
     if missing or unknown:
         raise RuntimeError(
-            f"kernel table {flavour!r} does not match KERNEL_NAMES: missing {missing}, unknown {unknown}"
+            f"kernel table {flavour!r}: missing required kernels {missing}, unknown names "
+            f"{unknown} (neither in KERNEL_NAMES nor in OPTIONAL_KERNEL_NAMES)"
         )
     return dict(table)
+
+
+def coverage(own: Iterable[str]) -> dict[str, str]:
+    """What serves each kernel name in a flavour whose own launchers are `own`: every name of
+    KERNEL_NAMES and OPTIONAL_KERNEL_NAMES -> "own", "fallback" (a required name the flavour takes
+    from the table it builds on) or "composed" (an optional name run as its composition)."""
+    own = set(own)
+    unknown = _unknown(own)
+    if unknown:
+        raise RuntimeError(f"coverage: unknown kernel names {unknown}")
+    return {
+        name: "own" if name in own else "fallback" if name in KERNEL_NAMES else "composed"
+        for name in ALL_KERNEL_NAMES
+    }
+
+
+def describe_coverage(flavour: str, own: Iterable[str]) -> str:
+    """One line for a test log: the own launcher counts, then the names that fall back or compose."""
+    report = coverage(own)
+    required = sum(report[name] == "own" for name in KERNEL_NAMES)
+    optional = sum(report[name] == "own" for name in OPTIONAL_KERNEL_NAMES)
+    fallback = [name for name, how in report.items() if how == "fallback"]
+    composed = [name for name, how in report.items() if how == "composed"]
+    return (
+        f"{flavour}: own launchers for {required}/{len(KERNEL_NAMES)} required and "
+        f"{optional}/{len(OPTIONAL_KERNEL_NAMES)} optional kernels; falls back: "
+        f"{', '.join(fallback) or '-'}; composed: {', '.join(composed) or '-'}"
+    )

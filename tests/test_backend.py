@@ -164,3 +164,25 @@ def test_env_numpy_is_honoured_in_a_fresh_process():
     out = _run(INFER.replace('"available": backend.available(),', ""), ENGINE_KERNELS="numpy")
     assert out["flavour"] == "numpy" and out["finite"]
     assert not out["numba_loaded"]
+
+
+def test_optional_kernels_compose_where_a_flavour_has_none():
+    """numpy_cpu offers no fused kernel: its k runs the composition on its own primitives, which
+    is the reference; numba_cpu offers its own. `has` tells which."""
+    from kernels import KERNEL_NAMES, OPTIONAL_KERNEL_NAMES
+    from kernels.numpy_cpu import REFERENCE
+
+    with backend.use_kernels("numpy"):
+        b = backend.get_backend(np.zeros(1))
+    assert all(b.has(name) for name in KERNEL_NAMES)
+    assert not any(b.has(name) for name in OPTIONAL_KERNEL_NAMES)
+    rng = np.random.default_rng(0)
+    x, W, b_ = rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((4, 3, 3, 3)), np.zeros(4)
+    args = (x, W, b_, (1, 1), (0, 0), (2, 2), (2, 2), (0, 0))
+    y, argmax = b.k.conv2d_relu_max_pool2d_forward(*args)
+    y_ref, argmax_ref = REFERENCE["conv2d_relu_max_pool2d_forward"](*args)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(argmax, argmax_ref)
+    if HAS_NUMBA:
+        with backend.use_kernels("numba"):
+            assert backend.get_backend(np.zeros(1)).has("conv2d_relu_max_pool2d_forward")

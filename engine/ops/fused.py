@@ -2,8 +2,9 @@
 
 max_pool2d(relu(conv2d(x, W, b))) is the CNN's most common block. As three ops it writes the conv
 output, the rectified copy and, in backward, two full-size gradients; fused, the fast kernels keep
-the conv output in cache (kernels/numba_cpu/fused.py). The result and its gradients equal the
-three-op composition's, which is also the numpy_cpu kernels' definition.
+the conv output in cache. conv2d_relu_max_pool2d_* are optional kernels: a flavour without its own
+launcher runs their one definition, the composition of its own primitives (kernels/numpy_cpu/
+compose.py), which engine/backend.py puts in `self.k`, so this Function never asks which it got.
 """
 
 from __future__ import annotations

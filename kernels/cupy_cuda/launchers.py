@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import functools
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 
-from kernels.numpy_cpu._xp import array_module, out_size
+from kernels.numpy_cpu import GENERIC, compose
+from kernels.numpy_cpu.xp import array_module, conv_pool_shapes, out_size
 
 from .sources import SOURCES
 
@@ -163,15 +165,6 @@ def avg_pool2d_backward(gy, x_shape, kernel_size, stride, padding):
 
 
 # ---- fused conv2d + bias + ReLU + max-pool ----
-def _fused_shapes(x_shape, W_shape, stride, padding, pool_size, pool_stride, pool_padding):
-    """(oh, ow) of the conv output and (qh, qw) of the pooled output."""
-    oh = out_size(x_shape[2], W_shape[2], stride[0], padding[0])
-    ow = out_size(x_shape[3], W_shape[3], stride[1], padding[1])
-    qh = out_size(oh, pool_size[0], pool_stride[0], pool_padding[0])
-    qw = out_size(ow, pool_size[1], pool_stride[1], pool_padding[1])
-    return oh, ow, qh, qw
-
-
 def _im2col_t(x, kernel_size, stride, padding, ones_row: bool):
     """x (n, c, h, w) -> channel-major columns (c*kh*kw [+ 1], n*oh*ow), the transpose of
     im2col's; with ones_row, a last row of ones (the bias row of the weight-gradient GEMM)."""
@@ -212,16 +205,14 @@ def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_str
     # 3 launches: im2col into channel-major columns (c*kh*kw, n*oh*ow), one GEMM z = W @ cols
     # giving the conv output channel-major (oc, n*oh*ow), and one kernel for bias + ReLU + pool +
     # argmax that writes only the pooled NCHW output: the conv output is never rectified or
-    # transposed. Arrays past 2^31 elements take the 64-bit unfused kernels instead
+    # transposed. Arrays past 2^31 elements take the composition of the 64-bit primitives instead
     xp = array_module(x)
     n = x.shape[0]
     oc, _, kh, kw = W.shape
-    oh, ow, qh, qw = _fused_shapes(
-        x.shape, W.shape, stride, padding, pool_size, pool_stride, pool_padding
-    )
+    pool = (pool_size, pool_stride, pool_padding)
+    oh, ow, qh, qw = conv_pool_shapes(x.shape, W.shape, stride, padding, *pool)
     if not _fused_fits32(x.shape, W.shape, oh, ow):
-        z = relu_forward(conv2d_forward(x, W, b, stride, padding))
-        return max_pool2d_forward(z, pool_size, pool_stride, pool_padding)
+        return compose.conv2d_relu_max_pool2d_forward(_PRIMITIVES, x, W, b, stride, padding, *pool)
     z = xp.matmul(W.reshape(oc, -1), _im2col_t(x, (kh, kw), stride, padding, False))
     y = xp.empty((n, oc, qh, qw), dtype=x.dtype)
     argmax = xp.empty((n, oc, qh, qw), dtype=xp.int32)
@@ -254,23 +245,11 @@ def conv2d_relu_max_pool2d_backward(
     xp = array_module(gy)
     n, c, h, w = x.shape
     oc, _, kh, kw = W.shape
-    oh, ow, qh, qw = _fused_shapes(
-        x.shape, W.shape, stride, padding, pool_size, pool_stride, pool_padding
-    )
+    pool = (pool_size, pool_stride, pool_padding)
+    oh, ow, qh, qw = conv_pool_shapes(x.shape, W.shape, stride, padding, *pool)
     if not _fused_fits32(x.shape, W.shape, oh, ow):
-        return _fused_backward64(
-            gy,
-            y,
-            argmax,
-            x,
-            W,
-            stride,
-            padding,
-            pool_size,
-            pool_stride,
-            pool_padding,
-            need_gx,
-            (n, oc, oh, ow),
+        return compose.conv2d_relu_max_pool2d_backward(
+            _PRIMITIVES, gy, y, argmax, x, W, stride, padding, *pool, need_gx
         )
     gz = xp.empty((oc, n * oh * ow), dtype=gy.dtype)
     _kernel("relu_max_pool2d_backward")(
@@ -305,18 +284,6 @@ def conv2d_relu_max_pool2d_backward(
             gx,
         )
     return gx, gW, gb
-
-
-def _fused_backward64(
-    gy, y, argmax, x, W, stride, padding, pool_size, pool_stride, pool_padding, need_gx, conv_shape
-):
-    """The fused backward composed from the 64-bit unfused kernels (numpy_cpu's definition)."""
-    xp = array_module(gy)
-    g = xp.where(y > 0, gy, 0).astype(gy.dtype, copy=False)
-    gz = max_pool2d_backward(g, argmax, conv_shape, pool_size, pool_stride, pool_padding)
-    gx = conv2d_backward_input(gz, W, x.shape, stride, padding) if need_gx else None
-    gW = conv2d_backward_weight(gz, x, W.shape[2:], stride, padding)
-    return gx, gW, g.sum(axis=(0, 2, 3)).astype(gy.dtype, copy=False)
 
 
 # ---- elementwise and row-wise ----
@@ -382,3 +349,6 @@ KERNELS = {
     "conv2d_relu_max_pool2d_forward": conv2d_relu_max_pool2d_forward,
     "conv2d_relu_max_pool2d_backward": conv2d_relu_max_pool2d_backward,
 }
+# the kernels of this flavour's table (table.py's merge): the fused launchers compose its 64-bit
+# primitives past INDEX_LIMIT (looked up at call time)
+_PRIMITIVES = SimpleNamespace(**{**GENERIC, **KERNELS})

@@ -83,6 +83,21 @@ _WINDOWS_COVERING_32 = """
             const int v = aw - oj * sw;
 """
 
+# The max-pool tie rule of kernels/numpy_cpu/pool.py (np.argmax's), the one definition that every
+# source here that pools uses: taps are offered in row-major order, and a tap replaces the best so
+# far when it is strictly greater (ties keep the first tap) or when it is the first NaN (x != x only
+# for a NaN; once in, nothing beats it, since comparisons with NaN are false): NaNs propagate
+MAX_TIE_RULE = """
+template <typename T>
+__device__ __forceinline__ void medgrad_offer_max(
+        const T value, const int tap, T& best, int& best_tap) {
+    if (value > best || (value != value && best == best)) {
+        best = value;
+        best_tap = tap;
+    }
+}
+"""
+
 SOURCES: dict[str, Source] = {
     "im2col": Source(
         f"raw T x, int32 c, int32 h, int32 w, int32 oh, int32 ow, {_GEOMETRY}",
@@ -145,8 +160,8 @@ SOURCES: dict[str, Source] = {
         f"raw T x, int32 h, int32 w, int32 oh, int32 ow, {_GEOMETRY}",
         "T y, int32 argmax",
         """
-        // thread i -> window (plane, oi, oj) row-major, plane = b * c + ch. Padding is -inf and
-        // never wins; a later tap wins only if strictly greater, so ties keep the first tap
+        // thread i -> window (plane, oi, oj) row-major, plane = b * c + ch. Padding is skipped
+        // (-inf: never wins); medgrad_offer_max keeps the tie rule (first maximum, a NaN wins)
         const ptrdiff_t oj = i % ow, oi = (i / ow) % oh, plane = i / ((ptrdiff_t)oh * ow);
         T best = (T)(-__longlong_as_double(0x7ff0000000000000LL));  // -inf
         int best_tap = 0;
@@ -156,16 +171,14 @@ SOURCES: dict[str, Source] = {
                 const ptrdiff_t ww = oj * sw + v - pw;
                 if (hh < 0 || hh >= h || ww < 0 || ww >= w) continue;
                 const T value = x[(plane * h + hh) * w + ww];
-                if (value > best) {
-                    best = value;
-                    best_tap = u * kw + v;
-                }
+                medgrad_offer_max(value, u * kw + v, best, best_tap);
             }
         }
         y = best;
         argmax = best_tap;
         """,
         "medgrad_max_pool2d_forward",
+        MAX_TIE_RULE,
     ),
     "max_pool2d_backward": Source(
         f"raw T gy, raw int32 argmax, int32 h, int32 w, int32 oh, int32 ow, {_GEOMETRY}",
@@ -227,9 +240,9 @@ SOURCES: dict[str, Source] = {
         """
         // thread i -> pooled window y[b, ch, oi, oj] (n, c, oh, ow) row-major. Its taps come from
         // the channel-major conv output z (c, n, h, w) of the GEMM W @ cols: each tap is
-        // z + bias[ch], rectified, and the window keeps its first maximum (as max_pool2d_forward
-        // on relu(conv2d_forward)); padding is -inf and never wins. Consecutive threads read
-        // neighbouring windows of one plane of z
+        // z + bias[ch], rectified, and the window keeps its maximum by medgrad_offer_max (as
+        // max_pool2d_forward on relu(conv2d_forward)); padding is skipped (-inf: never wins).
+        // Consecutive threads read neighbouring windows of one plane of z
         const unsigned int idx = (unsigned int)i;
         const unsigned int rest = MG_DIV(idx, ow), oj = idx - rest * (unsigned int)ow;
         const unsigned int plane = MG_DIV(rest, oh), oi = rest - plane * (unsigned int)oh;
@@ -247,17 +260,14 @@ SOURCES: dict[str, Source] = {
                 const T conv = z[base + (unsigned int)(hh * w + ww)];
                 T value = has_bias ? conv + shift : conv;
                 value = value < (T)0 ? (T)0 : value;  // ReLU; NaN stays NaN
-                if (value > best) {
-                    best = value;
-                    best_tap = u * kw + v;
-                }
+                medgrad_offer_max(value, u * kw + v, best, best_tap);
             }
         }
         y = best;
         argmax = best_tap;
         """,
         "medgrad_bias_relu_max_pool2d_forward",
-        MAGIC_PREAMBLE,
+        MAX_TIE_RULE + MAGIC_PREAMBLE,
     ),
     "relu_max_pool2d_backward": Source(
         f"raw T gy, raw T y, raw int32 argmax, {_div('batch')}, int32 c, {_div('h')}, {_div('w')}, "

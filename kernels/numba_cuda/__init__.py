@@ -4,6 +4,9 @@ bodies.py     the @cuda.jit kernels: index logic only (testable under NUMBA_ENAB
 launchers.py  allocate, size the grid, launch on CuPy's stream; written against xp, no CuPy import
 table.py      KERNELS = {**cupy_cuda.KERNELS, **own}: the table engine/backend.py loads
 
+`own` (launchers.KERNELS) may be partial: any other name runs cupy_cuda's kernel (or, for an
+optional name cupy_cuda lacks too, its composition). The pooling bodies share bodies.offer_max.
+
 This package's __init__ imports nothing, so the bodies and launchers import on a machine without
 CuPy (CI runs them under the simulator); only table.py needs CuPy, and only the backend imports it.
 """

@@ -19,6 +19,17 @@ from numba import cuda
 THREADS = 128  # threads per block: a multiple of the warp size that suits every body here
 
 
+@cuda.jit(device=True)
+def offer_max(value, tap, best, best_tap):
+    """The max-pool tie rule of kernels/numpy_cpu/pool.py (np.argmax's), the one definition every
+    body here that pools uses: taps are offered in row-major order, and tap replaces the best so far
+    when its value is strictly greater (ties keep the first tap) or is the first NaN (x != x only
+    for a NaN; once in, nothing beats it). Returns the new (best, best_tap)."""
+    if value > best or (value != value and best == best):
+        return value, tap
+    return best, best_tap
+
+
 @cuda.jit
 def im2col(x, cols, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow):
     """x (n, c, h, w) -> cols (n*oh*ow, c*kh*kw); padding reads as 0."""
@@ -96,9 +107,8 @@ def nchw_to_rows(y, rows):
 
 @cuda.jit
 def max_pool2d_forward(x, y, argmax, kh, kw, sh, sw, ph, pw):
-    """x (n, c, h, w) -> y, argmax (n, c, oh, ow); padding is -inf; ties go to the first tap."""
-    # thread i -> output window (b, ch, oi, oj) row-major; taps visited in row-major order, and a
-    # later tap wins only if strictly greater, so the first maximum is kept (as numpy's argmax)
+    """x (n, c, h, w) -> y, argmax (n, c, oh, ow); padding is -inf; the tie rule of offer_max."""
+    # thread i -> output window (b, ch, oi, oj) row-major; taps offered in row-major order
     i = cuda.grid(1)
     if i >= y.size:
         return
@@ -116,9 +126,7 @@ def max_pool2d_forward(x, y, argmax, kh, kw, sh, sw, ph, pw):
             value = -math.inf
             if 0 <= hh < h and 0 <= ww < w:
                 value = x[b, ch, hh, ww]
-            if value > best:
-                best = value
-                best_tap = u * kw + v
+            best, best_tap = offer_max(value, u * kw + v, best, best_tap)
     y[b, ch, oi, oj] = best
     argmax[b, ch, oi, oj] = best_tap
 
@@ -154,7 +162,7 @@ def max_pool2d_backward(gy, argmax, gx, kh, kw, sh, sw, ph, pw):
 @cuda.jit
 def bias_relu_max_pool2d_forward(z, bias, has_bias, y, argmax, kh, kw, sh, sw, ph, pw):
     """z (c, n, h, w), the channel-major conv output -> y, argmax (n, c, oh, ow) of
-    max_pool2d(relu(z + bias)); padding is -inf, ties go to the first tap."""
+    max_pool2d(relu(z + bias)); padding is -inf; the tie rule of offer_max."""
     # thread i -> pooled window (b, ch, oi, oj) row-major; each tap is z + bias[ch], rectified
     i = cuda.grid(1)
     if i >= y.size:
@@ -177,9 +185,7 @@ def bias_relu_max_pool2d_forward(z, bias, has_bias, y, argmax, kh, kw, sh, sw, p
                     value += bias[ch]
                 if value < 0:  # ReLU; NaN stays NaN
                     value = 0
-            if value > best:
-                best = value
-                best_tap = u * kw + v
+            best, best_tap = offer_max(value, u * kw + v, best, best_tap)
     y[b, ch, oi, oj] = best
     argmax[b, ch, oi, oj] = best_tap
 

@@ -14,9 +14,8 @@ import warnings
 
 from numba import cuda
 
-from kernels.cupy_cuda.launchers import _fused_shapes
 from kernels.numpy_cpu import KERNELS as NUMPY_KERNELS
-from kernels.numpy_cpu._xp import array_module, out_size
+from kernels.numpy_cpu.xp import array_module, conv_pool_shapes, out_size
 
 from . import bodies
 
@@ -167,7 +166,7 @@ def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_str
     xp = array_module(x)
     n = x.shape[0]
     oc, _, kh, kw = W.shape
-    oh, ow, qh, qw = _fused_shapes(
+    oh, ow, qh, qw = conv_pool_shapes(
         x.shape, W.shape, stride, padding, pool_size, pool_stride, pool_padding
     )
     z = xp.matmul(W.reshape(oc, -1), im2col(x, (kh, kw), stride, padding).T)
@@ -201,7 +200,7 @@ def conv2d_relu_max_pool2d_backward(
     xp = array_module(gy)
     n = x.shape[0]
     oc, _, kh, kw = W.shape
-    oh, ow, _, _ = _fused_shapes(
+    oh, ow, _, _ = conv_pool_shapes(
         x.shape, W.shape, stride, padding, pool_size, pool_stride, pool_padding
     )
     gz = xp.empty((oc, n, oh, ow), dtype=gy.dtype)
@@ -328,5 +327,5 @@ KERNELS = {
     "conv2d_relu_max_pool2d_forward": conv2d_relu_max_pool2d_forward,
     "conv2d_relu_max_pool2d_backward": conv2d_relu_max_pool2d_backward,
 }
-"""Every kernel of the contract has a Numba body here; the table in `table.py` still starts from
-cupy_cuda's, so a kernel added to KERNEL_NAMES later falls back to CuPy until it gets a body."""
+"""The kernels with a Numba body here; table.py starts from cupy_cuda's table, so any other name
+falls back to cupy_cuda's launcher (kernels.coverage() reports which)."""

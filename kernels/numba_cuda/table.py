@@ -1,4 +1,4 @@
-"""KERNELS of the numba_cuda flavour: cupy_cuda's table, overridden by every kernel with a Numba body.
+"""KERNELS of the numba_cuda flavour: cupy_cuda's table, overridden by the kernels with a Numba body.
 
 Imported by engine/backend.py only, once CuPy has found a GPU (cupy_cuda imports CuPy at the top).
 """

@@ -1,13 +1,15 @@
 """NumPy reference kernels: the oracle every other flavour is tested against, and the CPU fallback.
 
-All of them are written against `xp` (read off the input array), so `GENERIC` (the whole table) also
-serves CuPy arrays wherever the cupy_cuda flavour has no faster kernel of its own.
+KERNELS holds the required primitives only, all written against `xp` (read off the input array), so
+`GENERIC` (the whole table) also serves CuPy arrays wherever cupy_cuda has no kernel of its own.
+REFERENCE adds the optional kernels as their compositions (compose.py) on these primitives.
 """
 
 from __future__ import annotations
 
 from kernels import build_table
 
+from .compose import complete
 from .conv import col2im, conv2d_backward_input, conv2d_backward_weight, conv2d_forward, im2col
 from .elementwise import (
     relu_backward,
@@ -15,7 +17,6 @@ from .elementwise import (
     softmax_cross_entropy_backward,
     softmax_cross_entropy_forward,
 )
-from .fused import conv2d_relu_max_pool2d_backward, conv2d_relu_max_pool2d_forward
 from .optim import adam_update, sgd_update
 from .pool import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
 
@@ -37,9 +38,8 @@ KERNELS = build_table(
         "softmax_cross_entropy_backward": softmax_cross_entropy_backward,
         "sgd_update": sgd_update,
         "adam_update": adam_update,
-        "conv2d_relu_max_pool2d_forward": conv2d_relu_max_pool2d_forward,
-        "conv2d_relu_max_pool2d_backward": conv2d_relu_max_pool2d_backward,
     },
 )
 
 GENERIC = KERNELS
+REFERENCE = complete(KERNELS)  # every required and optional name: what parity tests compare with

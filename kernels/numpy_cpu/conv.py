@@ -7,7 +7,7 @@ so that `cols @ W.reshape(oc, -1).T` is the convolution in (n, oh, ow, oc) order
 
 from __future__ import annotations
 
-from ._xp import array_module, out_size
+from .xp import array_module, out_size
 
 
 def _window(start: int, step: int, count: int) -> slice:

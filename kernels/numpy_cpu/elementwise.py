@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._xp import array_module
+from .xp import array_module
 
 
 def relu_forward(x):

@@ -2,12 +2,13 @@
 
 oh = (h + 2 ph - kh) // sh + 1. Max pooling pads with -inf (padding never wins); average pooling pads
 with zeros that count in the mean (PyTorch's count_include_pad=True). Window taps are numbered
-row-major, idx = u * kw + v; the max-pool tie rule is "first maximum in that order".
+row-major, idx = u * kw + v; the max-pool tie rule is np.argmax's: the first maximum in that order,
+and the first NaN wins over any number (so NaNs propagate). The GPU flavours state it once each.
 """
 
 from __future__ import annotations
 
-from ._xp import array_module, out_size
+from .xp import array_module, out_size
 
 
 def _tap(u: int, v: int, stride, oh: int, ow: int):

@@ -1,20 +1,38 @@
-"""Input generators for the kernel parity tests, one per kernel name, reusable by every flavour.
+"""The one case table of the kernel parity tests, and the runner that checks a case on any flavour.
 
-`CASES[name]` is a list of (label, make) pairs; `make(rng, dtype)` returns the kernel's positional
-arguments as NumPy arrays and plain Python values. Shapes cover the seed CNN's layers (at a small
-batch, so float32 reductions stay short) and odd geometries: stride 2, padding 1, non-square
-kernels/inputs/strides, batch 1, both conv paths of numba_cpu (direct for c*kh*kw <= 32, GEMM above)
-and its fused 3x3 + 2x2-pool kernels (polyphase for thin inputs, Winograd above).
-`flavours_under_test()` lists every available "device:flavour" except the numpy_cpu reference.
+`CASES[name]` lists Case(label, make, tiny) for every required and optional kernel name;
+`make(rng, dtype)` returns the kernel's positional arguments as NumPy arrays and plain values.
+Shapes cover the seed CNN's layers (at a small batch, so float32 reductions stay short) and odd
+geometries: stride 2, padding 1, non-square kernels/inputs/strides, batch 1, both conv paths of
+numba_cpu (direct for c*kh*kw <= 32, GEMM above), its fused polyphase and Winograd blocks, ties and
+NaNs. `tiny` cases (a few hundred outputs) also run in the CUDA simulator and the g++ build of the
+CUDA C (test_cuda_sim.py, test_cupy_sources.py); test_parity.py runs every case on every flavour.
+`check_parity(k, name, case, dtype, dev, host)` compares a table's kernel with numpy_cpu.REFERENCE.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
 import numpy as np
+import pytest
 
 from engine import backend
-from kernels import KERNEL_NAMES
+from kernels import ALL_KERNEL_NAMES, coverage, describe_coverage
+from kernels.numpy_cpu import REFERENCE
+from tests.conftest import TOL
 from tests.helpers import distinct
+
+DTYPES = [np.float32, np.float64]
+
+
+class Case(NamedTuple):
+    label: str
+    make: Callable  # make(rng, dtype) -> the kernel's positional arguments
+    tiny: bool = False  # small enough for the CUDA simulator and the g++ build of the CUDA C
+
 
 # x shape, W shape, stride, padding
 CONV = [
@@ -32,10 +50,18 @@ CONV = [
     # batches of several tasks (the fused backward sums 8-image chunks; 17 leaves a short one)
     ("batch17_thin_pad1", (17, 1, 9, 8), (3, 1, 3, 3), (1, 1), (1, 1)),
     ("batch17_wino", (17, 5, 7, 9), (4, 5, 3, 3), (1, 1), (0, 0)),
-    # pool output 1x1 (thin, Winograd); padding past the pool's reach (the crop ends in it)
-    ("tiny_thin", (2, 2, 4, 4), (3, 2, 3, 3), (1, 1), (0, 0)),
-    ("tiny_wino", (2, 6, 5, 4), (3, 6, 3, 3), (1, 1), (0, 0)),
-    ("pad_past_reach", (1, 1, 4, 6), (2, 1, 3, 3), (1, 1), (1, 4)),
+    ("pad_past_reach", (1, 1, 4, 6), (2, 1, 3, 3), (1, 1), (1, 4)),  # the crop ends in padding
+]
+CONV_TINY = [  # small enough for the simulator too
+    ("tiny_thin", (2, 2, 4, 4), (3, 2, 3, 3), (1, 1), (0, 0)),  # pool output 1x1 (thin path)
+    ("tiny_wino", (2, 6, 5, 4), (3, 6, 3, 3), (1, 1), (0, 0)),  # pool output 1x1 (Winograd)
+    ("tiny_3x2", (2, 2, 5, 4), (3, 2, 3, 2), (1, 1), (0, 0)),
+    ("tiny_batch1_stride2_pad1", (1, 2, 5, 5), (2, 2, 3, 3), (2, 2), (1, 1)),
+    ("tiny_nonsquare", (2, 1, 4, 6), (2, 1, 2, 3), (1, 2), (0, 1)),
+    ("tiny_seed_block", (2, 2, 6, 6), (3, 2, 3, 3), (1, 1), (0, 0)),
+    ("tiny_odd", (2, 1, 7, 7), (2, 1, 3, 3), (1, 1), (0, 0)),
+    ("tiny_pad_rows", (1, 2, 7, 6), (3, 2, 3, 2), (1, 1), (1, 0)),
+    ("tiny_stride_cols", (2, 2, 4, 7), (2, 2, 2, 3), (1, 2), (0, 1)),
 ]
 # x shape, kernel_size, stride, padding
 POOL = [
@@ -44,199 +70,12 @@ POOL = [
     ("overlap_pad1", (2, 3, 7, 6), (3, 3), (2, 2), (1, 1)),
     ("batch1_nonsquare", (1, 2, 5, 9), (2, 3), (1, 2), (1, 1)),
 ]
-
-
-def out_hw(h, w, k, s, p):
-    return (h + 2 * p[0] - k[0]) // s[0] + 1, (w + 2 * p[1] - k[1]) // s[1] + 1
-
-
-def _normal(rng, shape, dtype):
-    return rng.standard_normal(shape).astype(dtype)
-
-
-def _conv_cases():
-    cases = {n: [] for n in ("im2col", "col2im", "conv2d_forward")}
-    cases.update(conv2d_backward_input=[], conv2d_backward_weight=[])
-    for label, xs, ws, s, p in CONV:
-        k = ws[2:]
-        oh, ow = out_hw(xs[2], xs[3], k, s, p)
-        ys = (xs[0], ws[0], oh, ow)
-        rows, cols = xs[0] * oh * ow, xs[1] * k[0] * k[1]
-        cases["im2col"].append(
-            (label, lambda r, d, xs=xs, k=k, s=s, p=p: (_normal(r, xs, d), k, s, p))
-        )
-        cases["col2im"].append(
-            (
-                label,
-                lambda r, d, xs=xs, k=k, s=s, p=p, n=(rows, cols): (_normal(r, n, d), xs, k, s, p),
-            )
-        )
-        cases["conv2d_forward"].append(
-            (
-                label,
-                lambda r, d, xs=xs, ws=ws, s=s, p=p: (
-                    _normal(r, xs, d),
-                    _normal(r, ws, d),
-                    _normal(r, ws[0], d),
-                    s,
-                    p,
-                ),
-            )
-        )
-        cases["conv2d_backward_input"].append(
-            (
-                label,
-                lambda r, d, xs=xs, ws=ws, ys=ys, s=s, p=p: (
-                    _normal(r, ys, d),
-                    _normal(r, ws, d),
-                    xs,
-                    s,
-                    p,
-                ),
-            )
-        )
-        cases["conv2d_backward_weight"].append(
-            (
-                label,
-                lambda r, d, xs=xs, ys=ys, k=k, s=s, p=p: (
-                    _normal(r, ys, d),
-                    _normal(r, xs, d),
-                    k,
-                    s,
-                    p,
-                ),
-            )
-        )
-    label, xs, ws, s, p = CONV[2]
-    cases["conv2d_forward"].append(
-        ("no_bias", lambda r, d: (_normal(r, xs, d), _normal(r, ws, d), None, s, p))
-    )
-    return cases
-
-
-def _pool_argmax(x, k, s, p):
-    """argmax of the reference kernel: the backward cases need a consistent one."""
-    from kernels.numpy_cpu import pool
-
-    return pool.max_pool2d_forward(x, k, s, p)[1]
-
-
-def _pool_cases():
-    cases = {n: [] for n in ("max_pool2d_forward", "max_pool2d_backward")}
-    cases.update(avg_pool2d_forward=[], avg_pool2d_backward=[])
-    for label, xs, k, s, p in POOL:
-        ys = (*xs[:2], *out_hw(xs[2], xs[3], k, s, p))
-        cases["max_pool2d_forward"].append(
-            (label, lambda r, d, xs=xs, k=k, s=s, p=p: (distinct(r, xs).astype(d), k, s, p))
-        )
-        cases["max_pool2d_backward"].append(
-            (
-                label,
-                lambda r, d, xs=xs, ys=ys, k=k, s=s, p=p: (
-                    _normal(r, ys, d),
-                    _pool_argmax(distinct(r, xs), k, s, p),
-                    xs,
-                    k,
-                    s,
-                    p,
-                ),
-            )
-        )
-        cases["avg_pool2d_forward"].append(
-            (label, lambda r, d, xs=xs, k=k, s=s, p=p: (_normal(r, xs, d), k, s, p))
-        )
-        cases["avg_pool2d_backward"].append(
-            (label, lambda r, d, xs=xs, ys=ys, k=k, s=s, p=p: (_normal(r, ys, d), xs, k, s, p))
-        )
-    # ties: blocks of equal values; the first maximum (row-major) must win in every flavour
-    cases["max_pool2d_forward"].append(
-        (
-            "ties",
-            lambda r, d: (
-                np.repeat(np.repeat(_normal(r, (2, 3, 3, 4), d), 2, 2), 2, 3),
-                (3, 3),
-                (1, 1),
-                (1, 1),
-            ),
-        )
-    )
-    return cases
-
-
-def _elementwise_cases():
-    def relu_x(r, shape, d):
-        x = _normal(r, shape, d)
-        x.flat[:7] = [0.0, -0.0, 1.0, -1.0, 0.0, 3.0, -2.0]  # exact zeros: the kink's convention
-        return x
-
-    seed_act = (2, 32, 26, 26)
-    return {
-        "relu_forward": [
-            ("seed_act", lambda r, d: (relu_x(r, seed_act, d),)),
-            ("dense_2d", lambda r, d: (relu_x(r, (3, 64), d),)),
-        ],
-        "relu_backward": [
-            (
-                "seed_act",
-                lambda r, d: (_normal(r, seed_act, d), np.maximum(relu_x(r, seed_act, d), 0)),
-            ),
-            (
-                "dense_2d",
-                lambda r, d: (_normal(r, (3, 64), d), np.maximum(relu_x(r, (3, 64), d), 0)),
-            ),
-        ],
-        "softmax_cross_entropy_forward": [
-            ("seed_logits", lambda r, d: (_normal(r, (64, 10), d), r.integers(0, 10, 64))),
-            ("batch1", lambda r, d: (_normal(r, (1, 3), d), np.array([2]))),
-            (
-                "huge_logits",
-                lambda r, d: ((_normal(r, (4, 5), d) * 1e4).astype(d), r.integers(0, 5, 4)),
-            ),
-        ],
-        "softmax_cross_entropy_backward": [
-            (
-                "seed_probs",
-                lambda r, d: (_probs(r, (64, 10), d), r.integers(0, 10, 64), np.asarray(0.7, d)),
-            ),
-            ("batch1", lambda r, d: (_probs(r, (1, 3), d), np.array([0]), np.asarray(1.0, d))),
-        ],
-    }
-
-
-def _probs(r, shape, d):
-    e = np.exp(r.standard_normal(shape))
-    return (e / e.sum(axis=1, keepdims=True)).astype(d)
-
-
-def _optim_cases():
-    shape = (64, 1600)  # the seed CNN's largest parameter, transposed
-
-    def sgd(momentum, nesterov, wd, with_v=True):
-        def make(r, d):
-            v = _normal(r, shape, d) if with_v else None
-            return (_normal(r, shape, d), _normal(r, shape, d), v, 0.05, momentum, nesterov, wd)
-
-        return make
-
-    def adam(step, wd):
-        def make(r, d):
-            v = np.abs(_normal(r, shape, d))
-            p, g, m = (_normal(r, shape, d) for _ in range(3))
-            return (p, g, m, v, step, 1e-3, 0.9, 0.999, 1e-8, wd)
-
-        return make
-
-    return {
-        "sgd_update": [
-            ("plain", sgd(0.0, False, 0.0, with_v=False)),
-            ("momentum", sgd(0.9, False, 0.0)),
-            ("nesterov_wd", sgd(0.9, True, 1e-2)),
-        ],
-        "adam_update": [("step1", adam(1, 0.0)), ("step7_wd", adam(7, 1e-2))],
-    }
-
-
-# conv geometry (a CONV label) + pool kernel_size, stride, padding: the fused conv-ReLU-pool layer
+POOL_TINY = [
+    ("tiny_2x2", (2, 2, 4, 6), (2, 2), (2, 2), (0, 0)),
+    ("tiny_batch1_pad1", (1, 2, 5, 5), (3, 3), (2, 2), (1, 1)),
+    ("tiny_overlap_nonsquare", (2, 1, 4, 5), (2, 3), (1, 2), (1, 1)),
+]
+# conv geometry (a CONV or CONV_TINY label) + pool kernel_size, stride, padding: the fused layer
 FUSED = [
     ("seed_conv1", (2, 2), (2, 2), (0, 0)),
     ("seed_conv2", (2, 2), (2, 2), (0, 0)),  # 11x11 conv output: the last row/column is dropped
@@ -249,64 +88,315 @@ FUSED = [
     ("wino_pad1_odd", (2, 2), (2, 2), (0, 0)),  # 9x11 -> 4x5
     ("batch17_thin_pad1", (2, 2), (2, 2), (0, 0)),
     ("batch17_wino", (2, 2), (2, 2), (0, 0)),
+    ("pad_past_reach", (1, 1), (1, 100), (0, 0)),  # 4x12 -> 4x1: windows read column 0 only
     ("tiny_thin", (2, 2), (2, 2), (0, 0)),  # 2x2 -> 1x1
     ("tiny_wino", (2, 2), (2, 2), (0, 0)),  # 3x2 -> 1x1
-    ("pad_past_reach", (1, 1), (1, 100), (0, 0)),  # 4x12 -> 4x1: windows read column 0 only
+    ("tiny_seed_block", (2, 2), (2, 2), (0, 0)),  # the seed CNN's block
+    ("tiny_odd", (2, 2), (2, 2), (0, 0)),  # 5x5 -> 2x2: the last row dropped
+    ("tiny_pad_rows", (3, 3), (2, 2), (1, 1)),  # overlapping, padded pool windows
+    ("tiny_stride_cols", (1, 2), (1, 2), (0, 1)),  # non-square everything
 ]
+_TINY = {label for label, *_ in CONV_TINY + POOL_TINY}
 
 
-def _fused_cases():
-    """Inputs chosen so that many windows rectify to all zeros (the ReLU/pool tie rule)."""
-    from kernels.numpy_cpu import fused
+def out_hw(h, w, k, s, p):
+    return (h + 2 * p[0] - k[0]) // s[0] + 1, (w + 2 * p[1] - k[1]) // s[1] + 1
 
-    BWD = "conv2d_relu_max_pool2d_backward"
-    cases = {"conv2d_relu_max_pool2d_forward": [], BWD: []}
-    geometry = {label: (xs, ws, s, p) for label, xs, ws, s, p in CONV}
-    for label, pk, ps, pp in FUSED:
-        xs, ws, s, p = geometry[label]
-        conv = (xs, ws, s, p)
 
-        def forward(r, d, conv=conv, pool=(pk, ps, pp), bias=True):
-            xs, ws, s, p = conv
-            b = _normal(r, ws[0], d) - 1.0 if bias else None  # a negative bias: many zero windows
-            return (_normal(r, xs, d), _normal(r, ws, d), b, s, p, *pool)
+def _normal(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
 
-        def backward(r, d, forward=forward, need_gx=False):
-            x, W, b, s, p, *pool = forward(r, np.float64)
-            y, argmax = fused.conv2d_relu_max_pool2d_forward(x, W, b, s, p, *pool)
-            gy = _normal(r, y.shape, d)
-            return (gy, y.astype(d), argmax, x.astype(d), W.astype(d), s, p, *pool, need_gx)
 
-        cases["conv2d_relu_max_pool2d_forward"].append((label, forward))
-        cases[BWD].append((label, backward))
-        cases[BWD].append((f"{label}_gx", lambda r, d, f=backward: f(r, d, need_gx=True)))
-    cases["conv2d_relu_max_pool2d_forward"].append(
-        (
-            "no_bias",
-            lambda r, d: (
-                _normal(r, (2, 3, 9, 8), d),
-                _normal(r, (4, 3, 3, 3), d),
-                None,
-                (1, 1),
-                (0, 0),
-                (2, 2),
-                (2, 2),
-                (0, 0),
+def _conv_cases():
+    names = (
+        "im2col",
+        "col2im",
+        "conv2d_forward",
+        "conv2d_backward_input",
+        "conv2d_backward_weight",
+    )
+    cases = {name: [] for name in names}
+    for label, xs, ws, s, p in CONV + CONV_TINY:
+        k = ws[2:]
+        oh, ow = out_hw(xs[2], xs[3], k, s, p)
+        ys = (xs[0], ws[0], oh, ow)
+        cols = (xs[0] * oh * ow, xs[1] * k[0] * k[1])
+        makers = {
+            "im2col": lambda r, d, xs=xs, k=k, s=s, p=p: (_normal(r, xs, d), k, s, p),
+            "col2im": lambda r, d, xs=xs, k=k, s=s, p=p, n=cols: (_normal(r, n, d), xs, k, s, p),
+            "conv2d_forward": lambda r, d, xs=xs, ws=ws, s=s, p=p: (
+                *(_normal(r, shape, d) for shape in (xs, ws, ws[0])),
+                s,
+                p,
             ),
-        )
+            "conv2d_backward_input": lambda r, d, xs=xs, ws=ws, ys=ys, s=s, p=p: (
+                *(_normal(r, shape, d) for shape in (ys, ws)),
+                xs,
+                s,
+                p,
+            ),
+            "conv2d_backward_weight": lambda r, d, xs=xs, ys=ys, k=k, s=s, p=p: (
+                *(_normal(r, shape, d) for shape in (ys, xs)),
+                k,
+                s,
+                p,
+            ),
+        }
+        for name, make in makers.items():
+            cases[name].append(Case(label, make, label in _TINY))
+    _, xs, ws, s, p = CONV_TINY[3]
+    cases["conv2d_forward"].append(
+        Case("tiny_no_bias", lambda r, d: (_normal(r, xs, d), _normal(r, ws, d), None, s, p), True)
     )
     return cases
 
 
-CASES: dict[str, list] = {
+def _pool_cases():
+    names = ("max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward")
+    cases = {name: [] for name in (*names, "avg_pool2d_backward")}
+    argmax = REFERENCE["max_pool2d_forward"]  # the backward cases need a consistent argmax
+    for label, xs, k, s, p in POOL + POOL_TINY:
+        ys = (*xs[:2], *out_hw(xs[2], xs[3], k, s, p))
+        makers = {
+            "max_pool2d_forward": lambda r, d, xs=xs, k=k, s=s, p=p: (
+                distinct(r, xs).astype(d),
+                k,
+                s,
+                p,
+            ),
+            "max_pool2d_backward": lambda r, d, xs=xs, ys=ys, k=k, s=s, p=p: (
+                _normal(r, ys, d),
+                argmax(distinct(r, xs), k, s, p)[1],
+                xs,
+                k,
+                s,
+                p,
+            ),
+            "avg_pool2d_forward": lambda r, d, xs=xs, k=k, s=s, p=p: (_normal(r, xs, d), k, s, p),
+            "avg_pool2d_backward": lambda r, d, xs=xs, ys=ys, k=k, s=s, p=p: (
+                _normal(r, ys, d),
+                xs,
+                k,
+                s,
+                p,
+            ),
+        }
+        for name, make in makers.items():
+            cases[name].append(Case(label, make, label in _TINY))
+
+    def blocks(r, d):  # 2x2 blocks of equal values
+        return np.repeat(np.repeat(_normal(r, (2, 3, 3, 4), d), 2, 2), 2, 3)
+
+    def nans(r, d):  # the first NaN of a window wins over any number, and a later one never
+        x = _normal(r, (1, 2, 5, 5), d)
+        x.flat[[0, 3, 7, 8, 24, 30, 31]] = np.nan
+        return x, (3, 3), (2, 2), (1, 1)
+
+    # ties: blocks of equal values and all-zero planes; the first maximum (row-major) must win
+    cases["max_pool2d_forward"] += [
+        Case("tiny_ties", lambda r, d: (blocks(r, d), (3, 3), (1, 1), (1, 1)), True),
+        Case(
+            "tiny_all_ties", lambda r, d: (np.zeros((1, 2, 4, 4), d), (2, 2), (2, 2), (0, 0)), True
+        ),
+        Case("tiny_nans", nans, True),
+    ]
+    return cases
+
+
+def _relu_x(r, shape, d):
+    x = _normal(r, shape, d)
+    x.flat[:7] = [0.0, -0.0, 1.0, -1.0, 0.0, 3.0, -2.0]  # exact zeros: the kink's convention
+    return x
+
+
+def _probs(r, shape, d):
+    e = np.exp(r.standard_normal(shape))
+    return (e / e.sum(axis=1, keepdims=True)).astype(d)
+
+
+def _elementwise_cases():
+    def relu_backward(shape):
+        return lambda r, d: (_normal(r, shape, d), np.maximum(_relu_x(r, shape, d), 0))
+
+    def xent_backward(n, k, gloss):
+        return lambda r, d: (_probs(r, (n, k), d), r.integers(0, k, n), np.asarray(gloss, d))
+
+    return {
+        "relu_forward": [
+            Case("seed_act", lambda r, d: (_relu_x(r, (2, 32, 26, 26), d),)),
+            Case("tiny_dense_2d", lambda r, d: (_relu_x(r, (3, 64), d),), True),
+            # a non-contiguous view: the launchers must not assume C order
+            Case(
+                "tiny_transposed", lambda r, d: (_relu_x(r, (3, 4, 5), d).transpose(2, 0, 1),), True
+            ),
+        ],
+        "relu_backward": [
+            Case("seed_act", relu_backward((2, 32, 26, 26))),
+            Case("tiny_dense_2d", relu_backward((3, 64)), True),
+        ],
+        "softmax_cross_entropy_forward": [
+            Case("seed_logits", lambda r, d: (_normal(r, (64, 10), d), r.integers(0, 10, 64))),
+            Case("tiny_batch1", lambda r, d: (_normal(r, (1, 3), d), np.array([2])), True),
+            Case(
+                "tiny_huge_logits",  # the max shift keeps exp finite
+                lambda r, d: ((_normal(r, (5, 7), d) * 1e4).astype(d), r.integers(0, 7, 5)),
+                True,
+            ),
+        ],
+        "softmax_cross_entropy_backward": [
+            Case("seed_probs", xent_backward(64, 10, 0.7)),
+            Case("tiny_5x7", xent_backward(5, 7, 0.7), True),
+            Case("tiny_batch1", xent_backward(1, 3, 1.0), True),
+        ],
+    }
+
+
+def _optim_cases():
+    def sgd(shape, momentum, nesterov, wd):
+        def make(r, d):
+            v = _normal(r, shape, d) if momentum else None  # the velocity buffer
+            return (_normal(r, shape, d), _normal(r, shape, d), v, 0.05, momentum, nesterov, wd)
+
+        return make
+
+    def adam(shape, step, wd):
+        def make(r, d):
+            v = np.abs(_normal(r, shape, d))
+            p, g, m = (_normal(r, shape, d) for _ in range(3))
+            return (p, g, m, v, step, 1e-3, 0.9, 0.999, 1e-8, wd)
+
+        return make
+
+    cases = {"sgd_update": [], "adam_update": []}
+    # the seed CNN's largest parameter (transposed), and a tiny one
+    for prefix, shape, tiny in (("", (64, 1600), False), ("tiny_", (3, 5), True)):
+        cases["sgd_update"] += [
+            Case(f"{prefix}plain", sgd(shape, 0.0, False, 0.0), tiny),
+            Case(f"{prefix}wd", sgd(shape, 0.0, False, 0.1), tiny),
+            Case(f"{prefix}momentum", sgd(shape, 0.9, False, 0.0), tiny),
+            Case(f"{prefix}nesterov_wd", sgd(shape, 0.9, True, 1e-2), tiny),
+        ]
+        cases["adam_update"] += [
+            Case(f"{prefix}step1", adam(shape, 1, 0.0), tiny),
+            Case(f"{prefix}step7_wd", adam(shape, 7, 1e-2), tiny),
+        ]
+    return cases
+
+
+def _fused_cases():
+    """Many windows rectify to all zeros (the ReLU/pool tie rule). The tiny cases draw small
+    integers, so every conv sum is exact in any summation order (GEMM, Winograd): their argmax,
+    ties included, must match exactly on every flavour."""
+    fwd, bwd = "conv2d_relu_max_pool2d_forward", "conv2d_relu_max_pool2d_backward"
+    cases = {fwd: [], bwd: []}
+    geometry = {label: (xs, ws, s, p) for label, xs, ws, s, p in CONV + CONV_TINY}
+    for label, *pool in FUSED:
+        tiny = label in _TINY
+
+        def forward(r, d, conv=geometry[label], pool=tuple(pool), tiny=tiny, bias=True):
+            xs, ws, s, p = conv
+            if tiny:
+                x, W = (r.integers(-2, 3, shape).astype(d) for shape in (xs, ws))
+                b = r.integers(-4, 2, ws[0]).astype(d)
+            else:  # a negative bias: many zero windows
+                x, W, b = _normal(r, xs, d), _normal(r, ws, d), _normal(r, ws[0], d) - 1.0
+            return (x, W, b if bias else None, s, p, *pool)
+
+        def backward(r, d, forward=forward, need_gx=False):
+            x, W, b, s, p, *pool = forward(r, np.float64)
+            y, argmax = REFERENCE[fwd](x, W, b, s, p, *pool)
+            gy = _normal(r, y.shape, d)
+            return (gy, y.astype(d), argmax, x.astype(d), W.astype(d), s, p, *pool, need_gx)
+
+        cases[fwd].append(Case(label, forward, tiny))
+        cases[bwd].append(Case(label, backward, tiny))
+        cases[bwd].append(Case(f"{label}_gx", lambda r, d, f=backward: f(r, d, need_gx=True), tiny))
+    no_bias = next(case.make for case in cases[fwd] if case.label == "tiny_seed_block")
+    cases[fwd].append(Case("tiny_no_bias", lambda r, d: no_bias(r, d, bias=False), True))
+    return cases
+
+
+CASES: dict[str, list[Case]] = {
     **_conv_cases(),
     **_fused_cases(),
     **_pool_cases(),
     **_elementwise_cases(),
     **_optim_cases(),
 }
-missing = sorted(set(KERNEL_NAMES) - set(CASES))
+missing = sorted(set(ALL_KERNEL_NAMES) - set(CASES))
 assert not missing, f"kernels without parity cases: {missing}"  # a new kernel needs cases here
+assert all(any(case.tiny for case in CASES[name]) for name in CASES), (
+    "each kernel needs a tiny case"
+)
+
+
+def _same(a):
+    return a
+
+
+def _flatten(value) -> list:
+    """A kernel's result as a list of arrays (tuples unpacked, None and scalars dropped)."""
+    if isinstance(value, tuple | list):
+        return [a for v in value for a in _flatten(v)]
+    return [] if value is None or isinstance(value, int | float | bool) else [value]
+
+
+def check_parity(k, name: str, case: Case, dtype, dev=_same, host=_same) -> None:
+    """Run `case` of kernel `name` from table `k` (a dict or namespace) with its array arguments
+    moved by `dev`, and numpy_cpu.REFERENCE[name] on copies. Their return values and their array
+    arguments afterwards (optimizer updates work in place), brought back by `host`, must agree
+    in shape and dtype; integer arrays (argmax) exactly, floats to the TOL table's parity."""
+    kernel = (k if isinstance(k, Mapping) else vars(k))[name]
+    args = case.make(np.random.default_rng(0), dtype)
+    ref_args = copy.deepcopy(list(args))
+    ref = _flatten(REFERENCE[name](*ref_args)) + _flatten(ref_args)
+    got_args = [dev(a) if isinstance(a, np.ndarray) else a for a in copy.deepcopy(list(args))]
+    got = _flatten(kernel(*got_args)) + _flatten(got_args)
+    assert len(got) == len(ref), f"{name}: {len(got)} arrays returned/updated, expected {len(ref)}"
+    tol = TOL["parity32" if dtype == np.float32 else "parity64"]
+    for i, (g, r) in enumerate(zip(got, ref, strict=True)):
+        g = host(g)
+        assert g.shape == r.shape and g.dtype == r.dtype, f"{name} array {i}: {g.shape} {g.dtype}"
+        if r.dtype.kind in "iu":  # argmax: the tie rule must match exactly
+            np.testing.assert_array_equal(g, r, err_msg=f"{name} array {i}")
+        else:
+            np.testing.assert_allclose(g, r, **tol, err_msg=f"{name} array {i}")
+
+
+def tiny_params(own: Mapping) -> list:
+    """pytest params (name, case) of the tiny cases of each kernel in `own`, a GPU flavour's own
+    launchers: what the CUDA simulator and the g++ build of the CUDA C run."""
+    return [
+        pytest.param(name, case, id=f"{name}-{case.label}")
+        for name in own
+        for case in CASES[name]
+        if case.tiny
+    ]
+
+
+def report_coverage(flavour: str, own: Mapping) -> None:
+    """Print the coverage line of a flavour whose own launchers are `own` (shown by `pytest -rP`)
+    and check the report: exactly those names are "own", and each of them has tiny cases."""
+    print(describe_coverage(flavour, own))
+    report = coverage(own)
+    assert {name for name, how in report.items() if how == "own"} == set(own)
+    assert all(any(case.tiny for case in CASES[name]) for name in own)
+
+
+def softmax_cross_entropy_bad_targets(k, dtype, dev=_same, host=_same) -> None:
+    """The GPU kernels' own contract (numpy_cpu has no counterpart: it would index out of range):
+    a target outside [0, k) is never read, its row's loss and gradient are NaN and the other rows
+    are untouched. The op checks targets on the CPU only, since a check would cost a device sync."""
+    table = k if isinstance(k, Mapping) else vars(k)
+    logits = np.random.default_rng(0).standard_normal((4, 3)).astype(dtype)
+    t = np.array([0, 3, 2, -1])
+    loss, probs = table["softmax_cross_entropy_forward"](dev(logits), dev(t))
+    assert np.isnan(host(loss))
+    g = host(table["softmax_cross_entropy_backward"](probs, dev(t), dev(np.asarray(1.0, dtype))))
+    assert np.isnan(g[[1, 3]]).all() and np.isfinite(g[[0, 2]]).all()
+    good = np.array([0, 2])
+    expected = REFERENCE["softmax_cross_entropy_backward"](host(probs)[good], t[good], 1.0) * 2 / 4
+    np.testing.assert_allclose(g[good], expected.astype(dtype), **TOL["parity32"])
 
 
 def flavours_under_test() -> list[str]:
@@ -314,8 +404,8 @@ def flavours_under_test() -> list[str]:
     return [name for name in backend.available() if name != "cpu:numpy"]
 
 
-def kernels_of(name: str):
-    """The kernel namespace of a "device:flavour" name (as listed by backend.available())."""
+def backend_of(name: str) -> backend.Backend:
+    """The Backend of a "device:flavour" name (as listed by backend.available())."""
     device, flavour = name.split(":")
     with backend.use_kernels(flavour):
-        return backend.backend_for(device).k
+        return backend.backend_for(device)

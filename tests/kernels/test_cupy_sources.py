@@ -3,9 +3,11 @@
 A stand-in for cupy.ElementwiseKernel wraps a source's body in `for (i = 0; i < n; ++i)`, with
 CuPy's conventions (a raw array indexed flat, a non-raw output a reference to element i, T and I
 bound from the arguments), compiles it and calls it through ctypes. The cupy_cuda launchers then run
-unchanged on NumPy arrays, so their argument order, output shapes and index formulas are all checked
-against kernels/numpy_cpu here. What this cannot check (NVRTC's compiler, CuPy's own argument
-casting, cuBLAS) is left to tests/kernels/test_gpu.py on a GPU. Skipped where no C++ compiler exists.
+unchanged on NumPy arrays, so their argument order, output shapes and index formulas are checked
+against kernels/numpy_cpu on the tiny cases of tests/kernels/cases.py, for every launcher cupy_cuda
+has of its own (the coverage report says which; the others run numpy_cpu's xp-generic kernels).
+What this cannot check (NVRTC's compiler, CuPy's own argument casting, cuBLAS) is left to the `gpu`
+tests of test_parity.py on a GPU. Skipped where no C++ compiler exists.
 """
 
 from __future__ import annotations
@@ -19,9 +21,15 @@ import subprocess
 import numpy as np
 import pytest
 
-from kernels import GENERIC_ON_GPU, KERNEL_NAMES
 from kernels.cupy_cuda import launchers
-from tests.kernels.gpu_cases import CASES, DTYPES, run, uncovered
+from kernels.numpy_cpu import REFERENCE
+from tests.kernels.cases import (
+    DTYPES,
+    check_parity,
+    report_coverage,
+    softmax_cross_entropy_bad_targets,
+    tiny_params,
+)
 
 CXX = shutil.which("g++") or shutil.which("c++")
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler to build the CUDA C on a CPU")
@@ -32,6 +40,8 @@ _PRELUDE = r"""
 #include <cstddef>
 #include <cstring>
 using std::exp; using std::log; using std::max; using std::min; using std::sqrt;
+#define __device__
+#define __forceinline__ inline
 static inline double __longlong_as_double(long long v) { double d; std::memcpy(&d, &v, 8); return d; }
 static inline unsigned int __umulhi(unsigned int a, unsigned int b) {
     return (unsigned int)(((unsigned long long)a * b) >> 32);
@@ -172,16 +182,23 @@ def cpu_launchers(tmp_path_factory):
     launchers._kernels.update(saved_kernels)
 
 
+OWN = tiny_params(launchers.KERNELS)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", CASES)
-def test_cupy_cuda_parity_on_cpu(cpu_launchers, case, dtype):
-    run(case, cpu_launchers.KERNELS, dtype)
+@pytest.mark.parametrize("name,case", OWN)
+def test_cupy_cuda_parity_on_cpu(cpu_launchers, name, case, dtype):
+    check_parity(cpu_launchers.KERNELS, name, case, dtype)
 
 
-def test_every_kernel_has_a_cupy_launcher():
-    # GENERIC_ON_GPU (now empty): kernels that would run the xp-generic numpy_cpu version
-    assert set(launchers.KERNELS) == set(KERNEL_NAMES) - GENERIC_ON_GPU
-    assert uncovered() == []
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cupy_cuda_bad_targets_give_nan_on_cpu(cpu_launchers, dtype):
+    softmax_cross_entropy_bad_targets(cpu_launchers.KERNELS, dtype)
+
+
+def test_cupy_cuda_coverage():
+    """Reported, not demanded: which names have a launcher of their own here."""
+    report_coverage("cupy_cuda", launchers.KERNELS)
 
 
 def test_every_source_comments_its_thread_mapping():
@@ -220,18 +237,18 @@ def test_magic_division_is_exact():
 
 @pytest.mark.parametrize("need_gx", [True, False])
 def test_fused_past_32_bit_indexing_takes_the_64_bit_kernels(cpu_launchers, monkeypatch, need_gx):
-    """Past INDEX_LIMIT elements the fused kernels compose the 64-bit unfused ones: same results
-    (the limit is lowered here so that tiny shapes cross it)."""
-    from kernels.numpy_cpu import KERNELS as REF
-
+    """Past INDEX_LIMIT elements the fused launchers run the composition of the 64-bit
+    primitives: same results (the limit is lowered here so that tiny shapes cross it)."""
     rng = np.random.default_rng(1)
     x = rng.integers(-2, 3, (2, 2, 6, 6)).astype(np.float64)
     W = rng.integers(-2, 3, (3, 2, 3, 3)).astype(np.float64)
     b = rng.integers(-2, 2, 3).astype(np.float64)
     geometry = ((1, 1), (0, 0), (2, 2), (2, 2), (0, 0))
-    y_ref, argmax_ref = REF["conv2d_relu_max_pool2d_forward"](x, W, b, *geometry)
+    y_ref, argmax_ref = REFERENCE["conv2d_relu_max_pool2d_forward"](x, W, b, *geometry)
     gy = rng.standard_normal(y_ref.shape)
-    ref = REF["conv2d_relu_max_pool2d_backward"](gy, y_ref, argmax_ref, x, W, *geometry, need_gx)
+    ref = REFERENCE["conv2d_relu_max_pool2d_backward"](
+        gy, y_ref, argmax_ref, x, W, *geometry, need_gx
+    )
     monkeypatch.setattr(cpu_launchers, "INDEX_LIMIT", 100)
     assert not cpu_launchers._fused_fits32(x.shape, W.shape, 4, 4)
     y, argmax = cpu_launchers.conv2d_relu_max_pool2d_forward(x, W, b, *geometry)
