@@ -126,6 +126,7 @@ def load_dataset(
     on_error: str = "raise",
     max_pixels: int | None = None,
     max_bytes: int = 4 << 30,
+    classes: list[str] | None = None,
 ) -> Dataset:
     """Load images from `source` -> Dataset with images float32 (n, c, input_size, input_size).
 
@@ -140,7 +141,10 @@ def load_dataset(
     the file's for MedMNIST); colour is converted to grey by BT.601 luma, grey repeated to 3.
     cache_dir: preprocessed images are written once to cache_dir/<sha256 key>/ and memory-mapped;
     the key covers file names, sizes, mtimes and every setting above. on_error: "raise" or "skip"
-    unreadable DICOM files (listed in Dataset.skipped).
+    unreadable DICOM files (listed in Dataset.skipped; with "skip" a labels.csv row naming a
+    missing file is skipped too). classes: the class names in index order (e.g. a model's), if
+    known: every label must be one of them; otherwise labels.csv labels are checked by
+    engine.data.labels.resolve_classes (all integers or all text, enough files per class).
     """
     from engine.data.dicom import DEFAULT_MAX_PIXELS
     from engine.data.transforms import RESIZE_METHODS
@@ -178,6 +182,7 @@ def load_dataset(
             on_error=on_error,
             max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
             skipped=skipped,
+            classes=classes,
             **kw,
         )
     elif source.name == "labels.csv":
@@ -193,6 +198,7 @@ def load_dataset(
             on_error=on_error,
             max_pixels=max_pixels,
             max_bytes=max_bytes,
+            classes=classes,
         )
     elif source.suffix == ".npz":
         desc, classes, chunks = medmnist_source(
@@ -202,7 +208,11 @@ def load_dataset(
         desc, classes, chunks = mnist_source(source, split=split, max_bytes=max_bytes, **kw)
     else:
         raise DataError(f"{source}: not a DICOM folder, IDX file or MedMNIST .npz")
+    if classes is not None and desc["kind"] != "dicom":
+        classes, chunks = _relabel(source, classes, chunks)
     settings = {**kw, "normalize": normalize, "on_error": on_error}
+    if classes is not None:
+        settings["classes"] = list(classes)  # they decide the label indices: part of the key
     info = {"source": str(source), **settings, "window": window, "split": split}
     if cache_dir is None:
         images, labels, groups, paths, mean, std = _build(
@@ -217,6 +227,23 @@ def load_dataset(
         ds = _cached(Path(cache_dir), key, chunks, classes, normalize, skipped, info)
     ds.preprocessing = _preprocessing(ds, desc["kind"], window, resize_method, normalize)
     return ds
+
+
+def _relabel(source: Path, stated: list[str], chunks) -> tuple[list[str], Iterator]:
+    """Map an integer-labelled source (IDX, .npz: class i is named str(i)) onto stated classes."""
+    from engine.data.labels import label_text
+
+    stated = [label_text(c) for c in stated]
+
+    def mapped():
+        for x, y, g, p in chunks:
+            names = [str(int(v)) for v in y]
+            bad = next((n for n in names if n not in stated), None)
+            if bad is not None:
+                raise DataError(f"{source}: label {bad!r} is not one of the classes {stated}")
+            yield x, np.array([stated.index(n) for n in names], dtype=np.int64), g, p
+
+    return stated, mapped()
 
 
 def _preprocessing(ds: Dataset, kind: str, window, method: str, normalize) -> dict:

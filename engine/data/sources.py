@@ -4,7 +4,6 @@ preprocessed chunks (read, window, resize)."""
 
 from __future__ import annotations
 
-import csv
 import gzip
 import os
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import safeio
+from engine.data.labels import read_labels_csv, resolve_classes
 from engine.errors import DataError, DicomReadError
 
 CHUNK = 512  # at most this many images per chunk streamed from a source to the builder
@@ -36,59 +36,12 @@ def to_nchw(image: np.ndarray, channels: int) -> np.ndarray:
     return image.astype(np.float32, copy=False)
 
 
-def _numeric_sort(values) -> list[str]:
-    """Class names sorted numerically when all are integers, else as text."""
-    values = sorted(set(values))
-    try:
-        return [str(v) for v in sorted(values, key=int)]
-    except ValueError:
-        return values
-
-
 def _inside(folder: Path, rel: str) -> Path:
     """folder / rel, refusing absolute paths and '..' that would leave folder."""
     path = (folder / rel).resolve()
     if not path.is_relative_to(folder.resolve()):
         raise DataError(f"{folder / 'labels.csv'}: path {rel!r} points outside the folder")
     return path
-
-
-def _read_labels_csv(folder: Path) -> list[dict]:
-    """Rows of folder/labels.csv with 'label' and 'path' or 'sop_instance_uid' columns."""
-    path = folder / "labels.csv"
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            fields = {k.strip().lower(): k for k in reader.fieldnames or []}
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
-    key = (
-        "path"
-        if "path" in fields
-        else (
-            "sop_instance_uid"
-            if "sop_instance_uid" in fields
-            else "sopinstanceuid"
-            if "sopinstanceuid" in fields
-            else None
-        )
-    )
-    if "label" not in fields or key is None:
-        raise DataError(
-            f"{path}: needs a 'label' column and a 'path' or 'sop_instance_uid' column, "
-            f"found {list(fields.values())}"
-        )
-    out = []
-    for i, row in enumerate(rows, start=2):
-        ref, label = (row.get(fields[key]) or "").strip(), (row.get(fields["label"]) or "").strip()
-        if not ref or not label:
-            raise DataError(f"{path}: line {i} has an empty {key} or label")
-        pid = (row.get(fields.get("patient_id", ""), "") or "").strip() or None
-        out.append({"key": key, "ref": ref, "label": label, "patient_id": pid})
-    if not out:
-        raise DataError(f"{path}: no rows")
-    return out
 
 
 def _file_stamp(paths: list[Path], root: Path) -> list:
@@ -101,31 +54,58 @@ def _file_stamp(paths: list[Path], root: Path) -> list:
 
 
 def dicom_source(
-    folder: Path, *, window, channels, input_size, method, on_error, max_pixels, skipped: list
+    folder: Path,
+    *,
+    window,
+    channels,
+    input_size,
+    method,
+    on_error,
+    max_pixels,
+    skipped: list,
+    classes: list[str] | None = None,
 ) -> tuple[dict, list[str], Iterator]:
-    """A DICOM folder with labels.csv (path or SOPInstanceUID) or with one sub-folder per class."""
+    """A DICOM folder with labels.csv (path or SOPInstanceUID) or with one sub-folder per class.
+
+    classes: the class names in index order, if stated (every label must be one of them); else
+    found and checked by engine.data.labels.resolve_classes. A labels.csv row naming a missing
+    file is a DataError naming the line, or with on_error="skip" a `skipped` entry.
+    """
     from engine.data.dicom import list_files, read_image
 
-    if (folder / "labels.csv").is_file():
-        rows = _read_labels_csv(folder)
-        classes = _numeric_sort(r["label"] for r in rows)
+    csv_path = folder / "labels.csv"
+    if csv_path.is_file():
+        rows = read_labels_csv(folder)
+        found: dict[str, list[str]] = {}
+        for r in rows:
+            found.setdefault(r["label"], []).append(f"line {r['line']}")
+        classes = resolve_classes(found, classes, str(csv_path))
         if rows[0]["key"] == "path":
-            items = [(_inside(folder, r["ref"]), r["label"], r["patient_id"], None) for r in rows]
+            items = []
+            for r in rows:
+                path = _inside(folder, r["ref"])
+                if path.is_file():
+                    items.append((path, r["label"], r["patient_id"], None))
+                elif on_error == "raise":
+                    raise DataError(f"{csv_path}: line {r['line']}: {r['ref']}: no such file")
+                else:
+                    skipped.append((str(path), f"no such file (labels.csv line {r['line']})"))
         else:  # match by SOPInstanceUID: every file in the folder is a candidate
             by_uid = {r["ref"]: r for r in rows}
             items = [(p, None, None, by_uid) for p in list_files(folder)]
-        stamp_files = [p for p, *_ in items] + [folder / "labels.csv"]
+        stamp_files = [p for p, *_ in items] + [csv_path]
     else:
         class_dirs = sorted(
             d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
         )
         if not class_dirs:
             raise DataError(f"{folder}: no labels.csv and no class sub-folders")
-        classes = [d.name for d in class_dirs]
         items = [(p, d.name, None, None) for d in class_dirs for p in list_files(d)]
+        found = {d.name: [] for d in class_dirs}
+        for p, label, *_ in items:
+            found[label].append(p.name)
+        classes = resolve_classes(found, classes, str(folder))
         stamp_files = [p for p, *_ in items]
-    if not items:
-        raise DataError(f"{folder}: no files")
     index = {c: i for i, c in enumerate(classes)}
     desc = {
         "kind": "dicom",
