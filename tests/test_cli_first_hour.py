@@ -122,11 +122,13 @@ def test_missing_and_truncated_files_raise_or_are_skipped_and_listed(ct, tmp_pat
     assert {Path(p).name for p in skipped} == {"gone.dcm", victim.name}
     report = (out / "report.md").read_text()
     assert "## Skipped files (2" in report and "gone.dcm" in report and victim.name in report
-    assert (
-        json.loads((out / "metrics.json").read_text())["n_train"]
-        + json.loads((out / "metrics.json").read_text())["n_val"]
-        == len(rows) - 2
-    )
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["n_train"] + saved["n_val"] == len(rows) - 2
+    scores = tmp_path / "scores.json"
+    argv = ["evaluate", out / "model.npz", data, "--on-error", "skip", "--out", scores]
+    assert main(argv) == 0
+    scored = json.loads(scores.read_text())
+    assert scored["n"] == len(rows) - 2 and len(scored["skipped"]) == 2
 
 
 # 3. a mistyped label is an error naming its line
