@@ -188,10 +188,12 @@ def check_out_folder(folder: Path, option: str = "--out") -> None:
         raise ArgumentError(f"{option} {folder}: the folder is not writable")
 
 
-def check_run_dir(run_dir: Path, settings: TrainSettings, *, resume: bool, overwrite: bool) -> None:
+def check_run_dir(
+    run_dir: Path, settings: TrainSettings, *, resume: bool, overwrite: bool
+) -> list[str]:
     """Refuse to replace an earlier run unless asked: --resume continues it (only to more
-    epochs than it ran), --overwrite removes its files first. Then make sure run_dir is a
-    writable folder."""
+    epochs than it ran), --overwrite replaces it. Then make sure run_dir is a writable folder.
+    Returns the earlier run's files, for remove_run once the new data has loaded."""
     if resume and overwrite:
         raise ArgumentError("--resume and --overwrite exclude each other")
     earlier = [n for n in RUN_FILES if (run_dir / n).exists()] if run_dir.is_dir() else []
@@ -203,12 +205,16 @@ def check_run_dir(run_dir: Path, settings: TrainSettings, *, resume: bool, overw
     if resume:
         _check_resume(run_dir, settings.epochs)
     check_out_folder(run_dir)
-    if overwrite:
-        import shutil
+    return earlier
 
-        for name in earlier:
-            (run_dir / name).unlink()
-        shutil.rmtree(run_dir / "explain", ignore_errors=True)
+
+def remove_run(run_dir: Path, names: list[str]) -> None:
+    """Delete an earlier run's files (--overwrite), so nothing of it mixes with the new one."""
+    import shutil
+
+    for name in names:
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "explain", ignore_errors=True)
 
 
 def _check_resume(run_dir: Path, epochs: int) -> None:
@@ -330,7 +336,7 @@ def train(
 
     run_dir = Path(run_dir)
     check_model(settings)
-    check_run_dir(run_dir, settings, resume=resume, overwrite=overwrite)
+    earlier = check_run_dir(run_dir, settings, resume=resume, overwrite=overwrite)
     with _compute(settings.device, settings.kernels):
         ds = load_data(
             source,
@@ -349,6 +355,8 @@ def train(
         )
         _print_skipped(ds)
         model, opt = _build(settings, ds, len(classes))
+        if overwrite:  # only now that the new data has loaded: a failure above keeps the old run
+            remove_run(run_dir, earlier)
         manifest_name = _write_manifest(source, run_dir)
         start = time.perf_counter()
         history = _fit(settings, model, opt, ds, train_idx, val_idx, run_dir, resume, progress)

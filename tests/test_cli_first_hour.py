@@ -158,6 +158,9 @@ def test_train_refuses_to_replace_a_run_unless_overwrite(run, ct, tmp_path):
     assert ((run / "model.npz").read_bytes(), (run / "metrics.json").read_text()) == before
     copy = Path(shutil.copytree(run, tmp_path / "run"))
     (copy / "explain" / "old_image.png").write_bytes(b"stale")
+    failed = medgrad("train", "--data", tmp_path / "nope", *TRAIN, "--out", copy, "--overwrite")
+    one_line_error(failed, "nope")
+    assert (copy / "model.npz").read_bytes() == before[0]  # a failed run replaces nothing
     assert main(["train", "--data", ct, *TRAIN, "--out", copy, "--overwrite"]) == 0
     assert not (copy / "explain" / "old_image.png").exists()
     assert json.loads((copy / "metrics.json").read_text())["epochs_run"] == 1
