@@ -220,14 +220,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from engine import workflow
 
     settings = _settings(args, val_split=args.val_split, patience=args.patience)
-    workflow.train(
-        args.data,
-        args.out,
-        settings,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-    )
+    try:
+        workflow.train(
+            args.data,
+            args.out,
+            settings,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"medgrad: interrupted; every epoch printed is saved in {args.out}: continue with "
+            "--resume",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 

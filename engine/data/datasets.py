@@ -1,9 +1,6 @@
 """Datasets: DICOM folders, MNIST IDX files and MedMNIST .npz archives as float32 NCHW arrays.
-
-Every source (engine.data.sources) becomes a stream of preprocessed chunks; one builder here either
-keeps them in memory or writes them to the on-disk cache (engine.data.cache), memory-mapped back,
-so a collection larger than memory is read once and then streamed with bounded memory.
-"""
+Each source (engine.data.sources) streams preprocessed chunks; one builder keeps them in memory or
+writes them to the on-disk cache (engine.data.cache), memory-mapped back with bounded memory."""
 
 from __future__ import annotations
 

@@ -101,11 +101,15 @@ def dicom_source(
         if not class_dirs:
             raise DataError(f"{folder}: no labels.csv and no class sub-folders")
         items = [(p, d.name, None, None) for d in class_dirs for p in list_files(d)]
+        if not items:
+            raise DataError(f"{folder}: no files")
         found = {d.name: [] for d in class_dirs}
         for p, label, *_ in items:
             found[label].append(p.name)
         classes = resolve_classes(found, classes, str(folder))
         stamp_files = [p for p, *_ in items]
+    if not items:
+        raise DataError(f"{folder}: no files")
     index = {c: i for i, c in enumerate(classes)}
     desc = {
         "kind": "dicom",
