@@ -121,3 +121,13 @@ def test_class_folder_with_one_file_is_refused(demo_dir, tmp_path):
         shutil.copy(path, target)
     with pytest.raises(DataError, match=r"class 'odd' has only 1 file\(s\) \(0.dcm\)"):
         load_dataset(tmp_path / "classes", input_size=8)
+
+
+def test_no_files_at_all_is_said_so(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with pytest.raises(DataError, match="no files"):
+        load_dataset(tmp_path)  # class folders, all empty
+    (tmp_path / "labels.csv").write_text("path,label\nx.dcm,0\ny.dcm,0\n")
+    with pytest.raises(DataError, match="no files"):
+        load_dataset(tmp_path, on_error="skip")  # every row names a missing file
