@@ -34,6 +34,26 @@ NON_NEGATIVE_FLOAT = _number(float, 0, inclusive=True)
 FRACTION = _number(float, 0, inclusive=False, high=1)
 
 
+def _class_list(text: str) -> list[str]:
+    """An argparse type: "0,1" -> ["0", "1"] (engine.data.labels.parse_classes)."""
+    from engine.data.labels import parse_classes
+
+    try:
+        return parse_classes(text)
+    except MedgradError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _on_error_option(p: argparse.ArgumentParser, default: str, where: str) -> None:
+    p.add_argument(
+        "--on-error",
+        choices=["raise", "skip"],
+        default=default,
+        help=f"an unreadable image file: stop with its name (raise), or leave it out and list it "
+        f"{where} (skip); default {default}",
+    )
+
+
 def _train_options(p: argparse.ArgumentParser) -> None:
     """Options shared by `train` and `cv`: data, model, optimizer, schedule, device."""
     p.add_argument(
@@ -50,9 +70,17 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--input-size",
-        type=POSITIVE_INT,
+        type=_number(int, 4, inclusive=True),
         default=28,
-        help="images are resized to SIZE x SIZE (default 28)",
+        help="images are resized to SIZE x SIZE (default 28; seed_cnn needs >= 10)",
+    )
+    p.add_argument(
+        "--classes",
+        type=_class_list,
+        default=None,
+        help="the class labels, comma-separated, in index order (e.g. 0,1): any other label in "
+        "the data is an error; without it, labels must be all integers or all text and every "
+        "class needs at least 3 files",
     )
     p.add_argument("--model", default="seed_cnn", help="architecture: seed_cnn, lenet5, mlp")
     p.add_argument(
@@ -116,6 +144,7 @@ def _train_options(p: argparse.ArgumentParser) -> None:
         help="seed for initialisation, splits, shuffling and augmentation (default 0)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    _on_error_option(p, "raise", "in the printed account and the report")
 
 
 def _settings(args: argparse.Namespace, **extra):
@@ -138,6 +167,8 @@ def _settings(args: argparse.Namespace, **extra):
         seed=args.seed,
         device=args.device,
         kernels=args.kernels,
+        on_error=args.on_error,
+        classes=args.classes,
         **extra,
     )
 
@@ -174,7 +205,13 @@ def _add_train(sub) -> None:
         "--resume",
         action="store_true",
         help="continue the run in --out from its checkpoint.npz (same settings; "
-        "--epochs may be raised)",
+        "--epochs must be raised above the epochs already run)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (without it, or --resume, an existing run is "
+        "never overwritten)",
     )
     p.set_defaults(func=_cmd_train)
 
@@ -183,7 +220,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from engine import workflow
 
     settings = _settings(args, val_split=args.val_split, patience=args.patience)
-    workflow.train(args.data, args.out, settings, resume=args.resume, progress=not args.quiet)
+    try:
+        workflow.train(
+            args.data,
+            args.out,
+            settings,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"medgrad: interrupted; every epoch printed is saved in {args.out}: continue with "
+            "--resume",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 
@@ -197,13 +249,14 @@ def _add_evaluate(sub) -> None:
     p.add_argument("model", help="model file (model.npz from a run directory)")
     p.add_argument("data", help="dataset: 'phantoms' or a path engine.data.datasets reads")
     p.add_argument("--out", default=None, help="also write the metrics to this JSON file")
+    _on_error_option(p, "raise", "in the output and the JSON")
     p.set_defaults(func=_cmd_evaluate)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from engine import workflow
 
-    workflow.evaluate(args.model, args.data, out=args.out)
+    workflow.evaluate(args.model, args.data, out=args.out, on_error=args.on_error)
     return 0
 
 
@@ -219,13 +272,14 @@ def _add_predict(sub) -> None:
     p.add_argument(
         "--out", default="predictions.csv", help="CSV to write (default predictions.csv)"
     )
+    _on_error_option(p, "skip", "in the CSV with its reason")
     p.set_defaults(func=_cmd_predict)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from engine import workflow
 
-    workflow.predict(args.model, args.inputs, args.out)
+    workflow.predict(args.model, args.inputs, args.out, on_error=args.on_error)
     return 0
 
 
@@ -496,13 +550,16 @@ def _add_make_demo_data(sub) -> None:
         "--patients", type=POSITIVE_INT, default=40, help="number of patients (default 40)"
     )
     p.add_argument(
-        "--slices", type=POSITIVE_INT, default=48, help="slices per patient (default 48)"
+        "--slices",
+        type=_number(int, 5, inclusive=True),
+        default=48,
+        help="slices per patient, at least 5 (default 48)",
     )
     p.add_argument(
         "--size",
-        type=_number(int, 16, inclusive=True),
+        type=_number(int, 32, inclusive=True),
         default=128,
-        help="image rows and columns (default 128)",
+        help="image rows and columns, at least 32 (default 128)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed: same seed, same files (default 0)")
     p.set_defaults(func=_cmd_make_demo_data)
@@ -546,6 +603,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except MedgradError as exc:
+        print(f"medgrad: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system said no (disk full, permissions): one line too
         print(f"medgrad: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -88,7 +88,7 @@ def run_workflow_stage(
             )
     print(
         f"== medgrad train --data {cohort} --input-size {INPUT_SIZE} --epochs 10 --batch-size 32 "
-        f"--val-split 0.25 --out {run_dir}"
+        f"--val-split 0.25 --out {run_dir} --overwrite"
     )
     settings = workflow.TrainSettings(
         model="seed_cnn",
@@ -100,7 +100,7 @@ def run_workflow_stage(
         input_size=INPUT_SIZE,
         seed=seed,
     )
-    result = workflow.train(cohort, run_dir, settings, progress=progress)
+    result = workflow.train(cohort, run_dir, settings, overwrite=True, progress=progress)
     print(f"== medgrad evaluate {run_dir}/model.npz {external}  (patients never seen in training)")
     result["external"] = workflow.evaluate(Path(run_dir) / "model.npz", external)
     return result

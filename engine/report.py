@@ -106,11 +106,13 @@ def write_report(
     probs: np.ndarray,
     classes: list[str],
     explanations: list[Path] = (),
+    skipped: list[tuple[str, str]] = (),
 ) -> Path:
     """Write curves.png, confusion_matrix.png, roc.png and report.md into run_dir; returns report.md.
 
     evaluation: engine.metrics.summary of the held-out set; settings: what was run (shown as a
-    table so the run can be repeated); explanations: PNGs from engine.explain to link.
+    table so the run can be repeated); explanations: PNGs from engine.explain to link;
+    skipped: (path, reason) of the files left out with --on-error skip, listed in full.
     """
     run_dir = Path(run_dir)
     plots = {"Learning curves": plot_history(history, run_dir / "curves.png")}
@@ -151,6 +153,16 @@ def write_report(
         lines += ["## Explanations (saliency and Grad-CAM)", ""]
         lines += [f"![{p.stem}]({p.relative_to(run_dir).as_posix()})" for p in explanations]
         lines.append("")
+    if skipped:
+        lines += [f"## Skipped files ({len(skipped)}, --on-error skip)", ""]
+        lines += ["| file | reason |", "|---|---|"]
+        lines += [f"| {p} | {_cell(reason)} |" for p, reason in skipped]
+        lines.append("")
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell: one line, pipes escaped."""
+    return " ".join(str(text).split()).replace("|", "\\|")

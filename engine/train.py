@@ -6,7 +6,9 @@ Run directory written by `fit(..., run_dir=...)`:
 - checkpoint.npz  the last finished epoch: weights, optimizer buffers, RNG states, history (resume);
 - model.npz       the weights to use: the epoch with the lowest validation loss (training loss
                   without validation data); no optimizer state;
-- metrics.json    the per-epoch history, rewritten after every epoch.
+- metrics.json    the per-epoch history, rewritten (atomically) after every epoch.
+All three are written before the epoch's line is printed, so after Ctrl-C the files hold at least
+every epoch shown.
 """
 
 from __future__ import annotations
@@ -261,11 +263,6 @@ def fit(
                 val_auc=v["auc"],
             )
         history.add(**row)
-        if progress:
-            print(
-                f"epoch {epoch + 1:3d}/{epochs}  "
-                + "  ".join(f"{k} {v:.4g}" for k, v in row.items() if v is not None)
-            )
         monitored = row.get("val_loss", loss)
         improved = monitored < best["loss"]
         if improved:
@@ -300,6 +297,11 @@ def fit(
                     "epochs_run": epoch + 1,
                     "stopped_early": stop,
                 },
+            )
+        if progress:  # after the files: an epoch printed is an epoch saved (Ctrl-C safe)
+            print(
+                f"epoch {epoch + 1:3d}/{epochs}  "
+                + "  ".join(f"{k} {v:.4g}" for k, v in row.items() if v is not None)
             )
         if stop:
             if progress:

@@ -22,9 +22,20 @@ import numpy as np
 
 from engine import backend, metrics
 from engine.checkpoint import atomic_write, load_model
-from engine.errors import DataError, MedgradError
+from engine.errors import ArgumentError, DataError, MedgradError
 
 PHANTOM_CLASSES = ["no lesion", "lesion"]
+# what `train` writes into a run directory: a folder holding any of these holds a run
+RUN_FILES = (
+    "model.npz",
+    "checkpoint.npz",
+    "metrics.json",
+    "report.md",
+    "manifest.json",
+    "curves.png",
+    "confusion_matrix.png",
+    "roc.png",
+)
 DEFAULT_LR = {"gd": 0.1, "sgd": 0.05, "adam": 2e-3}
 
 
@@ -50,6 +61,8 @@ class TrainSettings:
     seed: int = 0
     device: str = "cpu"
     kernels: str | None = None
+    on_error: str = "raise"  # "skip": leave unreadable files out, listed in the report
+    classes: list[str] | None = None  # the class names in index order, if stated (--classes)
     extra: dict = field(default_factory=dict)
 
 
@@ -57,13 +70,28 @@ class TrainSettings:
 
 
 def load_data(
-    source: str | os.PathLike, *, input_size: int = 28, n_phantoms: int = 2000, seed: int = 0
+    source: str | os.PathLike,
+    *,
+    input_size: int = 28,
+    n_phantoms: int = 2000,
+    seed: int = 0,
+    on_error: str = "raise",
+    classes: list[str] | None = None,
 ):
     """A dataset with .images float32 (n, c, h, w), .labels int64 (n,), .groups (n,) patient ids,
-    .paths, .classes and .preprocessing (how the images were prepared)."""
+    .paths, .classes, .skipped [(path, reason)] and .preprocessing (how the images were prepared).
+
+    on_error: "raise" or "skip" unreadable files; classes: the class names in index order, if
+    known (a model's, or --classes): labels are mapped onto them by name, others are an error.
+    """
     if str(source) == "phantoms":
         from engine.data.phantoms import make_phantoms
 
+        if classes is not None and list(classes) != PHANTOM_CLASSES:
+            raise DataError(
+                f"phantoms: the phantom classes {PHANTOM_CLASSES} are not the classes "
+                f"{list(classes)}"
+            )
         x, y = make_phantoms(n_phantoms, size=input_size, seed=seed)
         return SimpleNamespace(
             images=x,
@@ -71,6 +99,7 @@ def load_data(
             groups=np.arange(len(y)),
             paths=None,
             classes=PHANTOM_CLASSES,
+            skipped=[],
             preprocessing={"source": "phantoms", "input_size": input_size, "in_channels": 1},
         )
     if not Path(source).exists():
@@ -79,7 +108,7 @@ def load_data(
         from engine.data.datasets import load_dataset
     except ImportError as exc:
         raise DataError(f"{source}: reading datasets needs engine.data.datasets ({exc})") from exc
-    ds = load_dataset(source, input_size=input_size)
+    ds = load_dataset(source, input_size=input_size, on_error=on_error, classes=classes)
     info = getattr(ds, "info", {}) or {}
     # what inference needs to prepare new images the same way (predict, engine.deploy users)
     ds.preprocessing = {
@@ -88,6 +117,14 @@ def load_data(
         **{k: info[k] for k in ("window", "method", "normalize") if k in info},
     }
     return ds
+
+
+def _two_classes(ds, source) -> None:
+    """Training on one class learns nothing: a DataError naming the source and the class."""
+    present = np.unique(ds.labels)
+    if len(present) < 2:
+        only = _classes(ds)[int(present[0])] if len(present) else "none"
+        raise DataError(f"{source}: every image has the label {only!r}; training needs 2 classes")
 
 
 def _classes(ds) -> list[str]:
@@ -102,7 +139,100 @@ def holdout(ds, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]
 
     if not 0 < val_fraction < 1:
         raise DataError(f"--val-split must lie in (0, 1), got {val_fraction}")
-    return holdout_split(ds.labels, ds.groups, val_fraction, seed)
+    n_patients = len(np.unique(ds.groups))
+    if n_patients < 2:  # holdout_split says so in its own words
+        return holdout_split(ds.labels, ds.groups, val_fraction, seed)
+    try:
+        return holdout_split(ds.labels, ds.groups, val_fraction, seed)
+    except DataError as exc:  # one side empty: say it with the option's name
+        raise DataError(
+            f"--val-split {val_fraction} with {n_patients} patients leaves the training or the "
+            "validation side empty; change --val-split or add patients"
+        ) from exc
+
+
+# ---- checks made before any data is loaded ----
+
+
+def check_model(settings: TrainSettings) -> None:
+    """ArgumentError unless settings.model exists and accepts settings.input_size (built once,
+    tiny, on the CPU), so a bad option fails before a large dataset has loaded."""
+    import models
+
+    try:
+        models.get(
+            settings.model,
+            in_channels=1,
+            input_size=settings.input_size,
+            num_classes=2,
+            rng=np.random.default_rng(0),
+        )
+    except ArgumentError:
+        raise
+    except ValueError as exc:
+        raise ArgumentError(f"--input-size {settings.input_size}: {exc}") from exc
+
+
+def check_out_folder(folder: Path, option: str = "--out") -> None:
+    """Create `folder` (and parents) or raise ArgumentError naming option: a file, not creatable,
+    or not writable."""
+    if folder.exists() and not folder.is_dir():
+        raise ArgumentError(f"{option} {folder}: is a file; expected a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ArgumentError(
+            f"{option} {folder}: cannot create the folder ({exc.strerror})"
+        ) from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ArgumentError(f"{option} {folder}: the folder is not writable")
+
+
+def check_run_dir(
+    run_dir: Path, settings: TrainSettings, *, resume: bool, overwrite: bool
+) -> list[str]:
+    """Refuse to replace an earlier run unless asked: --resume continues it (only to more
+    epochs than it ran), --overwrite replaces it. Then make sure run_dir is a writable folder.
+    Returns the earlier run's files, for remove_run once the new data has loaded."""
+    if resume and overwrite:
+        raise ArgumentError("--resume and --overwrite exclude each other")
+    earlier = [n for n in RUN_FILES if (run_dir / n).exists()] if run_dir.is_dir() else []
+    if earlier and not (resume or overwrite):
+        raise ArgumentError(
+            f"--out {run_dir} holds an earlier run ({', '.join(earlier)}); add --resume to "
+            "continue it or --overwrite to replace it, or choose another --out"
+        )
+    if resume:
+        _check_resume(run_dir, settings.epochs)
+    check_out_folder(run_dir)
+    return earlier
+
+
+def remove_run(run_dir: Path, names: list[str]) -> None:
+    """Delete an earlier run's files (--overwrite), so nothing of it mixes with the new one."""
+    import shutil
+
+    for name in names:
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "explain", ignore_errors=True)
+
+
+def _check_resume(run_dir: Path, epochs: int) -> None:
+    """--resume needs a checkpoint that has epochs left to run."""
+    from engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(run_dir / "checkpoint.npz").train_state or {}
+    done = int(state.get("epoch", 0))
+    if state.get("best", {}).get("bad_epochs") == -1:
+        raise ArgumentError(
+            f"--resume: the run in {run_dir} stopped early after epoch {done} (--patience): "
+            "there is nothing to continue"
+        )
+    if epochs <= done:
+        raise ArgumentError(
+            f"--epochs {epochs}: the run in {run_dir} has already run {done} epochs; give "
+            f"--epochs above {done} to train more"
+        )
 
 
 # ---- training ----
@@ -190,33 +320,43 @@ def train(
     settings: TrainSettings,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     explain_n: int = 4,
 ) -> dict:
     """Train on `source` with a patient-level hold-out, then evaluate, explain and report.
 
     run_dir receives model.npz (best validation loss), checkpoint.npz (resume), metrics.json
-    (settings, history, held-out metrics), curves/confusion/ROC PNGs, explain/*.png, report.md.
+    (settings, history, held-out metrics, skipped files), curves/confusion/ROC PNGs,
+    explain/*.png, report.md. A run_dir that holds a run is refused unless resume (continue it
+    to settings.epochs) or overwrite (replace it); the options are checked before data loads.
     """
     from engine import explain, report
     from engine.train import predict_proba
 
     run_dir = Path(run_dir)
+    check_model(settings)
+    earlier = check_run_dir(run_dir, settings, resume=resume, overwrite=overwrite)
     with _compute(settings.device, settings.kernels):
         ds = load_data(
             source,
             input_size=settings.input_size,
             n_phantoms=settings.n_phantoms,
             seed=settings.seed,
+            on_error=settings.on_error,
+            classes=settings.classes,
         )
+        _two_classes(ds, source)
         classes = _classes(ds)
         train_idx, val_idx = holdout(ds, settings.val_split, settings.seed)
         print(
             f"data: {len(ds.labels)} images of {len(np.unique(ds.groups))} patients, classes "
             f"{classes}; training on {len(train_idx)}, held out {len(val_idx)} (by patient)"
         )
+        _print_skipped(ds)
         model, opt = _build(settings, ds, len(classes))
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite:  # only now that the new data has loaded: a failure above keeps the old run
+            remove_run(run_dir, earlier)
         manifest_name = _write_manifest(source, run_dir)
         start = time.perf_counter()
         history = _fit(settings, model, opt, ds, train_idx, val_idx, run_dir, resume, progress)
@@ -241,6 +381,7 @@ def train(
         "history": history.epochs,
         "held_out": evaluation,
         "manifest": manifest_name,
+        "skipped": [list(s) for s in _skipped(ds)],
     }
     metrics_path = run_dir / "metrics.json"
     previous = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
@@ -271,10 +412,26 @@ def train(
         probs=probs,
         classes=classes,
         explanations=shown,
+        skipped=_skipped(ds),
     )
     print_metrics("held-out", evaluation)
     print(f"run directory: {run_dir} (model.npz, metrics.json, report.md)")
     return result
+
+
+def _skipped(ds) -> list[tuple[str, str]]:
+    return list(getattr(ds, "skipped", None) or [])
+
+
+def _print_skipped(ds, limit: int = 5) -> None:
+    """One line per skipped file (the first `limit`), so a skip is never silent."""
+    skipped = _skipped(ds)
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable files (--on-error skip):")
+        for path, reason in skipped[:limit]:
+            print(f"  {path}: {reason}")
+        if len(skipped) > limit:
+            print(f"  ... and {len(skipped) - limit} more (all listed in the report)")
 
 
 def opt_lr(settings: TrainSettings) -> float:
@@ -301,26 +458,49 @@ def print_metrics(label: str, m: dict) -> None:
 # ---- evaluate / predict / explain a saved model ----
 
 
-def evaluate(model_path, source, *, out: str | os.PathLike | None = None) -> dict:
-    """Metrics of a saved model on a labelled dataset, prepared as at training time."""
+def evaluate(
+    model_path, source, *, out: str | os.PathLike | None = None, on_error: str = "raise"
+) -> dict:
+    """Metrics of a saved model on a labelled dataset, prepared as at training time.
+
+    The dataset's labels are mapped by name onto the model's classes; a label the model does not
+    know is a DataError naming it. on_error="skip" leaves unreadable files out (listed in the
+    result's "skipped" and printed).
+    """
     from engine.train import predict_proba
 
     model, ckpt = load_model(model_path)
-    ds = load_data(source, input_size=int(ckpt.preprocessing.get("input_size", 28)))
+    ds = load_data(
+        source,
+        input_size=int(ckpt.preprocessing.get("input_size", 28)),
+        on_error=on_error,
+        classes=ckpt.classes,
+    )
+    _print_skipped(ds)
     probs = predict_proba(model, ds.images)
+    if int(ds.labels.max()) >= probs.shape[1]:  # only a model file without class names gets here
+        raise DataError(
+            f"{source}: labels go up to {int(ds.labels.max())}, but {model_path} has "
+            f"{probs.shape[1]} classes"
+        )
     result = metrics.summary(ds.labels, probs)
     print_metrics(f"{Path(model_path).name} on {source}", result)
+    result["skipped"] = [list(s) for s in _skipped(ds)]
     if out is not None:
         text = json.dumps(result, indent=1)
         atomic_write(Path(out), lambda f: f.write(text.encode()))
     return result
 
 
-def _unlabelled(inputs: list[str], preprocessing: dict) -> tuple[np.ndarray, list[str]]:
-    """Images (n, c, h, w) and their paths from DICOM files or folders, prepared like the training
-    data (window, resize method and size from the model file's preprocessing settings)."""
+def _unlabelled(
+    inputs: list[str], preprocessing: dict, on_error: str = "skip"
+) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+    """Images (n, c, h, w), their paths and the skipped (path, reason) from DICOM files or
+    folders, prepared like the training data (window, resize method and size from the model
+    file's preprocessing settings). on_error: "skip" or "raise" unreadable files."""
     from engine.data.dicom import list_files, read_image
     from engine.data.transforms import resize
+    from engine.errors import DicomReadError
 
     if preprocessing.get("normalize") not in (None, "none"):
         raise MedgradError("predict: models trained on normalised images are not supported yet")
@@ -336,30 +516,46 @@ def _unlabelled(inputs: list[str], preprocessing: dict) -> tuple[np.ndarray, lis
     channels = int(preprocessing.get("in_channels", 1))
     window = preprocessing.get("window", "file")
     window = tuple(window) if isinstance(window, list) else window
-    images, names = [], []
+    images, names, skipped = [], [], []
     for path in files:
-        pixels, _ = read_image(path, window=window)  # (frames, h, w) grey in [0, 1]
+        try:
+            pixels, _ = read_image(path, window=window)  # (frames, h, w) grey in [0, 1]
+        except DicomReadError as exc:
+            if on_error == "raise":
+                raise
+            skipped.append((str(path), str(exc)))
+            continue
         if pixels.ndim == 4:  # colour (frames, h, w, 3): the grey luma, as datasets does
             pixels = pixels @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         x = np.repeat(pixels[:, None], channels, axis=1).astype(np.float32)
         images.append(resize(x, size, preprocessing.get("method", "area")))
         names += [str(path)] if len(x) == 1 else [f"{path}#{i}" for i in range(len(x))]
-    return np.concatenate(images), names
+    if not images:
+        reasons = "; ".join(f"{p}: {r}" for p, r in skipped[:3])
+        raise DataError(f"no readable images among {len(skipped)} files ({reasons})")
+    return np.concatenate(images), names, skipped
 
 
-def predict(model_path, inputs: list[str], out: str | os.PathLike) -> Path:
-    """Write a CSV with one row per image: path, predicted class, then one probability per class."""
+def predict(
+    model_path, inputs: list[str], out: str | os.PathLike, *, on_error: str = "skip"
+) -> Path:
+    """Write a CSV with one row per image: path, predicted class, one probability per class, and
+    an error column: empty, or why the file was skipped (then the other columns are empty).
+
+    on_error: "skip" (default) lists unreadable files in the CSV; "raise" stops at the first.
+    """
     from engine.train import predict_proba
 
     model, ckpt = load_model(model_path)
-    images, paths = _unlabelled(inputs, ckpt.preprocessing)
+    images, paths, skipped = _unlabelled(inputs, ckpt.preprocessing, on_error)
     probs = predict_proba(model, images)
     classes = ckpt.classes or [str(i) for i in range(probs.shape[1])]
-    rows = [["path", "predicted", *[f"p_{c}" for c in classes]]]
+    rows = [["path", "predicted", *[f"p_{c}" for c in classes], "error"]]
     rows += [
-        [str(p), classes[int(np.argmax(q))], *[f"{v:.6f}" for v in q]]
+        [str(p), classes[int(np.argmax(q))], *[f"{v:.6f}" for v in q], ""]
         for p, q in zip(paths, probs, strict=True)
     ]
+    rows += [[p, "", *[""] * len(classes), reason] for p, reason in skipped]
     out = Path(out)
 
     def write(f):
@@ -371,6 +567,8 @@ def predict(model_path, inputs: list[str], out: str | os.PathLike) -> Path:
 
     atomic_write(out, write)
     print(f"{len(paths)} predictions -> {out}")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable files (listed in {out} with the reason)")
     return out
 
 
@@ -387,6 +585,7 @@ def explain(
     from engine import explain as ex
 
     model, ckpt = load_model(model_path)
+    check_out_folder(Path(out_dir))
     ds = load_data(source, input_size=int(ckpt.preprocessing.get("input_size", 28)))
     bad = [i for i in indices if not 0 <= i < len(ds.labels)]
     if bad:
@@ -418,13 +617,18 @@ def cross_validate(source, folds: int, settings: TrainSettings, *, progress: boo
     from engine.train import predict_proba
 
     names = ("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "auc")
+    check_model(settings)
     with _compute(settings.device, settings.kernels):
         ds = load_data(
             source,
             input_size=settings.input_size,
             n_phantoms=settings.n_phantoms,
             seed=settings.seed,
+            on_error=settings.on_error,
+            classes=settings.classes,
         )
+        _print_skipped(ds)
+        _two_classes(ds, source)
         classes = _classes(ds)
         splits = stratified_group_kfold(ds.labels, ds.groups, folds, settings.seed)
         seen: dict = {}

@@ -135,3 +135,27 @@ def test_non_finite_loss_stops_before_the_step():
         train_epoch(model, opt, x, y, batch_size=16, rng=np.random.default_rng(0))
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
+
+
+def test_ctrl_c_during_a_save_leaves_every_printed_epoch_in_metrics_json(
+    tmp_path, monkeypatch, capsys
+):
+    """An interrupt while epoch 2 is being saved: metrics.json (written atomically) must hold at
+    least every epoch printed, and resume continues from what was saved."""
+    real_save, calls = train_module.save_checkpoint, []
+
+    def interrupted_save(path, *args, **kwargs):
+        calls.append(path.name)
+        if calls.count("checkpoint.npz") == 2:  # the second epoch's checkpoint
+            raise KeyboardInterrupt
+        return real_save(path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", interrupted_save)
+    model = models.get("mlp", input_size=16, num_classes=2, rng=np.random.default_rng(0))
+    opt = optim.SGD(model.parameters(), lr=0.05)
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, opt, TRAIN, VAL, epochs=3, batch_size=32, progress=True, run_dir=tmp_path)
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch")]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(printed) == saved["epochs_run"] == len(saved["history"]["loss"]) == 1
+    assert not list(tmp_path.glob(".*.tmp"))  # no half-written file left behind

@@ -110,7 +110,8 @@ def test_dicom_folder_train_predict_evaluate(tmp_path, capsys):
     )
     with out.open() as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["path", "predicted", "p_0", "p_1"] and len(rows) == 1 + 6
+    assert rows[0] == ["path", "predicted", "p_0", "p_1", "error"] and len(rows) == 1 + 6
+    assert all(r[4] == "" for r in rows[1:])  # every file read: no error
     assert all(abs(float(r[2]) + float(r[3]) - 1) < 1e-5 for r in rows[1:])
     assert main(["evaluate", str(run / "model.npz"), str(data)]) == 0
     assert "(n = 36)" in capsys.readouterr().out
