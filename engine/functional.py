@@ -30,7 +30,8 @@ from engine.ops.loss import (
 )
 from engine.ops.pool import avg_pool2d, max_pool2d
 from engine.ops.reduce import mean, sum
-from engine.ops.shape import flatten, getitem, reshape, transpose
+from engine.ops.segmentation import dice_ce_loss, dice_loss, focal_loss
+from engine.ops.shape import cat, flatten, getitem, pad, reshape, transpose
 
 __all__ = [
     "add",
@@ -38,12 +39,16 @@ __all__ = [
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "cast",
+    "cat",
     "conv2d",
     "conv2d_relu_max_pool2d",
+    "dice_ce_loss",
+    "dice_loss",
     "div",
     "dropout",
     "exp",
     "flatten",
+    "focal_loss",
     "getitem",
     "linear",
     "log",
@@ -54,6 +59,7 @@ __all__ = [
     "mse_loss",
     "mul",
     "neg",
+    "pad",
     "pow",
     "relu",
     "reshape",
