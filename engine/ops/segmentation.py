@@ -81,8 +81,8 @@ class SoftmaxFocalFn(Function):
 
 
 def _onehot_target(logits: Tensor, target, name: str):
-    """The target as a float array of logits' shape (n, k, *spatial) and dtype, plus whether it
-    came as labels (then also the label array (n, *spatial)).
+    """(onehot, labels): the target as a float array of logits' shape (n, k, *spatial) and dtype,
+    and the integer label array (n, *spatial) it was made from (None for a one-hot target).
 
     Accepted: integer labels (n, *spatial) or (n, 1, *spatial) in [0, k) (k = 1: {0, 1}, the
     foreground mask), or a one-hot / probability target of logits' shape (any real dtype).
@@ -152,6 +152,22 @@ def _reduce(f: Tensor, reduction: str) -> Tensor:
     if reduction == "sum":
         return sum_(f)
     return f
+
+
+def _class_weights(weight, c: int, name: str) -> np.ndarray | None:
+    """weight (None, one number, or c numbers, all finite and >= 0) -> None or a float64 array."""
+    if weight is None:
+        return None
+    try:
+        w = np.asarray(weight, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        w = np.array([np.nan])
+    if w.size not in (1, c) or not np.isfinite(w).all() or (w < 0).any():
+        raise ArgumentError(
+            f"{name}: weight must be one number or {c} (one per kept class), all >= 0, "
+            f"got {weight!r}"
+        )
+    return w
 
 
 def dice_loss(
@@ -283,6 +299,7 @@ def focal_loss(
         raise ArgumentError(f"{name}: gamma must be >= 0, got {gamma}")
     if alpha is not None and not 0 <= alpha <= 1:
         raise ArgumentError(f"{name}: alpha must lie in [0, 1] or be None, got {alpha}")
+    w = _class_weights(weight, logits.shape[1] - (0 if include_background else 1), name)
     t, _ = _onehot_target(logits, target, name)
     fn = SoftmaxFocalFn if activation == "softmax" else SigmoidFocalFn
     loss = fn.apply(logits, t, gamma=float(gamma))
@@ -295,14 +312,7 @@ def focal_loss(
         factor = alpha * t + (1 - alpha) * (1 - t)
     if not include_background:
         loss, factor = loss[:, 1:], factor[:, 1:]
-    if weight is not None:
-        w = np.asarray(weight, dtype=np.float64).reshape(-1)
-        c = loss.shape[1]
-        if w.size not in (1, c) or (w < 0).any() or not np.isfinite(w).all():
-            raise ArgumentError(
-                f"{name}: weight must be one number or {c} (one per kept class), all >= 0, "
-                f"got {weight!r}"
-            )
+    if w is not None:
         factor = factor * xp.asarray(w.reshape(1, -1, *rest))
     if alpha is not None or weight is not None:
         loss = loss * as_tensor(factor.astype(logits.dtype))

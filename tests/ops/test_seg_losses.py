@@ -132,6 +132,15 @@ def test_cross_entropy_bad_target_raises_on_cpu_nan_on_cuda(backend):
         assert np.isnan(F.softmax_cross_entropy(z, t).item())
 
 
+def test_cross_entropy_2d_ignored_rows(backend, rng):
+    z, t = rng.standard_normal((3, 4)), np.array([0, -100, 3])
+    loss = F.softmax_cross_entropy(on_device(z, backend.device), on_device(t, backend.device))
+    if backend.device == "cpu":
+        np.testing.assert_allclose(loss.item(), _ce_reference(z, t), **TOL["loops64"])
+    else:  # the fused cuda kernels know no ignore_index: nan, never a wrong number
+        assert np.isnan(loss.item())
+
+
 def test_cross_entropy_argument_errors(backend):
     z = on_device(np.zeros((2, 3, 4)), backend.device)
     with pytest.raises(ArgumentError, match=r"integer targets of shape \(2, 4\).*\(2, 3\)"):
@@ -404,6 +413,7 @@ def test_focal_argument_errors(backend):
         (dict(weight=[1.0, -2.0], include_background=False), "weight"),
         (dict(activation=None), "activation"),
         (dict(reduction="avg"), "reduction"),
+        (dict(weight="heavy"), "weight"),
     ]
     for options, match in cases:
         with pytest.raises(ArgumentError, match=match):
