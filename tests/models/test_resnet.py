@@ -144,7 +144,9 @@ def test_medgrad_train_explain_and_deploy_a_resnet(tmp_path):
 # ---- torch as an oracle: the same network written with torch.nn, torchvision's names ----
 
 
-def _torch_resnet18(torch, in_channels, num_classes, width):
+def torch_resnet18(torch, in_channels, num_classes, width):
+    """torchvision's resnet18 layout in torch.nn, float64 (benchmarks/bench_resnet.py uses it
+    too, in float32): the oracle needs no torchvision."""
     tnn = torch.nn
 
     class BasicBlock(tnn.Module):  # torchvision.models.resnet.BasicBlock
@@ -194,7 +196,7 @@ def test_resnet_matches_a_torch_replica(rng):
     """torch's state loads as is (same keys, shapes); two training steps and eval mode give
     the same outputs, input gradients and running statistics."""
     torch = pytest.importorskip("torch")
-    theirs = _torch_resnet18(torch, 2, 3, 4)
+    theirs = torch_resnet18(torch, 2, 3, 4)
     ours = _small(in_channels=2, num_classes=3).astype(np.float64)
     assert list(ours.state_dict()) == list(theirs.state_dict())
     for p in theirs.parameters():
