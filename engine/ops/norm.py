@@ -12,8 +12,8 @@ from engine.function import Function
 from engine.tensor import Tensor, as_tensor
 
 
-class _NormFn(Function):
-    """Shared by the norms: normalise the statistics view x3 (p, q, r) of x with per-slice mean
+class _Normalisation:
+    """A mixin of the norms' Functions (not a Function itself): normalise the statistics view x3 (p, q, r) of x with per-slice mean
     and rstd = 1 / sqrt(var + eps), and differentiate it. With `batch_stats` the statistics are
     x3's own (they depend on x: the full backward); otherwise they are constants (running stats).
     The affine weight either is per slice (`w`, fused into the kernels) or per element of the
@@ -71,7 +71,7 @@ def _update_running(running, value, momentum: float) -> None:
     )
 
 
-class BatchNormFn(_NormFn):
+class BatchNormFn(_Normalisation, Function):
     """Batch norm: x (n, c, *spatial) viewed as (n, c, s), one mean and variance per channel over
     the batch and space; weight and bias (c,) fused into the kernels. In training the statistics
     are the batch's (the biased variance normalises; the unbiased one, times N / (N - 1) with
@@ -100,7 +100,7 @@ class BatchNormFn(_NormFn):
         return self._grads(gx3.reshape(gy.shape), gw, gb)
 
 
-class GroupNormFn(_NormFn):
+class GroupNormFn(_Normalisation, Function):
     """Group norm: x (n, c, *spatial), channels split into g groups of c/g; one mean and variance
     per (sample, group) over its channels and space: the view (1, n g, c/g s). weight and bias
     (c,) act per channel afterwards, on the affine view (n, c, s)."""
@@ -137,8 +137,13 @@ class InstanceNormFn(GroupNormFn):
             _update_running(running_var, unbiased, momentum)
         return y
 
+    def backward(self, gy):
+        # group norm's with one group per channel: gx = rstd (gxhat - mean(gxhat) - xhat
+        # mean(gxhat xhat)) over each (sample, channel)'s spatial axes, gxhat = gy w
+        return super().backward(gy)
 
-class LayerNormFn(_NormFn):
+
+class LayerNormFn(_Normalisation, Function):
     """Layer norm over the trailing axes: x (*lead, *normalized_shape) viewed as (1, L, T) with
     L = prod(lead), T = prod(normalized_shape); one mean and variance per leading index. weight
     and bias (normalized_shape) act elementwise, on the affine view (L, T, 1)."""
