@@ -16,12 +16,10 @@ import time
 
 import numpy as np
 
-import engine.functional as F
 import models
 from benchmarks import harness
-from benchmarks.seed_step import blas_threads
-from engine import backend, optim
-from engine.tensor import Tensor
+from benchmarks.seed_step import EngineStep, TorchStep
+from engine import optim
 
 
 def _data(batch: int, size: int):
@@ -29,8 +27,8 @@ def _data(batch: int, size: int):
     return rng.standard_normal((batch, 1, size, size)).astype(np.float32), rng.integers(0, 2, batch)
 
 
-class EngineResNet:
-    """resnet18_2d on one kernel flavour ("numpy" | "numba")."""
+class EngineResNet(EngineStep):
+    """resnet18_2d on one kernel flavour ("numpy" | "numba"); the step is the seed CNN's."""
 
     def __init__(self, flavour: str, width: int, batch: int, size: int):
         self.flavour = flavour
@@ -39,17 +37,9 @@ class EngineResNet:
         self.opt.lr = 0.0  # weights frozen (the optimizer refuses lr 0 when built)
         self.x, self.t = _data(batch, size)
 
-    def step(self) -> float:
-        with backend.use_kernels(self.flavour), blas_threads(self.flavour):
-            self.opt.zero_grad()
-            loss = F.softmax_cross_entropy(self.model(Tensor(self.x)), self.t)
-            loss.backward()
-            self.opt.step()
-        return float(loss.data)
 
-
-class TorchResNet:
-    """The same network and weights in PyTorch eager, float32."""
+class TorchResNet(TorchStep):
+    """The same network and weights in PyTorch eager, float32; the step is the seed CNN's."""
 
     def __init__(self, torch, width: int, batch: int, size: int):
         from tests.models.test_resnet import torch_resnet18
@@ -61,13 +51,6 @@ class TorchResNet:
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.0, momentum=0.9)
         x, t = _data(batch, size)
         self.x, self.t = torch.from_numpy(x), torch.from_numpy(t)
-
-    def step(self) -> float:
-        self.opt.zero_grad()
-        loss = self.torch.nn.functional.cross_entropy(self.model(self.x), self.t)
-        loss.backward()
-        self.opt.step()
-        return float(loss.detach())
 
 
 def main(argv=None) -> None:
@@ -85,14 +68,14 @@ def main(argv=None) -> None:
     torch = harness.import_torch()
     if torch is not None:
         steps["torch"] = TorchResNet(torch, *shape)
-    first = {who: s.step() for who, s in steps.items()}  # also the warm-up (Numba compiles)
+    first = {who: s.train_step() for who, s in steps.items()}  # also the warm-up (Numba compiles)
     for who, loss in first.items():
         harness.assert_close(loss, first["numpy"], f"{who} first loss")
     times = {who: [] for who in steps}
     for _ in range(args.rounds):
         for who, s in steps.items():
             t0 = time.perf_counter()
-            s.step()
+            s.train_step()
             times[who].append(time.perf_counter() - t0)
     median = {who: float(np.median(t)) for who, t in times.items()}
     print(

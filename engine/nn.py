@@ -492,10 +492,13 @@ class _BatchNorm(Module):
             return 1.0 / float(self.num_batches_tracked)
         return self.momentum
 
+    def _normalise(self, *args):
+        return F.batch_norm(*args)
+
     def forward(self, x):
         self._check(x)
         momentum = self._momentum()
-        return F.batch_norm(
+        return self._normalise(
             x,
             self.running_mean,
             self.running_var,
@@ -544,19 +547,8 @@ class _InstanceNorm(_BatchNorm):
         """PyTorch's InstanceNorm never counts num_batches_tracked (the buffer stays 0)."""
         return 0.1 if self.momentum is None else self.momentum
 
-    def forward(self, x):
-        self._check(x)
-        momentum = self._momentum()
-        return F.instance_norm(
-            x,
-            self.running_mean,
-            self.running_var,
-            self.weight,
-            self.bias,
-            self.training or not self.track_running_stats,
-            momentum,
-            self.eps,
-        )
+    def _normalise(self, *args):
+        return F.instance_norm(*args)  # batch_norm's argument order, use_input_stats for training
 
 
 class InstanceNorm2d(_InstanceNorm):
