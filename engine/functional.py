@@ -9,6 +9,8 @@ from engine.ops.elementwise import (
     div,
     dropout,
     exp,
+    gelu,
+    leaky_relu,
     log,
     mul,
     neg,
@@ -28,6 +30,7 @@ from engine.ops.loss import (
     softmax,
     softmax_cross_entropy,
 )
+from engine.ops.norm import batch_norm, group_norm, instance_norm, layer_norm
 from engine.ops.pool import avg_pool2d, max_pool2d
 from engine.ops.reduce import mean, sum
 from engine.ops.segmentation import dice_ce_loss, dice_loss, focal_loss
@@ -36,6 +39,7 @@ from engine.ops.shape import cat, flatten, getitem, pad, reshape, transpose
 __all__ = [
     "add",
     "avg_pool2d",
+    "batch_norm",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "cast",
@@ -49,7 +53,12 @@ __all__ = [
     "exp",
     "flatten",
     "focal_loss",
+    "gelu",
     "getitem",
+    "group_norm",
+    "instance_norm",
+    "layer_norm",
+    "leaky_relu",
     "linear",
     "log",
     "log_softmax",

@@ -33,6 +33,13 @@ KERNEL_NAMES: dict[str, str] = {
     "softmax_cross_entropy_backward": "probs (n,k), t (n,), gloss 0-d -> glogits (n,k)",
     "sgd_update": "in place: p, g, velocity; PyTorch's SGD rule (momentum, nesterov, weight decay)",
     "adam_update": "in place: p, g, m, v; PyTorch's Adam rule (L2 weight decay, bias correction)",
+    "norm_moments": "x (p,q,r) -> (mean (q,), biased var (q,)) over axes 0 and 2",
+    "norm_forward": "x (p,q,r), mean, rstd, weight|None, bias|None (q,) -> (x - mean) rstd w + b",
+    "norm_backward": "gy, x (p,q,r), mean, rstd, weight|None -> (gx, gweight (q,), gbias (q,))",
+    "leaky_relu_forward": "x, negative_slope -> x where x > 0 else slope * x",
+    "leaky_relu_backward": "gy, x, negative_slope -> gy where x > 0 else slope * gy",
+    "gelu_forward": "x -> x Phi(x), the erf form",
+    "gelu_backward": "gy, x -> gy (Phi(x) + x phi(x))",
 }
 
 OPTIONAL_KERNEL_NAMES: dict[str, str] = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from kernels import build_table
 
+from .activation import gelu_backward, gelu_forward, leaky_relu_backward, leaky_relu_forward
 from .compose import complete
 from .conv import col2im, conv2d_backward_input, conv2d_backward_weight, conv2d_forward, im2col
 from .elementwise import (
@@ -17,6 +18,7 @@ from .elementwise import (
     softmax_cross_entropy_backward,
     softmax_cross_entropy_forward,
 )
+from .norm import norm_backward, norm_forward, norm_moments
 from .optim import adam_update, sgd_update
 from .pool import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
 
@@ -38,6 +40,13 @@ KERNELS = build_table(
         "softmax_cross_entropy_backward": softmax_cross_entropy_backward,
         "sgd_update": sgd_update,
         "adam_update": adam_update,
+        "norm_moments": norm_moments,
+        "norm_forward": norm_forward,
+        "norm_backward": norm_backward,
+        "leaky_relu_forward": leaky_relu_forward,
+        "leaky_relu_backward": leaky_relu_backward,
+        "gelu_forward": gelu_forward,
+        "gelu_backward": gelu_backward,
     },
 )
 
