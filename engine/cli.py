@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from engine.errors import MedgradError
@@ -213,6 +214,12 @@ def _add_train(sub) -> None:
         help="replace the run already in --out (without it, or --resume, an existing run is "
         "never overwritten)",
     )
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel over the ranks of `mpiexec -n N medgrad train ...` (MPI on cpu, "
+        "NCCL on cuda); --batch-size stays the global batch; rank 0 writes the run",
+    )
     p.set_defaults(func=_cmd_train)
 
 
@@ -220,15 +227,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from engine import workflow
 
     settings = _settings(args, val_split=args.val_split, patience=args.patience)
+    comm, together = None, contextlib.nullcontext()
+    if args.distributed:
+        from engine import distributed
+
+        comm = distributed.init(args.device)
+        together = distributed.fail_together(comm)  # one failing rank stops them all
     try:
-        workflow.train(
-            args.data,
-            args.out,
-            settings,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-        )
+        with together:
+            workflow.train(
+                args.data,
+                args.out,
+                settings,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+                comm=comm,
+            )
     except KeyboardInterrupt:
         print(
             f"medgrad: interrupted; every epoch printed is saved in {args.out}: continue with "

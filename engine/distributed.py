@@ -373,12 +373,11 @@ def shard_of(groups: np.ndarray, rank: int, size: int) -> np.ndarray:
 def _augment_each(augment, x: np.ndarray, global_idx: np.ndarray, seed: int, epoch: int):
     """Augment sample by sample with Generator([seed, epoch, global index]): the same draws for
     a sample whatever rank holds it, so N ranks augment exactly as one process does."""
-    return np.concatenate(
-        [
-            augment(x[j : j + 1], np.random.default_rng([seed, epoch, int(g)]))
-            for j, g in enumerate(global_idx)
-        ]
-    )
+    out = [
+        augment(x[j : j + 1], np.random.default_rng([seed, epoch, int(g)]))
+        for j, g in enumerate(global_idx)
+    ]
+    return np.concatenate(out).astype(x.dtype, copy=False)  # Augment returns float32
 
 
 def train_epoch_sharded(

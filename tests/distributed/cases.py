@@ -22,8 +22,17 @@ def case_data(seed: int = 0):
 
 
 def fit_case(
-    comm=None, *, optimizer="adam", epochs=2, batch_size=8, augment=False, fail_rank=None,
-    run_dir=None, resume=False, hang_rank=None,
+    comm=None,
+    *,
+    optimizer="adam",
+    epochs=2,
+    batch_size=8,
+    augment=False,
+    fail_rank=None,
+    run_dir=None,
+    resume=False,
+    hang_rank=None,
+    kill_rank=None,
 ):
     """(model, History) after `epochs` of the tiny CNN; with comm, on this rank's shard."""
     from engine import distributed
@@ -54,9 +63,28 @@ def fit_case(
             import time
 
             time.sleep(3600)
+    stop = None
+    if comm is not None and kill_rank == comm.rank:
+        import os
+        import signal
+
+        def stop(epoch, row):  # killed between epochs, while rank 0 may be saving
+            os.kill(os.getpid(), signal.SIGKILL)
+
     history = fit(
-        model, opt, (x[train_idx], y[train_idx]), (x[val_idx], y[val_idx]),
-        epochs=epochs, batch_size=batch_size, seed=3, progress=False, augment=aug,
-        run_dir=run_dir, resume=resume, comm=comm, shard=shard,
+        model,
+        opt,
+        (x[train_idx], y[train_idx]),
+        (x[val_idx], y[val_idx]),
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=3,
+        progress=False,
+        augment=aug,
+        run_dir=run_dir,
+        resume=resume,
+        comm=comm,
+        shard=shard,
+        on_epoch_end=stop,
     )
     return model, history
