@@ -88,3 +88,45 @@ def fit_case(
         on_epoch_end=stop,
     )
     return model, history
+
+
+def write_phantom_site(folder, n_patients: int, per_patient: int, seed: int, size: int = 16):
+    """A site's DICOM folder of phantom images (engine.data.phantoms): P<seed>_<k>/IM<j>.dcm,
+    16-bit MONOCHROME2 with a full-range window, and labels.csv (path, label, patient_id)."""
+    from pathlib import Path
+
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
+
+    from engine.data.phantoms import make_phantoms
+
+    folder = Path(folder)
+    x, y = make_phantoms(n_patients * per_patient, size=size, seed=seed)
+    rows = ["path,label,patient_id"]
+    for i in range(len(y)):
+        patient = f"P{seed}_{i // per_patient:03d}"
+        path = folder / patient / f"IM{i % per_patient:03d}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = (
+            SecondaryCaptureImageStorage,
+            meta.MediaStorageSOPInstanceUID,
+        )
+        ds.PatientID, ds.Modality = patient, "OT"
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows = ds.Columns = size
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.WindowCenter, ds.WindowWidth = 2048, 4096
+        ds.PixelData = np.round(np.clip(x[i, 0], 0, 1) * 4095).astype(np.uint16).tobytes()
+        ds.save_as(path, enforce_file_format=True)
+        rows.append(f"{path.relative_to(folder)},{int(y[i])},{patient}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return folder
