@@ -16,13 +16,13 @@ from engine import backend
 from tests.distributed.cases import write_phantom_site
 from tests.distributed.conftest import ROOT
 
-ROUNDS, LOCAL_EPOCHS, LR, BATCH = 8, 1, 5e-3, 16
+ROUNDS, LOCAL_EPOCHS, LR, BATCH = 4, 3, 5e-3, 16
 
 
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory):
     base = tmp_path_factory.mktemp("sites")
-    train = [write_phantom_site(base / f"site{k}", 15, 4, seed=20 + k) for k in range(3)]
+    train = [write_phantom_site(base / f"site{k}", 30, 4, seed=20 + k) for k in range(3)]
     return train, write_phantom_site(base / "test", 30, 4, seed=23)
 
 
@@ -41,7 +41,7 @@ def test_client_sends_only_parameters_and_count(sites):
     with backend.use_kernels("numpy"):
         sent = Site(sites[0][0]).train(weights, plan.to_config(1))
     new, count, metrics = sent
-    assert count == 60 and metrics == {}
+    assert count == 120 and metrics == {}
     assert [w.shape for w in new] == [w.shape for w in weights]
     assert all(w.dtype.kind == "f" for w in new)
     assert any(not np.array_equal(a, b) for a, b in zip(new, weights, strict=True))
