@@ -13,8 +13,10 @@ from tests.distributed.cases import fit_case
 if __name__ == "__main__":
     from engine import distributed
 
-    comm = distributed.init("cpu", timeout=float(sys.argv[3]) if len(sys.argv) > 3 else 60)
+    options = json.loads(sys.argv[2])
+    timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 60
+    comm = distributed.init(options.get("device", "cpu"), timeout=timeout)
     with distributed.fail_together(comm):
-        model, history = fit_case(comm, **json.loads(sys.argv[2]))
+        model, history = fit_case(comm, **options)
         if comm.rank == 0:
             np.savez(sys.argv[1], history=json.dumps(history.epochs), **model.state_dict())

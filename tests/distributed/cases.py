@@ -33,6 +33,7 @@ def fit_case(
     resume=False,
     hang_rank=None,
     kill_rank=None,
+    device="cpu",
 ):
     """(model, History) after `epochs` of the tiny CNN; with comm, on this rank's shard."""
     from engine import distributed
@@ -43,6 +44,7 @@ def fit_case(
     model = models.get(
         "seed_cnn", in_channels=1, input_size=SIZE, num_classes=2, rng=np.random.default_rng(1)
     ).astype(np.float64)
+    model.to(device)
     opt = {"adam": lambda p: optim.Adam(p, lr=1e-2), "sgd": lambda p: optim.SGD(p, 0.05, 0.9)}
     opt = opt[optimizer](model.parameters())
     aug = None

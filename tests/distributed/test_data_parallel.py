@@ -142,3 +142,17 @@ def test_distributed_optimizer_single_process_scales_and_fills_missing_grads():
     np.testing.assert_allclose(b.grad, 0.0)
     opt.lr = 0.1
     assert opt.optimizer.lr == 0.1 and opt.steps == 1
+
+
+@pytest.mark.gpu
+def test_nccl_one_rank_equals_one_process(mpirun, tmp_path):
+    # the NCCL path (engine.distributed.NCCLCommunicator): N=1 still packs, allreduces through
+    # NCCL and unpacks every bucket; float64 on the GPU, against a plain run on the same GPU
+    pytest.importorskip("cupy")
+    if "cuda" not in {name.split(":")[0] for name in backend.available()}:
+        pytest.skip("no CUDA device")
+    out = tmp_path / "w.npz"
+    done = mpirun(1, [SCRIPT, str(out), json.dumps({"device": "cuda"})], timeout=300)
+    assert done.returncode == 0, done.stderr
+    model, history = fit_case(device="cuda")
+    _assert_same(model, out, history)

@@ -72,6 +72,7 @@ def test_dp_update_is_clipped_and_epsilon_falls_with_noise():
     assert dp_epsilon(0.0, 1) == np.inf
 
 
+@pytest.mark.slow
 def test_three_sites_reach_central_accuracy(sites, tmp_path):
     pytest.importorskip("flwr", reason="federated tests need flwr (medgrad[dev])")
     from engine import optim
