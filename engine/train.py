@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +36,9 @@ from engine.checkpoint import (
 from engine.errors import MedgradError
 from engine.function import no_grad
 from engine.tensor import Tensor
+
+if TYPE_CHECKING:  # engine.distributed is imported only when training data-parallel
+    from engine.distributed import Communicator, Shard
 
 
 def batches(
@@ -199,8 +203,8 @@ def fit(
     preprocessing: dict | None = None,
     classes: list[str] | None = None,
     on_epoch_end: Callable[[int, dict], bool | None] | None = None,
-    comm=None,
-    shard=None,
+    comm: Communicator | None = None,
+    shard: Shard | None = None,
 ) -> History:
     """Train `model` on train=(x, y) for `epochs`, validating on `val` after each epoch.
 

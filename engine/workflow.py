@@ -17,12 +17,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine import backend, metrics
 from engine.checkpoint import atomic_write, load_model
 from engine.errors import ArgumentError, DataError, MedgradError
+
+if TYPE_CHECKING:
+    from engine.distributed import Communicator
 
 PHANTOM_CLASSES = ["no lesion", "lesion"]
 # what `train` writes into a run directory: a folder holding any of these holds a run
@@ -336,7 +340,7 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     explain_n: int = 4,
-    comm=None,
+    comm: Communicator | None = None,
 ) -> dict:
     """Train on `source` with a patient-level hold-out, then evaluate, explain and report.
 
