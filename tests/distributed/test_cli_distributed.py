@@ -9,22 +9,9 @@ import numpy as np
 
 from engine import backend
 from engine.checkpoint import load_checkpoint
+from tests.test_cli import TINY
 
-ARGS = [
-    "--data",
-    "phantoms",
-    "--n-phantoms",
-    "96",
-    "--input-size",
-    "16",
-    "--epochs",
-    "2",
-    "--batch-size",
-    "16",
-    "--seed",
-    "1",
-    "--quiet",
-]
+ARGS = [*TINY, "--epochs", "2", "--seed", "1"]  # tests/test_cli.py's tiny phantom run
 
 
 def test_cli_two_ranks_write_one_run_like_one_process(mpirun, tmp_path):
