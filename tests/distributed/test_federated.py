@@ -160,3 +160,16 @@ def test_three_sites_reach_central_accuracy(sites, tmp_path):
         acc_central = evaluate(central, test.images, test.labels)["accuracy"]
     assert acc_central > 0.8  # central training learned the task: the comparison means something
     assert acc_fed >= acc_central - 0.03, (acc_fed, acc_central)
+
+
+def test_fedprox_pulls_towards_the_global_weights():
+    from engine import optim
+    from engine.federated import _Proximal
+    from engine.nn import Parameter
+
+    p = Parameter(np.ones(3))
+    opt = _Proximal(optim.SGD([p], lr=0.1), mu=2.0)  # anchor: the global weights, all 1
+    p.data[:] = [3.0, 1.0, -1.0]
+    p.grad = np.zeros(3)
+    opt.step()  # p -= lr * mu * (p - anchor)
+    np.testing.assert_allclose(p.data, [3.0 - 0.4, 1.0, -1.0 + 0.4])
