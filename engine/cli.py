@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from engine.errors import MedgradError
@@ -213,6 +214,12 @@ def _add_train(sub) -> None:
         help="replace the run already in --out (without it, or --resume, an existing run is "
         "never overwritten)",
     )
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel over the ranks of `mpiexec -n N medgrad train ...` (MPI on cpu, "
+        "NCCL on cuda); --batch-size stays the global batch; rank 0 writes the run",
+    )
     p.set_defaults(func=_cmd_train)
 
 
@@ -220,15 +227,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from engine import workflow
 
     settings = _settings(args, val_split=args.val_split, patience=args.patience)
+    comm, together = None, contextlib.nullcontext()
+    if args.distributed:
+        from engine import distributed
+
+        comm = distributed.init(args.device)
+        together = distributed.fail_together(comm)  # one failing rank stops them all
     try:
-        workflow.train(
-            args.data,
-            args.out,
-            settings,
-            resume=args.resume,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-        )
+        with together:
+            workflow.train(
+                args.data,
+                args.out,
+                settings,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+                comm=comm,
+            )
     except KeyboardInterrupt:
         print(
             f"medgrad: interrupted; every epoch printed is saved in {args.out}: continue with "
@@ -579,6 +594,107 @@ def _cmd_make_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_federated(sub) -> None:
+    p = sub.add_parser(
+        "federated",
+        help="federated training with Flower: a server and one client per site",
+        description="Federated training (engine/federated.py): each site trains on its own "
+        "DICOM folder and sends back only model parameters and its image count; the server "
+        "aggregates them (FedAvg, or FedProx) and writes OUT/model.npz after every round.",
+    )
+    roles = p.add_subparsers(dest="role", required=True, metavar="ROLE")
+    s = roles.add_parser("server", help="aggregate the sites' updates; writes OUT/model.npz")
+    s.add_argument("--rounds", type=POSITIVE_INT, required=True, help="federated rounds")
+    s.add_argument("--min-clients", type=POSITIVE_INT, required=True, help="sites per round")
+    s.add_argument("--address", default="127.0.0.1:8080", help="HOST:PORT to listen on")
+    s.add_argument("--out", default="runs/federated", help="folder for model.npz")
+    s.add_argument("--model", default="seed_cnn", help="architecture (default seed_cnn)")
+    s.add_argument("--input-size", type=POSITIVE_INT, default=28, help="image size (default 28)")
+    s.add_argument("--in-channels", type=POSITIVE_INT, default=1, help="channels (default 1)")
+    s.add_argument(
+        "--classes",
+        type=_class_list,
+        default=["0", "1"],
+        help="class names in index order, as in the sites' labels.csv (default 0,1)",
+    )
+    s.add_argument("--local-epochs", type=POSITIVE_INT, default=1, help="epochs per round")
+    s.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="local batch size")
+    s.add_argument("--optimizer", default="adam", choices=["gd", "sgd", "adam"])
+    s.add_argument("--lr", type=_number(float, 0, inclusive=False), default=2e-3)
+    s.add_argument("--seed", type=int, default=0, help="initial model and local shuffling")
+    s.add_argument("--strategy", default="fedavg", choices=["fedavg", "fedprox"])
+    s.add_argument(
+        "--proximal-mu",
+        type=_number(float, 0, inclusive=True),
+        default=0.0,
+        help="FedProx proximal term mu (with --strategy fedprox)",
+    )
+    s.add_argument(
+        "--dp-clip",
+        type=_number(float, 0, inclusive=True),
+        default=0.0,
+        help="differential privacy: clip each site's update to this L2 norm",
+    )
+    s.add_argument(
+        "--dp-noise",
+        type=_number(float, 0, inclusive=True),
+        default=0.0,
+        help="differential privacy: Gaussian noise std as a multiple of --dp-clip",
+    )
+    s.add_argument(
+        "--round-timeout",
+        type=_number(float, 0, inclusive=False),
+        default=600.0,
+        help="seconds a round may take (default 600)",
+    )
+    c = roles.add_parser("client", help="train on this site's data for the server")
+    c.add_argument("--data", required=True, help="this site's DICOM folder with labels.csv")
+    c.add_argument("--server", required=True, help="the server's HOST:PORT")
+    c.add_argument(
+        "--timeout",
+        type=_number(float, 0, inclusive=False),
+        default=600.0,
+        help="give up reaching the server after this many seconds (default 600)",
+    )
+    p.set_defaults(func=_cmd_federated)
+
+
+def _cmd_federated(args: argparse.Namespace) -> int:
+    from engine import federated
+
+    if args.role == "client":
+        federated.run_client(args.data, args.server, timeout=args.timeout)
+        print(f"federated client: done ({args.data} never left this machine)")
+        return 0
+    plan = federated.Plan(
+        model=args.model,
+        input_size=args.input_size,
+        in_channels=args.in_channels,
+        classes=tuple(args.classes),
+        epochs=args.local_epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        seed=args.seed,
+        proximal_mu=args.proximal_mu,
+        dp_clip=args.dp_clip,
+        dp_noise=args.dp_noise,
+    )
+    if (args.dp_clip > 0) != (args.dp_noise > 0):
+        raise federated.ArgumentError("--dp-clip and --dp-noise go together (both > 0)")
+    path = federated.serve(
+        args.address,
+        args.out,
+        plan,
+        rounds=args.rounds,
+        min_clients=args.min_clients,
+        strategy=args.strategy,
+        round_timeout=args.round_timeout,
+    )
+    print(f"global model: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medgrad", description="Framework-free deep learning for medical images."
@@ -595,6 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_anonymize(sub)
     _add_verify(sub)
     _add_make_demo_data(sub)
+    _add_federated(sub)
     return parser
 
 

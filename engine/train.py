@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +36,9 @@ from engine.checkpoint import (
 from engine.errors import MedgradError
 from engine.function import no_grad
 from engine.tensor import Tensor
+
+if TYPE_CHECKING:  # engine.distributed is imported only when training data-parallel
+    from engine.distributed import Communicator, Shard
 
 
 def batches(
@@ -199,6 +203,8 @@ def fit(
     preprocessing: dict | None = None,
     classes: list[str] | None = None,
     on_epoch_end: Callable[[int, dict], bool | None] | None = None,
+    comm: Communicator | None = None,
+    shard: Shard | None = None,
 ) -> History:
     """Train `model` on train=(x, y) for `epochs`, validating on `val` after each epoch.
 
@@ -210,12 +216,28 @@ def fit(
     from run_dir/checkpoint.npz, restoring weights, optimizer buffers and every RNG state, so the
     result equals an uninterrupted run bit for bit. on_epoch_end(epoch, metrics) returning True
     stops training after that epoch (the checkpoint is written first).
+
+    Data-parallel (engine.distributed): comm, a Communicator, and shard, the Shard whose rows
+    train and val hold on this rank (val: this rank's part of the validation set). batch_size
+    stays the global batch; gradients are averaged over ranks weighted by sample counts, so N
+    ranks give one process's model; rank 0's weights and optimizer state are broadcast at the
+    start (after resume); only rank 0 writes run_dir and prints; validation is gathered.
     """
     from tqdm.auto import tqdm
 
     x, y = train
-    if isinstance(optimizer, optim.GD):
-        batch_size = len(x)
+    base_optimizer = getattr(optimizer, "optimizer", optimizer)  # unwrapped DistributedOptimizer
+    if comm is not None:
+        from engine import distributed
+
+        shard = shard or distributed.Shard(np.arange(len(x)), len(x))
+        if not isinstance(optimizer, distributed.DistributedOptimizer):
+            optimizer = distributed.DistributedOptimizer(optimizer, comm)
+        if comm.rank != 0:  # only rank 0 writes files and prints; the others read its state
+            run_dir, progress = None, False
+    n_train = shard.n_total if comm is not None else len(x)
+    if isinstance(base_optimizer, optim.GD):
+        batch_size = n_train
     schedule = schedule or Schedule()
     rng = np.random.default_rng(seed)
     history = History()
@@ -225,7 +247,7 @@ def fit(
         "seed": seed,
         "schedule": asdict(schedule),
         "patience": patience,
-        "n_train": len(x),
+        "n_train": n_train,
         "lr0": lr0,
     }
     run_dir = Path(run_dir) if run_dir is not None else None
@@ -233,16 +255,24 @@ def fit(
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(run_dir)
     if resume:
-        if run_dir is None:
+        if run_dir is None and (comm is None or comm.rank == 0):
             raise ResumeError("resume needs the run directory that holds checkpoint.npz")
-        state = _restore(run_dir / "checkpoint.npz", model, optimizer, settings)
+        state = None
+        if comm is None or comm.rank == 0:
+            state = _restore(run_dir / "checkpoint.npz", model, base_optimizer, settings)
+            state = {k: state[k] for k in ("rng", "history", "epoch", "best")}
+        if comm is not None:  # every rank continues from rank 0's checkpoint
+            state = comm.bcast_object(state)
         rng = rng_from_state(state["rng"])
         history.epochs, start, best = state["history"], state["epoch"], state["best"]
         if best["bad_epochs"] == -1:  # the previous run had stopped early: nothing left to do
             return history
+    if comm is not None:
+        distributed.broadcast_model(model, comm)
+        distributed.broadcast_optimizer(base_optimizer, comm)
     for epoch in range(start, epochs):
         optimizer.lr = schedule.lr(lr0, epoch, epochs)
-        n_batches = -(-len(x) // batch_size)
+        n_batches = -(-n_train // batch_size)
         with tqdm(
             total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False
         ) as bar:
@@ -251,10 +281,28 @@ def fit(
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
 
-            loss, acc = train_epoch(model, optimizer, x, y, batch_size, rng, tick, augment)
+            if comm is None:
+                loss, acc = train_epoch(model, optimizer, x, y, batch_size, rng, tick, augment)
+            else:
+                loss, acc = distributed.train_epoch_sharded(
+                    model,
+                    optimizer,
+                    x,
+                    y,
+                    shard,
+                    batch_size,
+                    rng,
+                    seed=seed,
+                    epoch=epoch,
+                    on_batch=tick,
+                    augment=augment,
+                )
         row = {"loss": loss, "accuracy": acc, "lr": optimizer.lr}
         if val is not None:
-            v = evaluate(model, *val)
+            if comm is None:
+                v = evaluate(model, *val)
+            else:
+                v = distributed.evaluate_gathered(model, *val, comm)
             row.update(
                 val_loss=v["loss"],
                 val_accuracy=v["accuracy"],
@@ -283,7 +331,11 @@ def fit(
                 state["best"] = {**best, "bad_epochs": -1}  # marks "stopped early" for resume
             meta = {"preprocessing": preprocessing, "classes": classes}
             save_checkpoint(
-                run_dir / "checkpoint.npz", model, optimizer=optimizer, train_state=state, **meta
+                run_dir / "checkpoint.npz",
+                model,
+                optimizer=base_optimizer,
+                train_state=state,
+                **meta,
             )
             if improved:
                 save_checkpoint(

@@ -17,12 +17,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine import backend, metrics
 from engine.checkpoint import atomic_write, load_model
 from engine.errors import ArgumentError, DataError, MedgradError
+
+if TYPE_CHECKING:
+    from engine.distributed import Communicator
 
 PHANTOM_CLASSES = ["no lesion", "lesion"]
 # what `train` writes into a run directory: a folder holding any of these holds a run
@@ -277,11 +281,22 @@ def _build(settings: TrainSettings, ds, num_classes: int):
     return model, optim.OPTIMIZERS[settings.optimizer](model.parameters(), lr=lr, **kwargs)
 
 
-def _fit(settings, model, opt, ds, train_idx, val_idx, run_dir, resume, progress):
+def _fit(settings, model, opt, ds, train_idx, val_idx, run_dir, resume, progress, comm=None):
     from engine.train import Schedule, fit
 
     schedule = Schedule(settings.schedule, step_size=settings.step_size, gamma=settings.gamma)
-    val = (ds.images[val_idx], ds.labels[val_idx]) if len(val_idx) else None
+    shard = None
+    if comm is not None:  # this rank's patients of each side (engine.distributed.shard_of)
+        from engine import distributed
+
+        mine = distributed.shard_of(ds.groups[train_idx], comm.rank, comm.size)
+        shard = distributed.Shard(mine, len(train_idx), comm.rank, comm.size)
+        n_val = len(val_idx)
+        train_idx = train_idx[mine]
+        val_idx = val_idx[distributed.shard_of(ds.groups[val_idx], comm.rank, comm.size)]
+    else:
+        n_val = len(val_idx)
+    val = (ds.images[val_idx], ds.labels[val_idx]) if n_val else None
     return fit(
         model,
         opt,
@@ -298,6 +313,8 @@ def _fit(settings, model, opt, ds, train_idx, val_idx, run_dir, resume, progress
         resume=resume,
         preprocessing=ds.preprocessing,
         classes=_classes(ds),
+        comm=comm,
+        shard=shard,
     )
 
 
@@ -323,6 +340,7 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     explain_n: int = 4,
+    comm: Communicator | None = None,
 ) -> dict:
     """Train on `source` with a patient-level hold-out, then evaluate, explain and report.
 
@@ -330,13 +348,18 @@ def train(
     (settings, history, held-out metrics, skipped files), curves/confusion/ROC PNGs,
     explain/*.png, report.md. A run_dir that holds a run is refused unless resume (continue it
     to settings.epochs) or overwrite (replace it); the options are checked before data loads.
+
+    comm (engine.distributed.Communicator): data-parallel training, each rank on its shard of
+    the patients; rank 0 alone checks and writes run_dir, evaluates, explains and reports; the
+    other ranks return {"rank": r} after training.
     """
     from engine import explain, report
     from engine.train import predict_proba
 
     run_dir = Path(run_dir)
     check_model(settings)
-    earlier = check_run_dir(run_dir, settings, resume=resume, overwrite=overwrite)
+    root = comm is None or comm.rank == 0
+    earlier = check_run_dir(run_dir, settings, resume=resume, overwrite=overwrite) if root else []
     with _compute(settings.device, settings.kernels):
         ds = load_data(
             source,
@@ -349,18 +372,25 @@ def train(
         _two_classes(ds, source)
         classes = _classes(ds)
         train_idx, val_idx = holdout(ds, settings.val_split, settings.seed)
-        print(
-            f"data: {len(ds.labels)} images of {len(np.unique(ds.groups))} patients, classes "
-            f"{classes}; training on {len(train_idx)}, held out {len(val_idx)} (by patient)"
-        )
-        _print_skipped(ds)
+        if root:
+            ranks = f" on {comm.size} ranks" if comm is not None else ""
+            print(
+                f"data: {len(ds.labels)} images of {len(np.unique(ds.groups))} patients, classes "
+                f"{classes}; training on {len(train_idx)}, held out {len(val_idx)} (by patient)"
+                + ranks
+            )
+            _print_skipped(ds)
         model, opt = _build(settings, ds, len(classes))
-        if overwrite:  # only now that the new data has loaded: a failure above keeps the old run
+        if overwrite and root:  # only now that the new data has loaded: a failure keeps the old run
             remove_run(run_dir, earlier)
-        manifest_name = _write_manifest(source, run_dir)
+        manifest_name = _write_manifest(source, run_dir) if root else None
         start = time.perf_counter()
-        history = _fit(settings, model, opt, ds, train_idx, val_idx, run_dir, resume, progress)
+        history = _fit(
+            settings, model, opt, ds, train_idx, val_idx, run_dir, resume, progress and root, comm
+        )
         seconds = time.perf_counter() - start
+        if not root:
+            return {"rank": comm.rank}
         model, _ = load_model(run_dir / "model.npz")  # the best epoch, on the CPU
         xv, yv = ds.images[val_idx], ds.labels[val_idx]
         probs = predict_proba(model, xv)
@@ -383,6 +413,8 @@ def train(
         "manifest": manifest_name,
         "skipped": [list(s) for s in _skipped(ds)],
     }
+    if comm is not None:
+        result["ranks"] = comm.size
     metrics_path = run_dir / "metrics.json"
     previous = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     text = json.dumps({**previous, **result}, indent=1)

@@ -104,3 +104,27 @@ def stratified_group_kfold(
             raise DataError(f"fold {f} came out empty; use fewer folds")
         folds.append((np.flatnonzero(bins != f), test))
     return folds
+
+
+def shard_by_group(groups, size: int) -> np.ndarray:
+    """-> rank (int64 (n,)) per sample for data-parallel training on `size` ranks, by patient.
+
+    Whole patients go to one rank each: numbered by first appearance, visited largest first
+    (stable), each to the rank holding the fewest samples so far (ties: the lower rank). The
+    result depends only on the group sizes and order, never on the patient names.
+    """
+    groups = np.asarray(groups)
+    if int(size) != size or size < 1:
+        raise DataError(f"the number of ranks must be an integer >= 1, got {size}")
+    _, first, group_of = np.unique(groups, return_index=True, return_inverse=True)
+    order_of = np.empty(len(first), dtype=np.int64)
+    order_of[np.argsort(first)] = np.arange(len(first))
+    group_of = order_of[group_of.reshape(-1)]
+    sizes = np.bincount(group_of, minlength=len(first))
+    load = np.zeros(size, dtype=np.int64)
+    rank_of_group = np.empty(len(first), dtype=np.int64)
+    for g in np.argsort(-sizes, kind="stable"):
+        r = int(np.argmin(load))  # argmin returns the lowest index among ties
+        rank_of_group[g] = r
+        load[r] += sizes[g]
+    return rank_of_group[group_of]
