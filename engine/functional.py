@@ -28,13 +28,24 @@ from engine.ops.loss import (
     softmax,
     softmax_cross_entropy,
 )
-from engine.ops.pool import avg_pool2d, max_pool2d
+from engine.ops.pool import (
+    adaptive_avg_pool2d,
+    adaptive_avg_pool3d,
+    avg_pool2d,
+    avg_pool3d,
+    max_pool2d,
+    max_pool3d,
+)
 from engine.ops.reduce import mean, sum
+from engine.ops.resample import interpolate
 from engine.ops.shape import flatten, getitem, reshape, transpose
 
 __all__ = [
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
     "add",
     "avg_pool2d",
+    "avg_pool3d",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "cast",
@@ -45,11 +56,13 @@ __all__ = [
     "exp",
     "flatten",
     "getitem",
+    "interpolate",
     "linear",
     "log",
     "log_softmax",
     "matmul",
     "max_pool2d",
+    "max_pool3d",
     "mean",
     "mse_loss",
     "mul",

@@ -33,6 +33,14 @@ KERNEL_NAMES: dict[str, str] = {
     "softmax_cross_entropy_backward": "probs (n,k), t (n,), gloss 0-d -> glogits (n,k)",
     "sgd_update": "in place: p, g, velocity; PyTorch's SGD rule (momentum, nesterov, weight decay)",
     "adam_update": "in place: p, g, m, v; PyTorch's Adam rule (L2 weight decay, bias correction)",
+    "max_pool3d_forward": "x (n,c,d,h,w) -> y (n,c,od,oh,ow), argmax int32 (flat in window, first max)",
+    "max_pool3d_backward": "gy, argmax -> gx (n,c,d,h,w); each window's gradient goes to its argmax",
+    "avg_pool3d_forward": "x (n,c,d,h,w) -> y; padded zeros count in the mean",
+    "avg_pool3d_backward": "gy -> gx (n,c,d,h,w); gy / (kd*kh*kw) spread over each window",
+    "adaptive_avg_pool_forward": "x (n,c,*in) -> y (n,c,*out); windows [floor(i in/out), ceil)",
+    "adaptive_avg_pool_backward": "gy (n,c,*out) -> gx (n,c,*in); gy / window size per window",
+    "interpolate_forward": "x (n,c,*in) -> y (n,c,*size); nearest | bilinear | trilinear",
+    "interpolate_backward": "gy (n,c,*size) -> gx (n,c,*in) of interpolate_forward",
 }
 
 OPTIONAL_KERNEL_NAMES: dict[str, str] = {

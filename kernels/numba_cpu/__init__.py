@@ -18,6 +18,8 @@ from .elementwise import (
 from .fused import conv2d_relu_max_pool2d_backward, conv2d_relu_max_pool2d_forward
 from .optim import adam_update, sgd_update
 from .pool import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
+from .pool3d import avg_pool3d_backward, avg_pool3d_forward, max_pool3d_backward, max_pool3d_forward
+from .resample import interpolate_backward, interpolate_forward
 
 OWN = {
     "im2col": im2col,
@@ -37,6 +39,12 @@ OWN = {
     "adam_update": adam_update,
     "conv2d_relu_max_pool2d_forward": conv2d_relu_max_pool2d_forward,
     "conv2d_relu_max_pool2d_backward": conv2d_relu_max_pool2d_backward,
+    "max_pool3d_forward": max_pool3d_forward,
+    "max_pool3d_backward": max_pool3d_backward,
+    "avg_pool3d_forward": avg_pool3d_forward,
+    "avg_pool3d_backward": avg_pool3d_backward,
+    "interpolate_forward": interpolate_forward,
+    "interpolate_backward": interpolate_backward,
 }
 
 KERNELS = build_table("numba_cpu", {**numpy_cpu.KERNELS, **OWN})
