@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 from engine.errors import ArgumentError
 from engine.function import Function
 from engine.tensor import Tensor, as_tensor
+from kernels.numpy_cpu.resample import output_size
 
 MODES = {"nearest": (2, 3), "bilinear": (2,), "trilinear": (3,)}  # mode -> spatial ranks
 
@@ -67,13 +66,12 @@ def interpolate(
         raise ArgumentError("interpolate: give exactly one of size and scale_factor")
     spatial = x.shape[2:]
     if size is not None:
-        out = _per_axis(size, ndim, "size", int)
-        scales = (None,) * ndim
+        size = _per_axis(size, ndim, "size", int)
     else:
-        scales = _per_axis(scale_factor, ndim, "scale_factor", float)
-        if min(scales) <= 0:
-            raise ArgumentError(f"interpolate: scale_factor must be > 0, got {scale_factor!r}")
-        out = tuple(math.floor(n * s) for n, s in zip(spatial, scales, strict=True))
+        scale_factor = _per_axis(scale_factor, ndim, "scale_factor", float)
+        if min(scale_factor) <= 0:
+            raise ArgumentError(f"interpolate: scale_factor must be > 0, got {scale_factor}")
+    out, scales = output_size(spatial, size, scale_factor)
     if min(out) < 1:
         raise ArgumentError(f"interpolate: output size {out} from input {spatial} is empty")
     return InterpolateFn.apply(

@@ -14,6 +14,8 @@ Along an axis of input length `size` and output length `out`, with the user's sc
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .xp import array_module
@@ -43,6 +45,19 @@ def source_index(size: int, out: int, mode: str, align_corners: bool, scale, dty
     i0 = np.minimum(np.floor(src).astype(np.int64), size - 1)
     lam = np.clip(src - i0.astype(dtype), dtype(0), dtype(1)).astype(dtype)
     return i0, np.where(i0 < size - 1, i0 + 1, i0), lam
+
+
+def output_size(spatial, size=None, scale_factor=None) -> tuple[tuple, tuple]:
+    """(out, scales) of an interpolation of spatial shape `spatial`: give size or scale_factor
+    (a number or one per axis; the caller checks that exactly one is given). out = size, or
+    floor(in * scale) per axis; scales = the scale factors, or None per axis when size was given."""
+    n = len(spatial)
+    if size is not None:
+        out = tuple(size) if isinstance(size, (tuple, list)) else (size,) * n
+        return tuple(int(o) for o in out), (None,) * n
+    each = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor,) * n
+    scales = tuple(float(s) for s in each)
+    return tuple(math.floor(a * s) for a, s in zip(spatial, scales, strict=True)), scales
 
 
 def tables(in_shape, out_shape, mode, align_corners, scales, dtype) -> list[tuple]:

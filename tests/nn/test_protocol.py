@@ -28,6 +28,11 @@ EXAMPLES = {
     "Tanh": lambda r: nn.Tanh(),
     "Dropout": lambda r: nn.Dropout(0.25, rng=r),
     "Sequential": lambda r: nn.Sequential(nn.Conv2d(1, 2, 3, rng=r), nn.Sequential(nn.ReLU())),
+    "MaxPool3d": lambda r: nn.MaxPool3d((3, 2, 3), stride=(2, 1, 2), padding=(1, 0, 1)),
+    "AvgPool3d": lambda r: nn.AvgPool3d(2, stride=1),
+    "AdaptiveAvgPool2d": lambda r: nn.AdaptiveAvgPool2d((3, 2)),
+    "AdaptiveAvgPool3d": lambda r: nn.AdaptiveAvgPool3d(1),
+    "Upsample": lambda r: nn.Upsample(scale_factor=(2.0, 1.5), mode="bilinear", align_corners=True),
 }
 
 
