@@ -3,9 +3,11 @@ task. 2-D inputs run as volumes of depth 1 (depth table: index 0, weight 0).
 
 The coordinate rules are not repeated here: the launchers take the index and weight tables of
 kernels.numpy_cpu.resample.source_index, per axis (i0, i1, lam); output o of an axis mixes
-(1 - lam[o]) x[i0[o]] + lam[o] x[i1[o]], nested as the reference nests its axis-by-axis passes
-(w innermost, then h, then d). Backward bodies zero each gradient volume, then scatter into it:
-no task writes another's memory.
+(1 - lam[o]) x[i0[o]] + lam[o] x[i1[o]]. The linear bodies run the reference's axis-by-axis
+passes (w, then h, then d; backward in reverse) on per-task scratch volumes, so the h and d passes
+are contiguous row mixes that vectorise (measured: 8 gathered taps per output point were several
+times slower). Backward bodies zero each gradient volume, then scatter into it: no task writes
+another's memory.
 """
 
 from __future__ import annotations
@@ -47,53 +49,64 @@ def _nearest_backward_body(gy, d0, h0, w0, gx, lo, hi):
 
 @njit(**JIT)
 def _linear_forward_body(x, d0, d1, dl, h0, h1, hl, w0, w1, wl, y, lo, hi):
-    """Volumes p in [lo, hi): y[i, j, q] = the trilinear mix of the 8 inputs at depths d0[i],
-    d1[i], rows h0[j], h1[j], columns w0[q], w1[q] (weights 1 - lam, lam per axis)."""
-    c = x.shape[1]
+    """Volumes p in [lo, hi), separably as the reference: along w into tw (d, h, ow), along h
+    into th (d, oh, ow), then along d into y; the last two passes mix whole contiguous rows."""
+    c, d, h = x.shape[1], x.shape[2], x.shape[3]
+    od, oh, ow = y.shape[2], y.shape[3], y.shape[4]
+    tw = np.empty((d, h, ow), dtype=y.dtype)  # per-task scratch, reused across its volumes
+    th = np.empty((d, oh, ow), dtype=y.dtype)
     for p in range(lo, hi):
         xs, ys = x[p // c, p % c], y[p // c, p % c]
-        for i in range(ys.shape[0]):
-            a0, a1, la = d0[i], d1[i], dl[i]
-            for j in range(ys.shape[1]):
-                b0, b1, lb = h0[j], h1[j], hl[j]
-                for q in range(ys.shape[2]):
-                    c0, c1, lc = w0[q], w1[q], wl[q]
-                    mc = 1 - lc
-                    t00 = mc * xs[a0, b0, c0] + lc * xs[a0, b0, c1]  # along w, depth a0, row b0
-                    t01 = mc * xs[a0, b1, c0] + lc * xs[a0, b1, c1]
-                    t10 = mc * xs[a1, b0, c0] + lc * xs[a1, b0, c1]
-                    t11 = mc * xs[a1, b1, c0] + lc * xs[a1, b1, c1]
-                    s0 = (1 - lb) * t00 + lb * t01  # then along h
-                    s1 = (1 - lb) * t10 + lb * t11
-                    ys[i, j, q] = (1 - la) * s0 + la * s1  # then along d
+        for a in range(d):
+            for b in range(h):
+                row, out = xs[a, b], tw[a, b]
+                for q in range(ow):
+                    out[q] = (1 - wl[q]) * row[w0[q]] + wl[q] * row[w1[q]]
+        for a in range(d):
+            for j in range(oh):
+                r0, r1, lb, out = tw[a, h0[j]], tw[a, h1[j]], hl[j], th[a, j]
+                for q in range(ow):
+                    out[q] = (1 - lb) * r0[q] + lb * r1[q]
+        for i in range(od):
+            p0, p1, la = th[d0[i]], th[d1[i]], dl[i]
+            for j in range(oh):
+                r0, r1, out = p0[j], p1[j], ys[i, j]
+                for q in range(ow):
+                    out[q] = (1 - la) * r0[q] + la * r1[q]
 
 
 @njit(**JIT)
 def _linear_backward_body(gy, d0, d1, dl, h0, h1, hl, w0, w1, wl, gx, lo, hi):
-    """Volumes p in [lo, hi): each output's gy goes to its 8 inputs times the product of their
-    axis weights (the transpose of _linear_forward_body)."""
-    c = gx.shape[1]
+    """Volumes p in [lo, hi): the transpose of _linear_forward_body, axis by axis in reverse (d,
+    then h, then w, as the reference): gd (d, oh, ow), gh (d, h, ow), then the rows of gx."""
+    c, d, h = gx.shape[1], gx.shape[2], gx.shape[3]
+    od, oh, ow = gy.shape[2], gy.shape[3], gy.shape[4]
+    gd = np.empty((d, oh, ow), dtype=gx.dtype)  # per-task scratch, reused across its volumes
+    gh = np.empty((d, h, ow), dtype=gx.dtype)
     for p in range(lo, hi):
         gs, gxs = gy[p // c, p % c], gx[p // c, p % c]
+        gd[:] = 0
+        for i in range(od):
+            p0, p1, la = gd[d0[i]], gd[d1[i]], dl[i]
+            for j in range(oh):
+                g, r0, r1 = gs[i, j], p0[j], p1[j]
+                for q in range(ow):
+                    r0[q] += (1 - la) * g[q]
+                    r1[q] += la * g[q]
+        gh[:] = 0
+        for a in range(d):
+            for j in range(oh):
+                g, r0, r1, lb = gd[a, j], gh[a, h0[j]], gh[a, h1[j]], hl[j]
+                for q in range(ow):
+                    r0[q] += (1 - lb) * g[q]
+                    r1[q] += lb * g[q]
         gxs[:] = 0
-        for i in range(gs.shape[0]):
-            a0, a1, la = d0[i], d1[i], dl[i]
-            for j in range(gs.shape[1]):
-                b0, b1, lb = h0[j], h1[j], hl[j]
-                for q in range(gs.shape[2]):
-                    c0, c1, lc = w0[q], w1[q], wl[q]
-                    g = gs[i, j, q]
-                    g0, g1 = (1 - la) * g, la * g  # along d first, as the reference
-                    g00, g01 = (1 - lb) * g0, lb * g0  # then h
-                    g10, g11 = (1 - lb) * g1, lb * g1
-                    gxs[a0, b0, c0] += (1 - lc) * g00  # then w
-                    gxs[a0, b0, c1] += lc * g00
-                    gxs[a0, b1, c0] += (1 - lc) * g01
-                    gxs[a0, b1, c1] += lc * g01
-                    gxs[a1, b0, c0] += (1 - lc) * g10
-                    gxs[a1, b0, c1] += lc * g10
-                    gxs[a1, b1, c0] += (1 - lc) * g11
-                    gxs[a1, b1, c1] += lc * g11
+        for a in range(d):
+            for b in range(h):
+                g, out = gh[a, b], gxs[a, b]
+                for q in range(ow):
+                    out[w0[q]] += (1 - wl[q]) * g[q]
+                    out[w1[q]] += wl[q] * g[q]
 
 
 def _volume(shape) -> tuple:

@@ -380,6 +380,13 @@ def _volume_cases():
         return x, (3, 3, 3), (1, 2, 2), (1, 1, 1)
 
     cases["max_pool3d_forward"].append(Case("tiny_ties_nans", ties_and_nans, True))
+    cases["max_pool3d_forward"].append(  # the same volume through numba_cpu's 2x2x2 fast path
+        Case(
+            "tiny_ties_nans_2x2x2",
+            lambda r, d: (ties_and_nans(r, d)[0], *((2, 2, 2),) * 2, (0,) * 3),
+            True,
+        )
+    )
 
     cases["adaptive_avg_pool_forward"] = [
         Case(label, lambda r, d, xs=xs, o=o: (_normal(r, xs, d), o), "tiny" in label)
