@@ -116,9 +116,7 @@ def pool_attrs(x_shape, kernel_size, stride, padding, name, ndim=2):
     spatial = tuple(x_shape[2:])
     out = [(n + 2 * pa - ka) // sa + 1 for n, ka, sa, pa in zip(spatial, k, s, p, strict=True)]
     if min(out) < 1:
-        raise ArgumentError(
-            f"{name}: kernel_size {k} does not fit input {spatial} with padding {p}"
-        )
+        raise ArgumentError(f"{name}: kernel {k} does not fit input {spatial} with padding {p}")
     return dict(kernel_size=k, stride=s, padding=p)
 
 
