@@ -13,6 +13,7 @@ the same kernels the engine's numpy flavour uses (im2col + one matrix product pe
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 
@@ -88,10 +89,80 @@ def upsample(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
 
 
 def sequential(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
-    """The children in order; child i's arrays are named prefix + "i." + name."""
-    for i, child in enumerate(spec["layers"]):
-        x = FORWARD[child["type"]](x, child, arrays, f"{prefix}{i}.")
+    """The children in order; child i's arrays are named prefix + "i." + name (or prefix + its
+    name + "." when the spec has "names")."""
+    names = spec.get("names") or [str(i) for i in range(len(spec["layers"]))]
+    for name, child in zip(names, spec["layers"], strict=True):
+        x = FORWARD[child["type"]](x, child, arrays, f"{prefix}{name}.")
     return x
+
+
+def residual(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
+    """activation(body(x) + shortcut(x)); the body's arrays sit directly under the block's
+    prefix, the shortcut's under prefix + "downsample." (engine.nn.Residual's names)."""
+    y = sequential(x, spec["body"], arrays, prefix)
+    shortcut = spec["shortcut"]
+    y = y + (x if shortcut is None else _run(shortcut, x, arrays, prefix + "downsample."))
+    activation = spec["activation"]
+    return y if activation is None else _run(activation, y, arrays, prefix + "activation.")
+
+
+def _run(spec: dict, x, arrays: _Arrays, prefix: str) -> np.ndarray:
+    return FORWARD[spec["type"]](x, spec, arrays, prefix)
+
+
+def _channel_view(x, stats_shape: int) -> np.ndarray:
+    """x (n, c, *spatial) as (n, c, s), the view the norm kernels' statistics expect."""
+    return x.reshape(len(x), stats_shape, -1)
+
+
+def batch_norm(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
+    """Eval mode: (x - running_mean) / sqrt(running_var + eps) * weight + bias per channel (the
+    batch's own statistics when the layer tracks none); also InstanceNorm*d's."""
+    n, c = x.shape[:2]
+    per_instance = spec["type"].startswith("InstanceNorm")
+    w, b = (arrays[prefix + k] for k in ("weight", "bias")) if spec["affine"] else (None, None)
+    if spec["track_running_stats"]:
+        rm, rv = arrays[prefix + "running_mean"], arrays[prefix + "running_var"]
+        x3 = _channel_view(x, c)
+    else:
+        x3 = x.reshape(1, n * c, -1) if per_instance else _channel_view(x, c)
+        rm, rv = numpy_cpu.norm_moments(x3)
+        if per_instance and w is not None:
+            w, b = np.tile(w, n), np.tile(b, n)
+    rstd = 1 / np.sqrt(rv.astype(x.dtype) + spec["eps"])
+    return numpy_cpu.norm_forward(x3, rm.astype(x.dtype), rstd, w, b).reshape(x.shape)
+
+
+def group_norm(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
+    """Statistics per (sample, group of channels), then weight and bias per channel."""
+    n, c = x.shape[:2]
+    x3 = x.reshape(1, n * spec["num_groups"], -1)
+    mean, var = numpy_cpu.norm_moments(x3)
+    y = numpy_cpu.norm_forward(x3, mean, 1 / np.sqrt(var + spec["eps"]), None, None)
+    y = y.reshape(n, c, -1)
+    if spec["affine"]:
+        y = y * arrays[prefix + "weight"][:, None] + arrays[prefix + "bias"][:, None]
+    return y.reshape(x.shape)
+
+
+def layer_norm(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
+    """Statistics per leading index over the trailing normalized_shape, weight and bias
+    elementwise."""
+    trailing = int(np.prod(spec["normalized_shape"]))
+    x3 = x.reshape(1, -1, trailing)
+    mean, var = numpy_cpu.norm_moments(x3)
+    y = numpy_cpu.norm_forward(x3, mean, 1 / np.sqrt(var + spec["eps"]), None, None)
+    y = y.reshape(x.shape)
+    if spec["elementwise_affine"]:
+        y = y * arrays[prefix + "weight"]
+    return y + arrays[prefix + "bias"] if spec["bias"] else y
+
+
+def _gelu(x, *_):
+    """x Phi(x) with math.erf per element: the kernels' scipy erf is not loaded here."""
+    erf = np.frompyfunc(math.erf, 1, 1)
+    return (x * (0.5 * (1 + erf(x / math.sqrt(2)).astype(np.float64)))).astype(x.dtype)
 
 
 def _sigmoid(x, *_):
@@ -109,9 +180,20 @@ FORWARD: dict[str, Callable[..., np.ndarray]] = {
     "Flatten": lambda x, *_: x.reshape(len(x), -1),
     "Dropout": lambda x, *_: x,  # identity at inference
     "Sequential": sequential,
+    "BatchNorm1d": batch_norm,
+    "BatchNorm2d": batch_norm,
+    "BatchNorm3d": batch_norm,
+    "InstanceNorm2d": batch_norm,
+    "InstanceNorm3d": batch_norm,
+    "GroupNorm": group_norm,
+    "LayerNorm": layer_norm,
+    "LeakyReLU": lambda x, spec, *_: numpy_cpu.leaky_relu_forward(x, spec["negative_slope"]),
+    "GELU": _gelu,
+    "Identity": lambda x, *_: x,
+    "AdaptiveAvgPool2d": adaptive_avg_pool,
+    "Residual": residual,
     "MaxPool3d": max_pool3d,
     "AvgPool3d": avg_pool3d,
-    "AdaptiveAvgPool2d": adaptive_avg_pool,
     "AdaptiveAvgPool3d": adaptive_avg_pool,
     "Upsample": upsample,
 }
@@ -122,8 +204,10 @@ def _check_types(spec: dict, path) -> None:
     kind = spec.get("type") if isinstance(spec, dict) else type(spec).__name__
     if not isinstance(kind, str) or kind not in FORWARD:
         raise SerializationError(f"{path}: unknown layer type {kind!r} for NumPy-only inference")
-    for child in spec.get("layers", []) if kind == "Sequential" else []:
-        _check_types(child, path)
+    for value in spec.values():  # nested specs: Sequential's "layers", Residual's "body", ...
+        for child in value if isinstance(value, list) else [value]:
+            if isinstance(child, dict):
+                _check_types(child, path)
 
 
 class NumpyModel:

@@ -1,17 +1,20 @@
 """Why did the model say that? Vanilla-gradient saliency and Grad-CAM, with the engine's own autograd.
 
-Both work on a Sequential model (all of models/ are): the forward pass runs layer by layer, so the
-output of a chosen conv layer can be kept and its gradient read after one backward pass.
+Both work on any model of engine.nn layers; Grad-CAM keeps the output of a chosen layer, named by
+its dotted module name ("layer4", "layer2.0.conv1") or, in a Sequential, its index, during the one
+forward pass and reads its gradient after one backward pass.
 - saliency: |d score_c / d x|, the largest over channels: which pixels move the class score most.
 - Grad-CAM (Selvaraju et al. 2017): weights a_k = mean over (i, j) of d score_c / d A_k[i, j] for
   the feature maps A of a conv layer, map = ReLU(sum_k a_k A_k), resampled to the input grid.
 score_c is the logit of class c (before softmax), as in the Grad-CAM paper.
 Which layers are convolutions, and where their cells sit on the input, come from each layer's
-`geometry()` (engine.nn's layer protocol), so new spatial layers need no change here.
+`geometry()` and each container's `path()` (engine.nn's layer protocol), so new spatial layers and
+containers (Residual) need no change here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -31,6 +34,12 @@ def _layers(model: nn.Module) -> list[nn.Module]:
 def conv_layers(model: nn.Module) -> list[int]:
     """Indices of the convolution layers (geometry kind "conv") of a Sequential model."""
     return [i for i, layer in enumerate(_layers(model)) if _kind(layer) == "conv"]
+
+
+def conv_layer_names(model: nn.Module) -> list[str]:
+    """Dotted names of every convolution (geometry kind "conv") in the model, depth first:
+    ["0", "3"] for seed_cnn, ["conv1", "layer1.0.conv1", ...] for a ResNet."""
+    return [name for name, m in model.named_modules() if name and _kind(m) == "conv"]
 
 
 def _kind(layer: nn.Module) -> str | None:
@@ -106,32 +115,131 @@ def _resample(maps: np.ndarray, size: tuple[int, int], rows, cols) -> np.ndarray
     return np.einsum("hi,nij,wj->nhw", wr, maps, wc)
 
 
-def grad_cam(model: nn.Module, x: np.ndarray, target=None, layer: int | None = None) -> np.ndarray:
+def _contains_conv(module: nn.Module) -> bool:
+    return any(_kind(m) == "conv" for m in module.modules())
+
+
+def _target_name(model: nn.Module, layer: int | str | None) -> str:
+    """The dotted name of the module whose output Grad-CAM explains. An int is an index into a
+    Sequential and must be a conv (the old API); a name must be a module that is or contains a
+    conv; None: the last child on the model's path that contains one. A conv directly followed
+    by a ReLU on its container's path gives way to that ReLU (the maps the network reads on)."""
+    if isinstance(layer, int) and not isinstance(layer, bool):
+        convs = conv_layers(model)
+        if layer not in convs:
+            raise ArgumentError(f"layer {layer} is not a Conv2d; conv layers are at {convs}")
+        name = list(model.named_children())[layer][0]
+    elif layer is None:
+        candidates = [n for n, child in model.path() or [] if _contains_conv(child)]
+        if not candidates:
+            raise ArgumentError(
+                "Grad-CAM needs a Conv2d layer; this model has none (conv layers are at [])"
+            )
+        name = candidates[-1]
+    else:
+        modules = dict(model.named_modules())
+        if layer not in modules or not layer or not _contains_conv(modules[layer]):
+            raise ArgumentError(
+                f"layer {layer!r} is not a module with a convolution; conv layers are "
+                f"{conv_layer_names(model)}"
+            )
+        name = layer
+    return _after_relu(model, name)
+
+
+def _after_relu(model: nn.Module, name: str) -> str:
+    """`name`, or the ReLU right after it on its container's path when `name` is a conv."""
+    parent_name, _, own = name.rpartition(".")
+    parent = dict(model.named_modules())[parent_name]
+    path = parent.path() or []
+    names = [n for n, _ in path]
+    if own in names and _kind(path[names.index(own)][1]) == "conv":
+        i = names.index(own)
+        if i + 1 < len(path) and isinstance(path[i + 1][1], nn.ReLU):
+            return f"{parent_name}.{names[i + 1]}" if parent_name else names[i + 1]
+    return name
+
+
+def _centres_to(model: nn.Module, name: str) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(scale, offset) per axis of module `name`'s output cells on the input grid, composed
+    along the containers' path() (a Residual's body; a shortcut starts from the block's input)."""
+    scale, offset = [1.0, 1.0], [0.0, 0.0]
+
+    def whole(module: nn.Module) -> None:
+        path = module.path()
+        if path is None:
+            geometry = module.geometry()
+            for a, (s, o) in enumerate(geometry.centre_map() if geometry else []):
+                offset[a] += scale[a] * o
+                scale[a] *= s
+            return
+        for _, child in path:
+            whole(child)
+
+    def upto(module: nn.Module, parts: list[str]) -> None:
+        path = module.path() or []
+        names = [n for n, _ in path]
+        if parts[0] in names:
+            for _, before in path[: names.index(parts[0])]:
+                whole(before)
+            child = path[names.index(parts[0])][1]
+        else:  # not on the path: a branch (Residual's shortcut) reading the container's input
+            child = dict(module.named_children())[parts[0]]
+        if len(parts) == 1:
+            whole(child)
+        else:
+            upto(child, parts[1:])
+
+    upto(model, name.split("."))
+    return (scale[0], offset[0]), (scale[1], offset[1])
+
+
+@contextlib.contextmanager
+def _capture(model: nn.Module, name: str, store: dict):
+    """Within the block, model(x) keeps module `name`'s output Tensor in store["output"]:
+    its forward is wrapped, and Sequential's fused runs are off (they never materialise it)."""
+    module = dict(model.named_modules())[name]
+    fused = [(m, m.__dict__.get("fuse")) for m in model.modules() if hasattr(m, "fuse")]
+    forward = module.forward
+
+    def recording(*args, **kwargs):
+        store["output"] = forward(*args, **kwargs)
+        return store["output"]
+
+    module.forward = recording
+    for m, _ in fused:
+        m.fuse = False
+    try:
+        yield
+    finally:
+        del module.forward  # the class's forward again
+        for m, own in fused:
+            if own is None:
+                del m.fuse
+            else:
+                m.fuse = own
+
+
+def grad_cam(
+    model: nn.Module, x: np.ndarray, target=None, layer: int | str | None = None
+) -> np.ndarray:
     """Grad-CAM heat maps float64 (n, h, w) in [0, 1] (each map divided by its maximum; all zero
     when no feature map speaks for the class) for images x (n, c, h, w).
 
-    layer: index in the Sequential of the conv layer to explain (its ReLU output is used when a
-    ReLU follows it); default the last Conv2d. target: class (int or (n,)), None = predicted.
+    layer: the module to explain: its dotted name ("layer4", "layer2.0.conv1"; a container's
+    output, e.g. a residual stage, is explained as a whole) or, for a Sequential, the index of a
+    conv; a conv's ReLU output is used when a ReLU follows it. Default: the last child of the
+    model that holds a conv (the last conv of seed_cnn, "layer4" of a ResNet).
+    target: class (int or (n,)), None = predicted.
     """
-    layers = _layers(model)
-    convs = conv_layers(model)
-    if not convs:
-        raise ArgumentError(
-            "Grad-CAM needs a Conv2d layer; this model has none (conv layers are at [])"
-        )
-    layer = convs[-1] if layer is None else layer
-    if layer not in convs:
-        raise ArgumentError(f"layer {layer} is not a Conv2d; conv layers are at {convs}")
-    if layer + 1 < len(layers) and isinstance(layers[layer + 1], nn.ReLU):
-        layer += 1  # explain the rectified maps, the ones the rest of the network reads
+    name = _target_name(model, layer)
     was_training = model.training
     model.eval()
+    store = {}
     try:
-        h = Tensor(np.asarray(x))
-        for i, module in enumerate(layers):
-            h = module(h)
-            if i == layer:
-                activation = h
+        with _capture(model, name, store):
+            h = model(Tensor(np.asarray(x)))
+        activation = store["output"]
         t = _targets(h.data, target)
         gy = np.zeros_like(h.data)
         gy[np.arange(len(t)), t] = 1  # d score_c / d logits
@@ -142,7 +250,7 @@ def grad_cam(model: nn.Module, x: np.ndarray, target=None, layer: int | None = N
         model.train(was_training)
     alpha = gA.mean(axis=(2, 3), keepdims=True)  # (n, k, 1, 1): importance of each feature map
     cam = np.maximum((alpha * A).sum(axis=1), 0)  # (n, fh, fw)
-    rows, cols = _centres(layers, layer)
+    rows, cols = _centres_to(model, name)
     cam = np.maximum(_resample(cam.astype(np.float64), x.shape[2:], rows, cols), 0)
     peak = cam.max(axis=(1, 2), keepdims=True)
     return np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
@@ -192,7 +300,7 @@ def explain_images(
     names: list[str] | None = None,
     classes: list[str] | None = None,
     target=None,
-    layer: int | None = None,
+    layer: int | str | None = None,
 ) -> list[Path]:
     """Saliency + Grad-CAM PNGs for images x (n, c, h, w), one file per image in out_dir, named
     after `names` (default 0000, 0001, ...). Titles give the explained class and its probability.
@@ -204,7 +312,7 @@ def explain_images(
     probs = predict_proba(model, x)
     t = _targets(probs, target)
     sal, _ = saliency(model, x, t)
-    cams = grad_cam(model, x, t, layer) if conv_layers(model) else [None] * len(x)
+    cams = grad_cam(model, x, t, layer) if conv_layer_names(model) else [None] * len(x)
     names = names or [f"{i:04d}" for i in range(len(x))]
     paths = []
     for i in range(len(x)):

@@ -9,6 +9,8 @@ from engine.ops.elementwise import (
     div,
     dropout,
     exp,
+    gelu,
+    leaky_relu,
     log,
     mul,
     neg,
@@ -28,6 +30,7 @@ from engine.ops.loss import (
     softmax,
     softmax_cross_entropy,
 )
+from engine.ops.norm import batch_norm, group_norm, instance_norm, layer_norm
 from engine.ops.pool import (
     adaptive_avg_pool2d,
     adaptive_avg_pool3d,
@@ -38,7 +41,8 @@ from engine.ops.pool import (
 )
 from engine.ops.reduce import mean, sum
 from engine.ops.resample import interpolate
-from engine.ops.shape import flatten, getitem, reshape, transpose
+from engine.ops.segmentation import dice_ce_loss, dice_loss, focal_loss
+from engine.ops.shape import cat, flatten, getitem, pad, reshape, transpose
 
 __all__ = [
     "adaptive_avg_pool2d",
@@ -46,17 +50,27 @@ __all__ = [
     "add",
     "avg_pool2d",
     "avg_pool3d",
+    "batch_norm",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "cast",
+    "cat",
     "conv2d",
     "conv2d_relu_max_pool2d",
+    "dice_ce_loss",
+    "dice_loss",
     "div",
     "dropout",
     "exp",
     "flatten",
+    "focal_loss",
+    "gelu",
     "getitem",
+    "group_norm",
+    "instance_norm",
     "interpolate",
+    "layer_norm",
+    "leaky_relu",
     "linear",
     "log",
     "log_softmax",
@@ -67,6 +81,7 @@ __all__ = [
     "mse_loss",
     "mul",
     "neg",
+    "pad",
     "pow",
     "relu",
     "reshape",

@@ -107,6 +107,12 @@ class Module:
         """Kernel, stride and padding of a layer that resamples space; None for the others."""
         return None
 
+    def path(self) -> list[tuple[str, Module]] | None:
+        """A container's (name, child) pairs that the main signal passes through, in order
+        (Sequential: all; Residual: its body's, not the shortcut); None for a plain layer. What
+        engine.explain composes geometry along."""
+        return None
+
     # ---- sub-modules, parameters, buffers ----
 
     def named_children(self) -> Iterator[tuple[str, Module]]:
@@ -117,6 +123,13 @@ class Module:
                 for i, item in enumerate(value):
                     if isinstance(item, Module):
                         yield f"{name}.{i}", item
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """(dotted name, module) of this module ("" ) and every sub-module, depth first:
+        "layer2.0.conv1", as PyTorch names them."""
+        yield prefix, self
+        for name, child in self.named_children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
 
     def modules(self) -> Iterator[Module]:
         """This module and every sub-module, depth first."""
@@ -444,23 +457,39 @@ class Sequential(Module):
     intermediate outputs. The layers, their parameters and state_dict names are unchanged. Set
     `model.fuse = False` to run every layer's own forward (code that iterates `model.layers`
     itself, like engine.explain, is unaffected either way). Subclasses that override forward()
-    are never fused. spec(): {"type": "Sequential", "layers": [each child's spec]}."""
+    are never fused. spec(): {"type": "Sequential", "layers": [each child's spec]}.
+
+    Children may be named, as PyTorch's Sequential(OrderedDict): `Sequential({"conv1": ...,
+    "bn1": ...})` names their state "conv1.weight"; the spec then adds "names": [...]."""
 
     fuse: bool = True
 
     def __init__(self, *layers: Module):
+        self.names = None
+        if len(layers) == 1 and isinstance(layers[0], dict):
+            self.names = [str(name) for name in layers[0]]
+            layers = tuple(layers[0].values())
         self.layers = list(layers)
 
     def arguments(self) -> dict:
-        return {"layers": [layer.spec() for layer in self.layers]}
+        args = {"layers": [layer.spec() for layer in self.layers]}
+        if self.names is not None:
+            args["names"] = list(self.names)
+        return args
 
     @classmethod
     def from_arguments(cls, args: dict) -> Sequential:
-        return cls(*(from_spec(s) for s in args["layers"]))
+        layers = [from_spec(s) for s in args["layers"]]
+        if args.get("names") is not None:
+            return cls(dict(zip(args["names"], layers, strict=True)))
+        return cls(*layers)
 
     def named_children(self):
         for i, layer in enumerate(self.layers):
-            yield str(i), layer
+            yield (str(i) if self.names is None else self.names[i]), layer
+
+    def path(self) -> list[tuple[str, Module]]:
+        return list(self.named_children())
 
     def __getitem__(self, i: int) -> Module:
         return self.layers[i]
@@ -481,6 +510,282 @@ class Sequential(Module):
         return x
 
 
+# ---- normalisation, activations, skip connections ----
+
+
+class _BatchNorm(Module):
+    """Batch norm over axis 1 (PyTorch's BatchNorm*d): weight (ones) and bias (zeros) when
+    affine; buffers running_mean (zeros), running_var (ones) float32 and num_batches_tracked
+    int64 0-d when track_running_stats (PyTorch's state_dict keys and dtypes). Training mode
+    normalises with the batch's statistics and updates the buffers (momentum None: the
+    cumulative average over num_batches_tracked); eval mode uses the buffers, or the batch's
+    statistics when there are none."""
+
+    ranks: tuple[int, ...] = ()
+    layout: str = ""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ):
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        self.weight = Parameter(np.ones(num_features, np.float32)) if affine else None
+        self.bias = Parameter(np.zeros(num_features, np.float32)) if affine else None
+        self.running_mean = self.running_var = self.num_batches_tracked = None
+        if track_running_stats:
+            self.register_buffer("running_mean", np.zeros(num_features, np.float32))
+            self.register_buffer("running_var", np.ones(num_features, np.float32))
+            self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+
+    def arguments(self) -> dict:
+        return {
+            "num_features": self.num_features,
+            "eps": self.eps,
+            "momentum": self.momentum,
+            "affine": self.affine,
+            "track_running_stats": self.track_running_stats,
+        }
+
+    def _check(self, x) -> None:
+        if x.ndim not in self.ranks or x.shape[1] != self.num_features:
+            raise ArgumentError(
+                f"{type(self).__name__}({self.num_features}) expects input {self.layout} with "
+                f"c = {self.num_features}, got shape {tuple(x.shape)}"
+            )
+
+    def _momentum(self) -> float:
+        """The update factor of this step; counts the step when the buffers are updated."""
+        if not (self.training and self.track_running_stats):
+            return 0.0 if self.momentum is None else self.momentum
+        self.num_batches_tracked += 1  # in place: a 0-d array, on the buffers' device
+        if self.momentum is None:  # cumulative moving average
+            return 1.0 / float(self.num_batches_tracked)
+        return self.momentum
+
+    def _normalise(self, *args):
+        return F.batch_norm(*args)
+
+    def forward(self, x):
+        self._check(x)
+        momentum = self._momentum()
+        return self._normalise(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            self.training or not self.track_running_stats,
+            momentum,
+            self.eps,
+        )
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm of (n, c) or (n, c, l) inputs, per channel c."""
+
+    ranks, layout = (2, 3), "(n, c) or (n, c, l)"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm of (n, c, h, w) inputs, per channel c."""
+
+    ranks, layout = (4,), "(n, c, h, w)"
+
+
+class BatchNorm3d(_BatchNorm):
+    """Batch norm of (n, c, d, h, w) volumes, per channel c."""
+
+    ranks, layout = (5,), "(n, c, d, h, w)"
+
+
+class _InstanceNorm(_BatchNorm):
+    """Instance norm (PyTorch's InstanceNorm*d, defaults affine=False, track_running_stats=False):
+    each (sample, channel) normalised over its spatial axes. With track_running_stats the buffers
+    are updated in training and used in eval mode, as in batch norm."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = False,
+        track_running_stats: bool = False,
+    ):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats)
+
+    def _momentum(self) -> float:
+        """PyTorch's InstanceNorm never counts num_batches_tracked (the buffer stays 0)."""
+        return 0.1 if self.momentum is None else self.momentum
+
+    def _normalise(self, *args):
+        return F.instance_norm(*args)  # batch_norm's argument order, use_input_stats for training
+
+
+class InstanceNorm2d(_InstanceNorm):
+    """Instance norm of (n, c, h, w) inputs."""
+
+    ranks, layout = (4,), "(n, c, h, w)"
+
+
+class InstanceNorm3d(_InstanceNorm):
+    """Instance norm of (n, c, d, h, w) volumes."""
+
+    ranks, layout = (5,), "(n, c, d, h, w)"
+
+
+class GroupNorm(Module):
+    """Group norm: num_channels split into num_groups groups, each (sample, group) normalised over
+    its channels and spatial axes; weight (ones) and bias (zeros) per channel when affine."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True):
+        if num_groups < 1 or num_channels % num_groups:
+            raise ArgumentError(
+                f"GroupNorm: num_groups={num_groups} must divide num_channels={num_channels}"
+            )
+        self.num_groups, self.num_channels, self.eps, self.affine = (
+            num_groups,
+            num_channels,
+            eps,
+            affine,
+        )
+        self.weight = Parameter(np.ones(num_channels, np.float32)) if affine else None
+        self.bias = Parameter(np.zeros(num_channels, np.float32)) if affine else None
+
+    def arguments(self) -> dict:
+        return {
+            "num_groups": self.num_groups,
+            "num_channels": self.num_channels,
+            "eps": self.eps,
+            "affine": self.affine,
+        }
+
+    def forward(self, x):
+        if x.ndim < 2 or x.shape[1] != self.num_channels:
+            raise ArgumentError(
+                f"GroupNorm expects input (n, {self.num_channels}, ...), got shape {tuple(x.shape)}"
+            )
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
+class LayerNorm(Module):
+    """Layer norm over the trailing axes normalized_shape (an int or a tuple): weight (ones) and
+    bias (zeros) of that shape when elementwise_affine (bias only if `bias`)."""
+
+    def __init__(
+        self,
+        normalized_shape,
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+    ):
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else normalized_shape
+        self.normalized_shape = tuple(int(v) for v in shape)
+        self.eps, self.elementwise_affine = eps, elementwise_affine
+        self.has_bias = bias and elementwise_affine
+        affine = elementwise_affine
+        self.weight = Parameter(np.ones(self.normalized_shape, np.float32)) if affine else None
+        self.bias = (
+            Parameter(np.zeros(self.normalized_shape, np.float32)) if self.has_bias else None
+        )
+
+    def arguments(self) -> dict:
+        return {
+            "normalized_shape": self.normalized_shape,
+            "eps": self.eps,
+            "elementwise_affine": self.elementwise_affine,
+            "bias": self.has_bias,
+        }
+
+    def forward(self, x):
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+class LeakyReLU(Module):
+    """x where x > 0, else negative_slope * x."""
+
+    def __init__(self, negative_slope: float = 0.01):
+        self.negative_slope = negative_slope
+
+    def arguments(self) -> dict:
+        return {"negative_slope": self.negative_slope}
+
+    def forward(self, x):
+        return F.leaky_relu(x, self.negative_slope)
+
+
+class GELU(Module):
+    """x Phi(x), the exact erf form (approximate="none", PyTorch's default; "tanh" is not offered)."""
+
+    def __init__(self, approximate: str = "none"):
+        if approximate != "none":
+            raise ArgumentError(f"GELU: approximate={approximate!r}: only 'none' (erf) is offered")
+        self.approximate = approximate
+
+    def arguments(self) -> dict:
+        return {"approximate": self.approximate}
+
+    def forward(self, x):
+        return F.gelu(x)
+
+
+class Identity(Module):
+    """y = x (a placeholder, e.g. a Residual's shortcut written out)."""
+
+    def forward(self, x):
+        return x
+
+
+class Residual(Module):
+    """y = activation(body(x) + shortcut(x)): a skip connection. body: a Sequential; shortcut: a
+    layer (e.g. a 1x1 conv + batch norm that matches body's output shape) or None for the
+    identity; activation: a layer or None.
+
+    State names follow torchvision's BasicBlock: the body's children sit directly under the
+    block ("layer1.0.conv1.weight", "layer1.0.bn1.running_mean"), the shortcut is "downsample"
+    and the activation "activation". spec(): {"type": "Residual", "body": spec, "shortcut":
+    spec | None, "activation": spec | None}; path() is the body's children then the activation."""
+
+    def __init__(self, body: Sequential, shortcut: Module | None = None, activation=None):
+        if type(body) is not Sequential:
+            raise ArgumentError(
+                f"Residual: body must be an nn.Sequential, got {type(body).__name__}"
+            )
+        self.body, self.shortcut, self.activation = body, shortcut, activation
+
+    def arguments(self) -> dict:
+        return {
+            "body": self.body.spec(),
+            "shortcut": None if self.shortcut is None else self.shortcut.spec(),
+            "activation": None if self.activation is None else self.activation.spec(),
+        }
+
+    @classmethod
+    def from_arguments(cls, args: dict) -> Residual:
+        built = {k: None if args.get(k) is None else from_spec(args[k]) for k in args}
+        return cls(built.pop("body"), **built)
+
+    def named_children(self):
+        yield from self.body.named_children()
+        if self.shortcut is not None:
+            yield "downsample", self.shortcut
+        if self.activation is not None:
+            yield "activation", self.activation
+
+    def path(self) -> list[tuple[str, Module]]:
+        tail = [] if self.activation is None else [("activation", self.activation)]
+        return self.body.path() + tail
+
+    def forward(self, x):
+        y = self.body(x)
+        y = y + (x if self.shortcut is None else self.shortcut(x))
+        return y if self.activation is None else self.activation(y)
+
+
 # ---- the layer table: what spec() names and from_spec() builds ----
 
 LAYERS: dict[str, type[Module]] = {
@@ -494,9 +799,20 @@ LAYERS: dict[str, type[Module]] = {
     "Tanh": Tanh,
     "Dropout": Dropout,
     "Sequential": Sequential,
+    "BatchNorm1d": BatchNorm1d,
+    "BatchNorm2d": BatchNorm2d,
+    "BatchNorm3d": BatchNorm3d,
+    "InstanceNorm2d": InstanceNorm2d,
+    "InstanceNorm3d": InstanceNorm3d,
+    "GroupNorm": GroupNorm,
+    "LayerNorm": LayerNorm,
+    "LeakyReLU": LeakyReLU,
+    "GELU": GELU,
+    "Identity": Identity,
+    "AdaptiveAvgPool2d": AdaptiveAvgPool2d,
+    "Residual": Residual,
     "MaxPool3d": MaxPool3d,
     "AvgPool3d": AvgPool3d,
-    "AdaptiveAvgPool2d": AdaptiveAvgPool2d,
     "AdaptiveAvgPool3d": AdaptiveAvgPool3d,
     "Upsample": Upsample,
 }

@@ -41,6 +41,13 @@ KERNEL_NAMES: dict[str, str] = {
     "adaptive_avg_pool_backward": "gy (n,c,*out) -> gx (n,c,*in); gy / window size per window",
     "interpolate_forward": "x (n,c,*in) -> y (n,c,*size); nearest | bilinear | trilinear",
     "interpolate_backward": "gy (n,c,*size) -> gx (n,c,*in) of interpolate_forward",
+    "norm_moments": "x (p,q,r) -> (mean (q,), biased var (q,)) over axes 0 and 2",
+    "norm_forward": "x (p,q,r), mean, rstd, weight|None, bias|None (q,) -> (x - mean) rstd w + b",
+    "norm_backward": "gy, x (p,q,r), mean, rstd, weight|None -> (gx, gweight (q,), gbias (q,))",
+    "leaky_relu_forward": "x, negative_slope -> x where x > 0 else slope * x",
+    "leaky_relu_backward": "gy, x, negative_slope -> gy where x > 0 else slope * gy",
+    "gelu_forward": "x -> x Phi(x), the erf form",
+    "gelu_backward": "gy, x -> gy (Phi(x) + x phi(x))",
 }
 
 OPTIONAL_KERNEL_NAMES: dict[str, str] = {

@@ -12,9 +12,11 @@ from engine import nn
 from engine.errors import ArgumentError
 from models.lenet import lenet5
 from models.mlp import mlp
+from models.resnet import resnet18_2d
 from models.seed_cnn import seed_cnn
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {"seed_cnn": seed_cnn, "lenet5": lenet5, "mlp": mlp}
+REGISTRY["resnet18_2d"] = resnet18_2d
 
 
 def names() -> list[str]:

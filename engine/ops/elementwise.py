@@ -155,6 +155,32 @@ class ReLUFn(Function):
         return (self.k.relu_backward(gy, self.y),)
 
 
+class LeakyReLUFn(Function):
+    """y = x where x > 0, else negative_slope * x; same shape and dtype (kernels
+    leaky_relu_forward / leaky_relu_backward). At x == 0 the gradient is negative_slope (PyTorch)."""
+
+    def forward(self, x, *, negative_slope):
+        self.x, self.slope = x, negative_slope  # the sign of x selects the slope
+        return self.k.leaky_relu_forward(x, negative_slope)
+
+    def backward(self, gy):
+        # d/dx leaky_relu(x) = 1 where x > 0, else negative_slope
+        return (self.k.leaky_relu_backward(gy, self.x, self.slope),)
+
+
+class GELUFn(Function):
+    """y = x Phi(x), Phi the standard normal CDF (erf form, PyTorch's default GELU); same shape
+    and dtype (kernels gelu_forward / gelu_backward)."""
+
+    def forward(self, x):
+        self.x = x  # the derivative is a function of x
+        return self.k.gelu_forward(x)
+
+    def backward(self, gy):
+        # d/dx x Phi(x) = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+        return (self.k.gelu_backward(gy, self.x),)
+
+
 def stable_sigmoid(xp, x):
     """1 / (1 + exp(-x)) without overflow: exp of -|x| only."""
     e = xp.exp(-xp.abs(x))
@@ -258,6 +284,16 @@ def log(x) -> Tensor:
 def relu(x) -> Tensor:
     """max(x, 0) elementwise, same shape and dtype; the gradient at 0 is 0."""
     return ReLUFn.apply(x)
+
+
+def leaky_relu(x, negative_slope: float = 0.01) -> Tensor:
+    """x where x > 0, else negative_slope * x, elementwise; same shape and dtype."""
+    return LeakyReLUFn.apply(x, negative_slope=float(negative_slope))
+
+
+def gelu(x) -> Tensor:
+    """x Phi(x) elementwise (exact erf form, as PyTorch's GELU()); same shape and dtype."""
+    return GELUFn.apply(x)
 
 
 def sigmoid(x) -> Tensor:

@@ -1,12 +1,12 @@
-"""Softmax, log-softmax and the losses: MSE, softmax cross-entropy, binary cross-entropy (+ logits).
-
-Every loss returns the mean over its elements (or over the batch, for cross-entropy) as a 0-d tensor.
+"""Softmax, log-softmax and the losses: MSE, softmax cross-entropy (2-D or per voxel, with an
+ignore_index), binary cross-entropy (+ logits). Each returns a mean as a 0-d tensor.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from engine.errors import ArgumentError
 from engine.function import Function
 from engine.ops.elementwise import stable_sigmoid
 from engine.tensor import Tensor, as_tensor
@@ -81,6 +81,42 @@ class SoftmaxCrossEntropyFn(Function):
     def backward(self, gloss):
         # d/dz mean_i[lse(z_i) - z_i,t_i] = (softmax(z) - onehot(t)) / n
         return self.k.softmax_cross_entropy_backward(self.probs, self.t, gloss), None
+
+
+class MaskedSoftmaxCrossEntropyFn(Function):
+    """loss = sum over kept i of [logsumexp(z_i) - z_i[t_i]] / (number kept), the classes on axis 1:
+    logits z (n, k, *spatial) float, t (n, *spatial) int -> 0-d, z's dtype.
+
+    An element is kept unless its target equals `ignore_index` (None keeps all). No element kept:
+    the loss is nan and the gradient 0 (PyTorch's rule). A kept target outside [0, k) makes the
+    loss and its gradient nan (the wrapper raises first on the CPU). Written in xp (NumPy or
+    CuPy), no device sync. The targets get no gradient (None).
+    """
+
+    def forward(self, z, t, *, ignore_index):
+        xp = self.xp
+        k = z.shape[1]
+        kept = t != ignore_index if ignore_index is not None else xp.ones(t.shape, dtype=bool)
+        in_range = (t >= 0) & (t < k)
+        self.t = xp.where(in_range, t, 0)[:, None]  # (n, 1, *spatial): safe to index with
+        # per-element weight: 1 kept, 0 ignored, nan for a kept target outside [0, k)
+        self.w = xp.where(kept, xp.where(in_range, 1.0, xp.nan), 0.0).astype(z.dtype)
+        self.count = kept.sum()  # stays on the device: no sync
+        shifted = z - z.max(axis=1, keepdims=True)
+        e = xp.exp(shifted)
+        s = e.sum(axis=1, keepdims=True)
+        self.probs = e / s  # softmax: the gradient is (probs - onehot(t)) w / count
+        rows = (xp.log(s) - xp.take_along_axis(shifted, self.t, axis=1))[:, 0]
+        total = (rows * self.w).sum()
+        loss = xp.where(self.count > 0, total / xp.maximum(self.count, 1), xp.nan)
+        return xp.asarray(loss, dtype=z.dtype)
+
+    def backward(self, gloss):
+        # d/dz_i [lse(z_i) - z_i,t_i] = softmax(z_i) - onehot(t_i), times w_i / count for the mean
+        xp, k = self.xp, self.probs.shape[1]
+        classes = xp.arange(k).reshape((1, k) + (1,) * (self.probs.ndim - 2))
+        scale = (self.w * (gloss / xp.maximum(self.count, 1)))[:, None]
+        return (self.probs - (classes == self.t)) * scale.astype(self.probs.dtype), None
 
 
 class BCEFn(Function):
@@ -176,28 +212,66 @@ def mse_loss(y, t) -> Tensor:
     return MSELossFn.apply(y, _same_shape(y, t, "mse_loss"))
 
 
-def softmax_cross_entropy(logits, t) -> Tensor:
-    """mean_i [logsumexp(logits_i) - logits_i[t_i]] -> 0-d; logits (n, k), t (n,) integer
-    classes in [0, k). A target outside [0, k) raises ValueError on the CPU; on cuda it makes
-    the loss NaN (no sync)."""
+def softmax_cross_entropy(logits, t, ignore_index: int | None = -100) -> Tensor:
+    """mean over the kept elements of [logsumexp(z) - z[t]] over the class axis 1 -> 0-d, as
+    torch's cross_entropy: logits (n, k) or (n, k, *spatial) (e.g. NCDHW), t (n,) or
+    (n, *spatial) integer classes in [0, k) or `ignore_index` (left out of the mean; None
+    keeps every element). Every element ignored: the loss is nan and the gradient 0, as in PyTorch.
+
+    2-D logits with no ignored target run the fused kernels (MaskedSoftmaxCrossEntropyFn runs the
+    rest). A target outside [0, k) that is not ignore_index raises ArgumentError on the CPU; on
+    cuda (no sync) it makes the loss nan. On cuda, 2-D logits keep the fused kernels, which know
+    no ignore_index: a negative ignored target there makes the loss nan too, never a wrong
+    number; pass logits (n, k, 1) and targets (n, 1) to ignore rows of a 2-D batch on cuda.
+    """
     logits, t = as_tensor(logits), as_tensor(t)
-    if logits.ndim != 2:
-        raise ValueError(f"softmax_cross_entropy expects logits (n, k), got {logits.shape}")
-    if t.dtype.kind not in "iu" or t.shape != (logits.shape[0],):
-        raise ValueError(
-            f"softmax_cross_entropy expects integer targets of shape ({logits.shape[0]},), "
-            f"got {t.dtype} {t.shape}"
+    if logits.ndim < 2:
+        raise ArgumentError(
+            f"softmax_cross_entropy expects logits (n, k) or (n, k, *spatial), got {logits.shape}"
+        )
+    n, k, spatial = logits.shape[0], logits.shape[1], logits.shape[2:]
+    if t.dtype.kind not in "iu" or t.shape != (n, *spatial):
+        raise ArgumentError(
+            f"softmax_cross_entropy expects integer targets of shape {(n, *spatial)} for logits "
+            f"{logits.shape}, got {t.dtype} {t.shape}"
+        )
+    if ignore_index is not None and not isinstance(ignore_index, (int, np.integer)):
+        raise ArgumentError(
+            f"softmax_cross_entropy: ignore_index must be an int or None, got {ignore_index!r}"
         )
     # Checked on the CPU only: on a GPU, t.min() and t.max() would be two reductions and two
     # device syncs per step. The cuda kernels never index out of bounds; a row whose target lies
     # outside [0, k) gets a NaN loss and NaN gradients, so the mean loss shows it without a sync.
-    on_cpu = isinstance(t.data, np.ndarray)
-    tmin, tmax = (int(v) for v in (t.data.min(), t.data.max())) if on_cpu and t.size else (0, 0)
-    if tmin < 0 or tmax >= logits.shape[1]:
-        raise ValueError(
-            f"softmax_cross_entropy: targets must lie in [0, {logits.shape[1]}), got {tmin}..{tmax}"
+    # On cuda the fused kernels run for 2-D logits unless ignore_index names a real class (then
+    # they would count it): an ignore_index outside [0, k) makes those rows nan there, not wrong.
+    if isinstance(t.data, np.ndarray):
+        fused = not _check_targets(t.data, k, ignore_index)
+    else:
+        fused = ignore_index is None or not 0 <= ignore_index < k
+    if logits.ndim == 2 and fused:
+        return SoftmaxCrossEntropyFn.apply(logits, t)
+    return MaskedSoftmaxCrossEntropyFn.apply(logits, t, ignore_index=ignore_index)
+
+
+def _check_targets(t: np.ndarray, k: int, ignore_index: int | None) -> bool:
+    """Raise ArgumentError if a target outside [0, k) is not ignore_index; True if any is ignored.
+    One min/max pass when nothing can be ignored (the 2-D classification case)."""
+    if t.size == 0:
+        return False
+    tmin, tmax = int(t.min()), int(t.max())
+    could_ignore = ignore_index is not None and tmin <= ignore_index <= tmax
+    if 0 <= tmin and tmax < k and not could_ignore:
+        return False
+    ignored = t == ignore_index if ignore_index is not None else np.zeros(t.shape, dtype=bool)
+    bad = ~ignored & ((t < 0) | (t >= k))
+    if bad.any():
+        values = np.unique(t[bad])
+        raise ArgumentError(
+            f"softmax_cross_entropy: targets must lie in [0, {k}) or equal ignore_index="
+            f"{ignore_index}, got {', '.join(str(v) for v in values[:5])}"
+            + (" ..." if values.size > 5 else "")
         )
-    return SoftmaxCrossEntropyFn.apply(logits, t)
+    return bool(ignored.any())
 
 
 def binary_cross_entropy(p, t) -> Tensor:

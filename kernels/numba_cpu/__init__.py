@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from kernels import build_table, numpy_cpu
 
+from .activation import gelu_backward, gelu_forward, leaky_relu_backward, leaky_relu_forward
 from .conv import col2im, conv2d_backward_input, conv2d_backward_weight, conv2d_forward, im2col
 from .elementwise import (
     relu_backward,
@@ -16,6 +17,7 @@ from .elementwise import (
     softmax_cross_entropy_forward,
 )
 from .fused import conv2d_relu_max_pool2d_backward, conv2d_relu_max_pool2d_forward
+from .norm import norm_backward, norm_forward, norm_moments
 from .optim import adam_update, sgd_update
 from .pool import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
 from .pool3d import avg_pool3d_backward, avg_pool3d_forward, max_pool3d_backward, max_pool3d_forward
@@ -45,6 +47,13 @@ OWN = {
     "avg_pool3d_backward": avg_pool3d_backward,
     "interpolate_forward": interpolate_forward,
     "interpolate_backward": interpolate_backward,
+    "norm_moments": norm_moments,
+    "norm_forward": norm_forward,
+    "norm_backward": norm_backward,
+    "leaky_relu_forward": leaky_relu_forward,
+    "leaky_relu_backward": leaky_relu_backward,
+    "gelu_forward": gelu_forward,
+    "gelu_backward": gelu_backward,
 }
 
 KERNELS = build_table("numba_cpu", {**numpy_cpu.KERNELS, **OWN})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from kernels import build_table
 
+from .activation import gelu_backward, gelu_forward, leaky_relu_backward, leaky_relu_forward
 from .compose import complete
 from .conv import col2im, conv2d_backward_input, conv2d_backward_weight, conv2d_forward, im2col
 from .elementwise import (
@@ -17,6 +18,7 @@ from .elementwise import (
     softmax_cross_entropy_backward,
     softmax_cross_entropy_forward,
 )
+from .norm import norm_backward, norm_forward, norm_moments
 from .optim import adam_update, sgd_update
 from .pool import (
     adaptive_avg_pool_backward,
@@ -58,6 +60,13 @@ KERNELS = build_table(
         "adaptive_avg_pool_backward": adaptive_avg_pool_backward,
         "interpolate_forward": interpolate_forward,
         "interpolate_backward": interpolate_backward,
+        "norm_moments": norm_moments,
+        "norm_forward": norm_forward,
+        "norm_backward": norm_backward,
+        "leaky_relu_forward": leaky_relu_forward,
+        "leaky_relu_backward": leaky_relu_backward,
+        "gelu_forward": gelu_forward,
+        "gelu_backward": gelu_backward,
     },
 )
 

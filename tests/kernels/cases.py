@@ -411,6 +411,67 @@ def _volume_cases():
     return cases
 
 
+def _norm_activation_cases():
+    """Views (p, q, r) of batch norm (n, c, h*w: the ResNet benchmark's layer at a small batch),
+    instance/group norm (1, n*g, .) and layer norm (1, L, T); an offset mean (the one-pass shift
+    must cope); weight/bias given or absent. Activations: exact zeros (the kink's convention)."""
+    views = [
+        ("bn_resnet", (4, 64, 256), False),
+        ("ln_rows", (1, 37, 100), False),
+        ("tiny_bn", (3, 4, 5), True),
+        ("tiny_groups", (1, 6, 7), True),
+        ("tiny_single_slice", (2, 1, 3), True),
+    ]
+
+    def moments(shape):
+        return lambda r, d: ((_normal(r, shape, np.float64) * 3 + 10).astype(d),)
+
+    def stats(r, q, d):
+        return _normal(r, q, d), np.abs(_normal(r, q, d)) + 0.5  # mean, rstd
+
+    def forward(shape, affine):
+        def make(r, d):
+            wb = (_normal(r, shape[1], d), _normal(r, shape[1], d)) if affine else (None, None)
+            return (_normal(r, shape, d), *stats(r, shape[1], d), *wb)
+
+        return make
+
+    def backward(shape, affine):
+        def make(r, d):
+            x = _normal(r, shape, d)
+            mean, var = REFERENCE["norm_moments"](x)
+            rstd = (1 / np.sqrt(var + 1e-5)).astype(d)
+            w = _normal(r, shape[1], d) if affine else None
+            return (_normal(r, shape, d), x, mean, rstd, w)
+
+        return make
+
+    cases = {name: [] for name in ("norm_moments", "norm_forward", "norm_backward")}
+    for label, shape, tiny in views:
+        cases["norm_moments"].append(Case(label, moments(shape), tiny))
+        for affine in (True, False):
+            tag = label if affine else f"{label}_no_affine"
+            cases["norm_forward"].append(Case(tag, forward(shape, affine), tiny))
+            cases["norm_backward"].append(Case(tag, backward(shape, affine), tiny))
+
+    def pair(shape, slope=None):
+        extra = () if slope is None else (slope,)
+        return (
+            lambda r, d: (_relu_x(r, shape, d), *extra),
+            lambda r, d: (_normal(r, shape, d), _relu_x(r, shape, d), *extra),
+        )
+
+    for stem, slopes in (("leaky_relu", (0.01, -0.3)), ("gelu", (None,))):
+        cases[f"{stem}_forward"], cases[f"{stem}_backward"] = [], []
+        for slope in slopes:
+            tag = "" if slope is None else f"_slope{slope}"
+            for label, shape, tiny in (("act", (2, 32, 26, 26), False), ("tiny", (3, 4, 5), True)):
+                fwd, bwd = pair(shape, slope)
+                cases[f"{stem}_forward"].append(Case(f"{label}{tag}", fwd, tiny))
+                cases[f"{stem}_backward"].append(Case(f"{label}{tag}", bwd, tiny))
+    return cases
+
+
 CASES: dict[str, list[Case]] = {
     **_conv_cases(),
     **_fused_cases(),
@@ -418,6 +479,7 @@ CASES: dict[str, list[Case]] = {
     **_elementwise_cases(),
     **_optim_cases(),
     **_volume_cases(),
+    **_norm_activation_cases(),
 }
 missing = sorted(set(ALL_KERNEL_NAMES) - set(CASES))
 assert not missing, f"kernels without parity cases: {missing}"  # a new kernel needs cases here

@@ -30,9 +30,24 @@ EXAMPLES = {
     "Sequential": lambda r: nn.Sequential(nn.Conv2d(1, 2, 3, rng=r), nn.Sequential(nn.ReLU())),
     "MaxPool3d": lambda r: nn.MaxPool3d((3, 2, 3), stride=(2, 1, 2), padding=(1, 0, 1)),
     "AvgPool3d": lambda r: nn.AvgPool3d(2, stride=1),
-    "AdaptiveAvgPool2d": lambda r: nn.AdaptiveAvgPool2d((3, 2)),
     "AdaptiveAvgPool3d": lambda r: nn.AdaptiveAvgPool3d(1),
     "Upsample": lambda r: nn.Upsample(scale_factor=(2.0, 1.5), mode="bilinear", align_corners=True),
+    "BatchNorm1d": lambda r: nn.BatchNorm1d(4, eps=1e-3, momentum=None),
+    "BatchNorm2d": lambda r: nn.BatchNorm2d(3, momentum=0.2, affine=False),
+    "BatchNorm3d": lambda r: nn.BatchNorm3d(2, track_running_stats=False),
+    "InstanceNorm2d": lambda r: nn.InstanceNorm2d(3, affine=True),
+    "InstanceNorm3d": lambda r: nn.InstanceNorm3d(2, track_running_stats=True),
+    "GroupNorm": lambda r: nn.GroupNorm(2, 4, eps=1e-4, affine=False),
+    "LayerNorm": lambda r: nn.LayerNorm((3, 4), elementwise_affine=True, bias=False),
+    "LeakyReLU": lambda r: nn.LeakyReLU(0.2),
+    "GELU": lambda r: nn.GELU(),
+    "Identity": lambda r: nn.Identity(),
+    "AdaptiveAvgPool2d": lambda r: nn.AdaptiveAvgPool2d((1, 1)),
+    "Residual": lambda r: nn.Residual(
+        nn.Sequential({"conv1": nn.Conv2d(2, 3, 3, padding=1, rng=r), "bn1": nn.BatchNorm2d(3)}),
+        nn.Sequential(nn.Conv2d(2, 3, 1, rng=r), nn.BatchNorm2d(3)),
+        nn.ReLU(),
+    ),
 }
 
 

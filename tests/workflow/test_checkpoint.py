@@ -280,7 +280,8 @@ def _save_v1(path: Path, model, config) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", models.names())
+# the models of version-1 days: a v1 file holds a flat layer list, never a nested one (ResNet)
+@pytest.mark.parametrize("name", ["lenet5", "mlp", "seed_cnn"])
 def test_version_1_files_still_load(tmp_path, name):
     """A v1 file (flat layer list) loads: its list becomes the model's spec, the registry model
     and the spec-built model compute what the saved one did, and NumPy-only inference runs it."""
