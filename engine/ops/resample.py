@@ -34,7 +34,8 @@ def _per_axis(value, ndim: int, name: str, kind) -> tuple:
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in items
     )
     if not ok or (kind is int and not all(isinstance(v, int) for v in items)):
-        raise ArgumentError(f"{name} must be a {kind.__name__} or {ndim} of them, got {value!r}")
+        one = "an int" if kind is int else "a number"
+        raise ArgumentError(f"interpolate: {name} must be {one} or {ndim} of them, got {value!r}")
     return tuple(kind(v) for v in items)
 
 
