@@ -22,6 +22,7 @@ import numpy as np
 from engine.checkpoint import Checkpoint, load_checkpoint
 from engine.errors import SerializationError
 from kernels import numpy_cpu
+from kernels.numpy_cpu.resample import output_size
 
 
 class _Arrays(dict):
@@ -63,6 +64,28 @@ def max_pool2d(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
 def avg_pool2d(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
     """Mean over each window; padded zeros count in the mean (PyTorch's default)."""
     return numpy_cpu.avg_pool2d_forward(x, *_pool_args(spec))
+
+
+def max_pool3d(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
+    """Max over each kd x kh x kw window; padding never wins."""
+    return numpy_cpu.max_pool3d_forward(x, *_pool_args(spec))[0]
+
+
+def avg_pool3d(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
+    """Mean over each kd x kh x kw window; padded zeros count in the mean."""
+    return numpy_cpu.avg_pool3d_forward(x, *_pool_args(spec))
+
+
+def adaptive_avg_pool(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
+    """Mean over the windows that tile each spatial axis into output_size (2-D or 3-D)."""
+    return numpy_cpu.adaptive_avg_pool_forward(x, tuple(spec["output_size"]))
+
+
+def upsample(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
+    """F.interpolate's resampling to spec's size or scale_factor, mode and align_corners."""
+    out, scales = output_size(x.shape[2:], spec["size"], spec["scale_factor"])
+    align = bool(spec["align_corners"])
+    return numpy_cpu.interpolate_forward(x, out, spec["mode"], align, scales)
 
 
 def sequential(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
@@ -167,8 +190,12 @@ FORWARD: dict[str, Callable[..., np.ndarray]] = {
     "LeakyReLU": lambda x, spec, *_: numpy_cpu.leaky_relu_forward(x, spec["negative_slope"]),
     "GELU": _gelu,
     "Identity": lambda x, *_: x,
-    "AdaptiveAvgPool2d": lambda x, *_: x.mean(axis=(2, 3), keepdims=True),
+    "AdaptiveAvgPool2d": adaptive_avg_pool,
     "Residual": residual,
+    "MaxPool3d": max_pool3d,
+    "AvgPool3d": avg_pool3d,
+    "AdaptiveAvgPool3d": adaptive_avg_pool,
+    "Upsample": upsample,
 }
 
 

@@ -31,14 +31,25 @@ from engine.ops.loss import (
     softmax_cross_entropy,
 )
 from engine.ops.norm import batch_norm, group_norm, instance_norm, layer_norm
-from engine.ops.pool import avg_pool2d, max_pool2d
+from engine.ops.pool import (
+    adaptive_avg_pool2d,
+    adaptive_avg_pool3d,
+    avg_pool2d,
+    avg_pool3d,
+    max_pool2d,
+    max_pool3d,
+)
 from engine.ops.reduce import mean, sum
+from engine.ops.resample import interpolate
 from engine.ops.segmentation import dice_ce_loss, dice_loss, focal_loss
 from engine.ops.shape import cat, flatten, getitem, pad, reshape, transpose
 
 __all__ = [
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
     "add",
     "avg_pool2d",
+    "avg_pool3d",
     "batch_norm",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
@@ -57,6 +68,7 @@ __all__ = [
     "getitem",
     "group_norm",
     "instance_norm",
+    "interpolate",
     "layer_norm",
     "leaky_relu",
     "linear",
@@ -64,6 +76,7 @@ __all__ = [
     "log_softmax",
     "matmul",
     "max_pool2d",
+    "max_pool3d",
     "mean",
     "mse_loss",
     "mul",

@@ -24,8 +24,9 @@ import engine.functional as F
 from engine import backend
 from engine.errors import ArgumentError
 from engine.init import INITIALISERS
-from engine.ops import pair
+from engine.ops import pair, triple
 from engine.ops.fused import conv2d_relu_max_pool2d
+from engine.ops.resample import MODES as RESAMPLE_MODES
 from engine.tensor import Tensor
 
 
@@ -38,21 +39,22 @@ class Parameter(Tensor):
 
 @dataclass(frozen=True)
 class Geometry:
-    """How a spatial layer maps its output grid onto its input grid, per axis (h, w).
+    """How a spatial layer maps its output grid onto its input grid, per axis: (h, w) for 2-D
+    layers, (d, h, w) for 3-D ones (tuples of 2 or 3 ints).
 
     kind: "conv" (learned feature maps: what Grad-CAM explains) or "pool". Output cell u is
     centred on input coordinate s u - p + (k - 1) / 2 (kernel k, stride s, padding p).
     """
 
     kind: str
-    kernel_size: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int]
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
 
-    def centre_map(self) -> tuple[tuple[float, float], tuple[float, float]]:
-        """((scale, offset) for h, (scale, offset) for w): input centre = scale * u + offset."""
+    def centre_map(self) -> tuple[tuple[float, float], ...]:
+        """(scale, offset) per axis ((h, w) or (d, h, w)): input centre = scale * u + offset."""
         k, s, p = self.kernel_size, self.stride, self.padding
-        return tuple((float(s[a]), -p[a] + (k[a] - 1) / 2) for a in range(2))
+        return tuple((float(s[a]), -p[a] + (k[a] - 1) / 2) for a in range(len(k)))
 
 
 def _plain(value):
@@ -338,6 +340,79 @@ class AvgPool2d(_Pool2d):
 
     def forward(self, x):
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+
+class _Pool3d(_Pool2d):
+    """_Pool2d's arguments as triples (d, h, w): kernel_size, stride (default kernel_size), padding."""
+
+    def __init__(self, kernel_size=2, stride=None, padding=0):
+        self.kernel_size = triple(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else triple(stride, "stride")
+        self.padding = triple(padding, "padding")
+
+
+class MaxPool3d(_Pool3d):
+    """Max over each kd x kh x kw window, NCDHW; padding never wins; the gradient goes to the
+    first maximum (row-major tap order)."""
+
+    def forward(self, x):
+        return F.max_pool3d(x, self.kernel_size, self.stride, self.padding)
+
+
+class AvgPool3d(_Pool3d):
+    """Mean over each kd x kh x kw window, NCDHW; padded zeros count in the mean."""
+
+    def forward(self, x):
+        return F.avg_pool3d(x, self.kernel_size, self.stride, self.padding)
+
+
+class AdaptiveAvgPool2d(Module):
+    """Mean over windows that tile (n, c, h, w) into output_size (an int or a pair); 1 is global
+    average pooling. Windows [floor(i h / oh), ceil((i + 1) h / oh)), as PyTorch's."""
+
+    def __init__(self, output_size=1):
+        self.output_size = pair(output_size, "output_size")
+
+    def arguments(self) -> dict:
+        return {"output_size": self.output_size}
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+
+class AdaptiveAvgPool3d(AdaptiveAvgPool2d):
+    """AdaptiveAvgPool2d for (n, c, d, h, w): output_size an int or a triple."""
+
+    def __init__(self, output_size=1):
+        self.output_size = triple(output_size, "output_size")
+
+    def forward(self, x):
+        return F.adaptive_avg_pool3d(x, self.output_size)
+
+
+class Upsample(Module):
+    """F.interpolate as a layer: give size or scale_factor (a number or one per spatial axis);
+    mode "nearest" (4-D or 5-D input), "bilinear" (4-D) or "trilinear" (5-D); align_corners for
+    the linear modes only (None means False), as PyTorch's nn.Upsample."""
+
+    def __init__(self, size=None, scale_factor=None, mode: str = "nearest", align_corners=None):
+        if mode not in RESAMPLE_MODES:
+            raise ArgumentError(f"Upsample: mode must be one of {', '.join(RESAMPLE_MODES)}")
+        if (size is None) == (scale_factor is None):
+            raise ArgumentError("Upsample: give exactly one of size and scale_factor")
+        self.size, self.scale_factor = size, scale_factor
+        self.mode, self.align_corners = mode, align_corners
+
+    def arguments(self) -> dict:
+        return {
+            "size": self.size,
+            "scale_factor": self.scale_factor,
+            "mode": self.mode,
+            "align_corners": self.align_corners,
+        }
+
+    def forward(self, x):
+        return F.interpolate(x, self.size, self.scale_factor, self.mode, self.align_corners)
 
 
 class Flatten(Module):
@@ -665,26 +740,6 @@ class Identity(Module):
         return x
 
 
-class AdaptiveAvgPool2d(Module):
-    """Mean over each (n, c) plane: (n, c, h, w) -> (n, c, 1, 1). Only output_size 1 (global
-    average pooling, the ResNet head) is offered."""
-
-    def __init__(self, output_size=1):
-        if pair(output_size, "output_size") != (1, 1):
-            raise ArgumentError(
-                f"AdaptiveAvgPool2d: output_size={output_size!r}: only 1 is offered"
-            )
-        self.output_size = (1, 1)
-
-    def arguments(self) -> dict:
-        return {"output_size": self.output_size}
-
-    def forward(self, x):
-        if x.ndim != 4:
-            raise ArgumentError(f"AdaptiveAvgPool2d expects (n, c, h, w), got shape {x.shape}")
-        return F.mean(x, axis=(2, 3), keepdims=True)
-
-
 class Residual(Module):
     """y = activation(body(x) + shortcut(x)): a skip connection. body: a Sequential; shortcut: a
     layer (e.g. a 1x1 conv + batch norm that matches body's output shape) or None for the
@@ -756,6 +811,10 @@ LAYERS: dict[str, type[Module]] = {
     "Identity": Identity,
     "AdaptiveAvgPool2d": AdaptiveAvgPool2d,
     "Residual": Residual,
+    "MaxPool3d": MaxPool3d,
+    "AvgPool3d": AvgPool3d,
+    "AdaptiveAvgPool3d": AdaptiveAvgPool3d,
+    "Upsample": Upsample,
 }
 
 

@@ -17,6 +17,15 @@ def pair(v, name: str = "value") -> tuple[int, int]:
     raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
 
 
+def triple(v, name: str = "value") -> tuple[int, int, int]:
+    """An int or a triple of ints -> (a, b, c), for 3-D kernel_size/stride/padding arguments."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v, v, v)
+    if isinstance(v, (tuple, list)) and len(v) == 3 and all(isinstance(i, int) for i in v):
+        return (int(v[0]), int(v[1]), int(v[2]))
+    raise TypeError(f"{name} must be an int or a triple of ints, got {v!r}")
+
+
 def tensors(a, b) -> tuple[Tensor, Tensor]:
     """Both operands as Tensors; a Python scalar takes the other operand's dtype."""
     if isinstance(a, Tensor):

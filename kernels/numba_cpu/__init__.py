@@ -20,6 +20,8 @@ from .fused import conv2d_relu_max_pool2d_backward, conv2d_relu_max_pool2d_forwa
 from .norm import norm_backward, norm_forward, norm_moments
 from .optim import adam_update, sgd_update
 from .pool import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
+from .pool3d import avg_pool3d_backward, avg_pool3d_forward, max_pool3d_backward, max_pool3d_forward
+from .resample import interpolate_backward, interpolate_forward
 
 OWN = {
     "im2col": im2col,
@@ -39,6 +41,12 @@ OWN = {
     "adam_update": adam_update,
     "conv2d_relu_max_pool2d_forward": conv2d_relu_max_pool2d_forward,
     "conv2d_relu_max_pool2d_backward": conv2d_relu_max_pool2d_backward,
+    "max_pool3d_forward": max_pool3d_forward,
+    "max_pool3d_backward": max_pool3d_backward,
+    "avg_pool3d_forward": avg_pool3d_forward,
+    "avg_pool3d_backward": avg_pool3d_backward,
+    "interpolate_forward": interpolate_forward,
+    "interpolate_backward": interpolate_backward,
     "norm_moments": norm_moments,
     "norm_forward": norm_forward,
     "norm_backward": norm_backward,

@@ -20,7 +20,19 @@ from .elementwise import (
 )
 from .norm import norm_backward, norm_forward, norm_moments
 from .optim import adam_update, sgd_update
-from .pool import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
+from .pool import (
+    adaptive_avg_pool_backward,
+    adaptive_avg_pool_forward,
+    avg_pool2d_backward,
+    avg_pool2d_forward,
+    avg_pool3d_backward,
+    avg_pool3d_forward,
+    max_pool2d_backward,
+    max_pool2d_forward,
+    max_pool3d_backward,
+    max_pool3d_forward,
+)
+from .resample import interpolate_backward, interpolate_forward
 
 KERNELS = build_table(
     "numpy_cpu",
@@ -40,6 +52,14 @@ KERNELS = build_table(
         "softmax_cross_entropy_backward": softmax_cross_entropy_backward,
         "sgd_update": sgd_update,
         "adam_update": adam_update,
+        "max_pool3d_forward": max_pool3d_forward,
+        "max_pool3d_backward": max_pool3d_backward,
+        "avg_pool3d_forward": avg_pool3d_forward,
+        "avg_pool3d_backward": avg_pool3d_backward,
+        "adaptive_avg_pool_forward": adaptive_avg_pool_forward,
+        "adaptive_avg_pool_backward": adaptive_avg_pool_backward,
+        "interpolate_forward": interpolate_forward,
+        "interpolate_backward": interpolate_backward,
         "norm_moments": norm_moments,
         "norm_forward": norm_forward,
         "norm_backward": norm_backward,

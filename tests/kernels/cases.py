@@ -316,6 +316,101 @@ def _fused_cases():
     return cases
 
 
+# 3-D pools: x shape, kernel_size, stride, padding; tiny ones carry "tiny" in their label
+POOL3D = [
+    ("vol_2x2x2", (2, 4, 8, 10, 12), (2, 2, 2), (2, 2, 2), (0, 0, 0)),
+    ("vol_overlap_pad1", (1, 3, 7, 6, 9), (3, 3, 3), (2, 2, 2), (1, 1, 1)),
+    ("vol_noncubic", (2, 2, 5, 8, 7), (2, 3, 1), (1, 2, 1), (1, 1, 0)),
+    ("tiny_vol_2x2x2", (1, 2, 4, 4, 4), (2, 2, 2), (2, 2, 2), (0, 0, 0)),
+    ("tiny_vol_pad", (1, 1, 5, 4, 5), (3, 2, 3), (2, 1, 2), (1, 1, 1)),
+]
+# adaptive average pools: x shape, output_size
+ADAPTIVE = [
+    ("global_2d", (2, 8, 9, 7), (1, 1)),
+    ("overlap_3d", (2, 3, 7, 6, 5), (3, 4, 2)),
+    ("tiny_2d", (1, 2, 5, 4), (3, 3)),
+    ("tiny_3d", (1, 2, 3, 4, 5), (2, 3, 2)),
+]
+# interpolate: x shape, size, mode, align_corners, scales (the user's scale factors or None)
+INTERPOLATE = [
+    ("trilinear_up2", (1, 4, 8, 8, 8), (16, 16, 16), "trilinear", False, (2.0, 2.0, 2.0)),
+    ("trilinear_ac_mixed", (2, 2, 9, 7, 8), (5, 4, 11), "trilinear", True, (None,) * 3),
+    ("bilinear_frac", (2, 3, 9, 10), (13, 7), "bilinear", False, (1.5, 0.7)),
+    ("nearest_3d", (1, 3, 5, 6, 7), (10, 4, 9), "nearest", False, (None,) * 3),
+    ("nearest_2d_frac", (2, 2, 7, 5), (16, 11), "nearest", False, (2.3, 2.3)),
+    ("tiny_trilinear", (1, 2, 3, 4, 3), (5, 6, 4), "trilinear", False, (None,) * 3),
+    ("tiny_bilinear_ac", (2, 1, 4, 5), (3, 8), "bilinear", True, (None,) * 2),
+    ("tiny_nearest_3d", (1, 2, 3, 3, 4), (6, 2, 5), "nearest", False, (None,) * 3),
+    ("tiny_nearest_2d", (1, 2, 4, 5), (8, 10), "nearest", False, (2.0, 2.0)),
+]
+
+
+def _volume_cases():
+    """3-D pools (ties and NaNs as the 2-D ones), adaptive average pools and interpolate."""
+    cases = {name: [] for name in ("max_pool3d_forward", "max_pool3d_backward")}
+    cases.update({name: [] for name in ("avg_pool3d_forward", "avg_pool3d_backward")})
+    argmax = REFERENCE["max_pool3d_forward"]  # the backward cases need a consistent argmax
+    for label, xs, k, s, p in POOL3D:
+        ys = (
+            *xs[:2],
+            *((n + 2 * q - kk) // ss + 1 for n, kk, ss, q in zip(xs[2:], k, s, p, strict=True)),
+        )
+        tiny = "tiny" in label
+        makers = {
+            "max_pool3d_forward": lambda r, d, xs=xs, g=(k, s, p): (distinct(r, xs).astype(d), *g),
+            "max_pool3d_backward": lambda r, d, xs=xs, ys=ys, g=(k, s, p): (
+                _normal(r, ys, d),
+                argmax(distinct(r, xs), *g)[1],
+                xs,
+                *g,
+            ),
+            "avg_pool3d_forward": lambda r, d, xs=xs, g=(k, s, p): (_normal(r, xs, d), *g),
+            "avg_pool3d_backward": lambda r, d, xs=xs, ys=ys, g=(k, s, p): (
+                _normal(r, ys, d),
+                xs,
+                *g,
+            ),
+        }
+        for name, make in makers.items():
+            cases[name].append(Case(label, make, tiny))
+
+    def ties_and_nans(r, d):  # 2x2x2 blocks of equal values, then NaNs: first max / NaN wins
+        x = np.repeat(np.repeat(np.repeat(_normal(r, (1, 2, 2, 2, 3), d), 2, 2), 2, 3), 2, 4)
+        x.flat[[0, 5, 17, 40, 41, 90]] = np.nan
+        return x, (3, 3, 3), (1, 2, 2), (1, 1, 1)
+
+    cases["max_pool3d_forward"].append(Case("tiny_ties_nans", ties_and_nans, True))
+    cases["max_pool3d_forward"].append(  # the same volume through numba_cpu's 2x2x2 fast path
+        Case(
+            "tiny_ties_nans_2x2x2",
+            lambda r, d: (ties_and_nans(r, d)[0], *((2, 2, 2),) * 2, (0,) * 3),
+            True,
+        )
+    )
+
+    cases["adaptive_avg_pool_forward"] = [
+        Case(label, lambda r, d, xs=xs, o=o: (_normal(r, xs, d), o), "tiny" in label)
+        for label, xs, o in ADAPTIVE
+    ]
+    cases["adaptive_avg_pool_backward"] = [
+        Case(label, lambda r, d, xs=xs, o=o: (_normal(r, (*xs[:2], *o), d), xs), "tiny" in label)
+        for label, xs, o in ADAPTIVE
+    ]
+    cases["interpolate_forward"] = [
+        Case(label, lambda r, d, xs=xs, a=args: (_normal(r, xs, d), *a), "tiny" in label)
+        for label, xs, *args in INTERPOLATE
+    ]
+    cases["interpolate_backward"] = [
+        Case(
+            label,
+            lambda r, d, xs=xs, size=size, a=args: (_normal(r, (*xs[:2], *size), d), xs, *a),
+            "tiny" in label,
+        )
+        for label, xs, size, *args in INTERPOLATE
+    ]
+    return cases
+
+
 def _norm_activation_cases():
     """Views (p, q, r) of batch norm (n, c, h*w: the ResNet benchmark's layer at a small batch),
     instance/group norm (1, n*g, .) and layer norm (1, L, T); an offset mean (the one-pass shift
@@ -383,6 +478,7 @@ CASES: dict[str, list[Case]] = {
     **_pool_cases(),
     **_elementwise_cases(),
     **_optim_cases(),
+    **_volume_cases(),
     **_norm_activation_cases(),
 }
 missing = sorted(set(ALL_KERNEL_NAMES) - set(CASES))
@@ -397,10 +493,10 @@ def _same(a):
 
 
 def _flatten(value) -> list:
-    """A kernel's result as a list of arrays (tuples unpacked, None and scalars dropped)."""
+    """A kernel's result as a list of arrays (tuples unpacked, None, scalars and strings dropped)."""
     if isinstance(value, tuple | list):
         return [a for v in value for a in _flatten(v)]
-    return [] if value is None or isinstance(value, int | float | bool) else [value]
+    return [] if value is None or isinstance(value, int | float | bool | str) else [value]
 
 
 def check_parity(k, name: str, case: Case, dtype, dev=_same, host=_same) -> None:
