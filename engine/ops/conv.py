@@ -121,7 +121,9 @@ def ntuple(value, n: int, name: str) -> tuple[int, ...]:
     raise ArgumentError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
 
 
-def _check_hyper(op: str, stride, padding, output_padding=None):
+def check_conv_hyper(op: str, stride, padding, output_padding=None) -> None:
+    """ArgumentError naming `op` unless stride >= 1, padding >= 0 and, where given (transposed
+    convs), 0 <= output_padding < stride, per axis (PyTorch's rule, without dilation)."""
     if min(stride) < 1:
         raise ArgumentError(f"{op}: stride must be >= 1, got {stride}")
     if min(padding) < 0:
@@ -155,7 +157,7 @@ def conv_args(x, W, b, stride, padding, nd: int = 2, transposed: bool = False, o
         )
     stride, padding = ntuple(stride, nd, "stride"), ntuple(padding, nd, "padding")
     output_padding = ntuple(output_padding, nd, "output_padding") if transposed else None
-    _check_hyper(op, stride, padding, output_padding)
+    check_conv_hyper(op, stride, padding, output_padding)
     size, k = x.shape[2:], W.shape[2:]
     kernel = "x".join(map(str, k))
     if transposed:
