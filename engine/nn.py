@@ -286,20 +286,13 @@ class _ConvNd(Module):
         bias: bool = True,
         rng=None,
         init: str = "he",
-        output_padding=0,
     ):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = ntuple(kernel_size, self.nd, "kernel_size")
         self.stride = ntuple(stride, self.nd, "stride")
         self.padding = ntuple(padding, self.nd, "padding")
-        if self.transposed:
-            self.output_padding = ntuple(output_padding, self.nd, "output_padding")
-        check_conv_hyper(
-            type(self).__name__,
-            self.stride,
-            self.padding,
-            self.output_padding if self.transposed else None,
-        )
+        output_padding = self.output_padding if self.transposed else None  # set by the subclass
+        check_conv_hyper(type(self).__name__, self.stride, self.padding, output_padding)
         channels = (in_channels, out_channels) if self.transposed else (out_channels, in_channels)
         self.weight = Parameter(INITIALISERS[init]((*channels, *self.kernel_size), _rng(rng)))
         self.bias = Parameter(np.zeros(out_channels, dtype=np.float32)) if bias else None
@@ -323,19 +316,6 @@ class _ConvNd(Module):
 class Conv2d(_ConvNd):
     """2-D convolution, weight (out_channels, in_channels, kh, kw), He-normal initialisation."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size,
-        stride=1,
-        padding=0,
-        bias: bool = True,
-        rng=None,
-        init: str = "he",
-    ):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias, rng, init)
-
     def forward(self, x):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
 
@@ -345,19 +325,6 @@ class Conv3d(_ConvNd):
     kw), He-normal; kernel_size, stride, padding: an int or a triple (d, h, w)."""
 
     nd = 3
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size,
-        stride=1,
-        padding=0,
-        bias: bool = True,
-        rng=None,
-        init: str = "he",
-    ):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias, rng, init)
 
     def forward(self, x):
         return F.conv3d(x, self.weight, self.bias, self.stride, self.padding)
@@ -380,9 +347,8 @@ class _ConvTransposeNd(_ConvNd):
         rng=None,
         init: str = "he",
     ):
-        super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, bias, rng, init, output_padding
-        )
+        self.output_padding = ntuple(output_padding, self.nd, "output_padding")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias, rng, init)
 
     def forward(self, x):
         op = F.conv_transpose2d if self.nd == 2 else F.conv_transpose3d
