@@ -7,7 +7,8 @@ numba flavours and PyTorch eager (2 threads) in one process.
 Workloads: an interior layer (2, 32, 32^3) -> 64 channels (gx, gW, gb) and a first layer
 (2, 1, 64^3) -> 64 channels (gW, gb: the input is data, as in a training step). Every contender's
 output and gradients are first checked against the numpy flavour's on the same data; PyTorch's
-rows are skipped (never faked) where it is not installed.
+rows are skipped (never faked) where it is not installed. The numpy flavour runs with NumPy's BLAS
+on 2 threads (seed_step.blas_threads), the numba flavour with its own threads and BLAS on one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 from benchmarks import harness
+from benchmarks.seed_step import blas_threads
 
 WORKLOADS = {  # label: x shape, out channels, input gradient wanted
     "interior_b2_c32_32cube_to64": ((2, 32, 32, 32, 32), 64, True),
@@ -45,7 +47,7 @@ class EngineConv3dStep:
     def step(self):
         import engine.functional as F
 
-        with self.backend.use_kernels(self.flavour):
+        with self.backend.use_kernels(self.flavour), blas_threads(self.flavour):
             for t in (self.x, self.W, self.b):
                 t.grad = None
             y = F.conv3d(self.x, self.W, self.b, padding=1)
