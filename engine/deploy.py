@@ -46,6 +46,26 @@ def conv2d(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
     return numpy_cpu.conv2d_forward(x, W, b, tuple(spec["stride"]), tuple(spec["padding"]))
 
 
+def conv3d(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
+    """conv2d's formula over volumes: x (n, c, d, h, w), W (oc, c, kd, kh, kw)."""
+    W, b = arrays[prefix + "weight"], arrays[prefix + "bias"] if spec["bias"] else None
+    return numpy_cpu.KERNELS["conv3d_forward"](
+        x, W, b, tuple(spec["stride"]), tuple(spec["padding"])
+    )
+
+
+def conv_transpose(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
+    """ConvTranspose2d/3d: the adjoint of the conv with weight W (c_in, c_out, *k), i.e. that
+    conv's backward-input kernel, o_a = (size_a - 1) s_a - 2 p_a + k_a + op_a, then the bias."""
+    W = arrays[prefix + "weight"]
+    stride, padding = tuple(spec["stride"]), tuple(spec["padding"])
+    geometry = zip(x.shape[2:], stride, padding, W.shape[2:], spec["output_padding"], strict=True)
+    out = [(size - 1) * s - 2 * p + k + op for size, s, p, k, op in geometry]
+    adjoint = numpy_cpu.KERNELS[f"conv{x.ndim - 2}d_backward_input"]
+    y = adjoint(x, W, (len(x), W.shape[1], *out), stride, padding)
+    return y + arrays[prefix + "bias"].reshape(-1, *(1,) * (x.ndim - 2)) if spec["bias"] else y
+
+
 def linear(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
     """y = x W^T + b, x (n, in_features)."""
     y = x @ arrays[prefix + "weight"].T
@@ -171,6 +191,9 @@ def _sigmoid(x, *_):
 
 FORWARD: dict[str, Callable[..., np.ndarray]] = {
     "Conv2d": conv2d,
+    "Conv3d": conv3d,
+    "ConvTranspose2d": conv_transpose,
+    "ConvTranspose3d": conv_transpose,
     "Linear": linear,
     "MaxPool2d": max_pool2d,
     "AvgPool2d": avg_pool2d,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.ops.conv import conv2d
+from engine.ops.conv import conv2d, conv3d, conv_transpose2d, conv_transpose3d
 from engine.ops.elementwise import (
     add,
     cast,
@@ -59,6 +59,9 @@ __all__ = [
     "conv2d_relu_max_pool2d",
     "dice_ce_loss",
     "dice_loss",
+    "conv3d",
+    "conv_transpose2d",
+    "conv_transpose3d",
     "div",
     "dropout",
     "exp",

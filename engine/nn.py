@@ -25,6 +25,7 @@ from engine import backend
 from engine.errors import ArgumentError
 from engine.init import INITIALISERS
 from engine.ops import pair, triple
+from engine.ops.conv import check_conv_hyper, ntuple
 from engine.ops.fused import conv2d_relu_max_pool2d
 from engine.ops.resample import MODES as RESAMPLE_MODES
 from engine.tensor import Tensor
@@ -39,21 +40,26 @@ class Parameter(Tensor):
 
 @dataclass(frozen=True)
 class Geometry:
-    """How a spatial layer maps its output grid onto its input grid, per axis: (h, w) for 2-D
-    layers, (d, h, w) for 3-D ones (tuples of 2 or 3 ints).
+    """How a spatial layer maps its output grid onto its input grid, per spatial axis ((h, w), or
+    (d, h, w) for volumes: one entry per axis in kernel_size, stride, padding).
 
     kind: "conv" (learned feature maps: what Grad-CAM explains) or "pool". Output cell u is
-    centred on input coordinate s u - p + (k - 1) / 2 (kernel k, stride s, padding p).
+    centred on input coordinate s u - p + (k - 1) / 2 (kernel k, stride s, padding p); for a
+    transposed conv (transposed=True), which scatters input cell i onto outputs i s - p + t,
+    on (u + p - (k - 1) / 2) / s. engine.explain composes these over 2-D models only.
     """
 
     kind: str
     kernel_size: tuple[int, ...]
     stride: tuple[int, ...]
     padding: tuple[int, ...]
+    transposed: bool = False
 
     def centre_map(self) -> tuple[tuple[float, float], ...]:
-        """(scale, offset) per axis ((h, w) or (d, h, w)): input centre = scale * u + offset."""
+        """(scale, offset) per spatial axis: input centre = scale * u + offset."""
         k, s, p = self.kernel_size, self.stride, self.padding
+        if self.transposed:
+            return tuple((1 / s[a], (p[a] - (k[a] - 1) / 2) / s[a]) for a in range(len(k)))
         return tuple((float(s[a]), -p[a] + (k[a] - 1) / 2) for a in range(len(k)))
 
 
@@ -275,8 +281,14 @@ class Linear(Module):
 Dense = Linear
 
 
-class Conv2d(Module):
-    """2-D convolution, weight (out_channels, in_channels, kh, kw), He-normal initialisation."""
+class _ConvNd(Module):
+    """Shared by the convolutions over `nd` spatial axes (class attribute), plain or transposed:
+    kernel_size, stride, padding (and output_padding) kept as nd-tuples, He-normal weight
+    (out_channels, in_channels, *k), or (in_channels, out_channels, *k) when transposed (PyTorch's
+    layouts; He's fan_in is then out_channels * prod(k), as PyTorch computes it), zero bias."""
+
+    nd = 2
+    transposed = False
 
     def __init__(
         self,
@@ -290,27 +302,85 @@ class Conv2d(Module):
         init: str = "he",
     ):
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride, self.padding = pair(stride, "stride"), pair(padding, "padding")
-        shape = (out_channels, in_channels, *self.kernel_size)
-        self.weight = Parameter(INITIALISERS[init](shape, _rng(rng)))
+        self.kernel_size = ntuple(kernel_size, self.nd, "kernel_size")
+        self.stride = ntuple(stride, self.nd, "stride")
+        self.padding = ntuple(padding, self.nd, "padding")
+        output_padding = self.output_padding if self.transposed else None  # set by the subclass
+        check_conv_hyper(type(self).__name__, self.stride, self.padding, output_padding)
+        channels = (in_channels, out_channels) if self.transposed else (out_channels, in_channels)
+        self.weight = Parameter(INITIALISERS[init]((*channels, *self.kernel_size), _rng(rng)))
         self.bias = Parameter(np.zeros(out_channels, dtype=np.float32)) if bias else None
 
     def arguments(self) -> dict:
+        extra = {"output_padding": self.output_padding} if self.transposed else {}
         return {
             "in_channels": self.in_channels,
             "out_channels": self.out_channels,
             "kernel_size": self.kernel_size,
             "stride": self.stride,
             "padding": self.padding,
+            **extra,
             "bias": self.bias is not None,
         }
 
     def geometry(self) -> Geometry:
-        return Geometry("conv", self.kernel_size, self.stride, self.padding)
+        return Geometry("conv", self.kernel_size, self.stride, self.padding, self.transposed)
+
+
+class Conv2d(_ConvNd):
+    """2-D convolution, weight (out_channels, in_channels, kh, kw), He-normal initialisation."""
 
     def forward(self, x):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+
+class Conv3d(_ConvNd):
+    """3-D convolution over volumes (n, c, d, h, w), weight (out_channels, in_channels, kd, kh,
+    kw), He-normal; kernel_size, stride, padding: an int or a triple (d, h, w)."""
+
+    nd = 3
+
+    def forward(self, x):
+        return F.conv3d(x, self.weight, self.bias, self.stride, self.padding)
+
+
+class _ConvTransposeNd(_ConvNd):
+    """Shared by the transposed convolutions: PyTorch's constructor arguments and order."""
+
+    transposed = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        output_padding=0,
+        bias: bool = True,
+        rng=None,
+        init: str = "he",
+    ):
+        self.output_padding = ntuple(output_padding, self.nd, "output_padding")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias, rng, init)
+
+    def forward(self, x):
+        op = F.conv_transpose2d if self.nd == 2 else F.conv_transpose3d
+        return op(x, self.weight, self.bias, self.stride, self.padding, self.output_padding)
+
+
+class ConvTranspose2d(_ConvTransposeNd):
+    """2-D transposed convolution (learned upsampling), weight (in_channels, out_channels, kh, kw);
+    oh = (h - 1) sh - 2 ph + kh + oph, output_padding < stride per axis."""
+
+    nd = 2
+
+
+class ConvTranspose3d(_ConvTransposeNd):
+    """3-D transposed convolution over volumes, weight (in_channels, out_channels, kd, kh, kw);
+    od = (d - 1) sd - 2 pd + kd + opd per axis, output_padding < stride per axis."""
+
+    nd = 3
 
 
 class _Pool2d(Module):
@@ -791,6 +861,9 @@ class Residual(Module):
 LAYERS: dict[str, type[Module]] = {
     "Linear": Linear,
     "Conv2d": Conv2d,
+    "Conv3d": Conv3d,
+    "ConvTranspose2d": ConvTranspose2d,
+    "ConvTranspose3d": ConvTranspose3d,
     "MaxPool2d": MaxPool2d,
     "AvgPool2d": AvgPool2d,
     "Flatten": Flatten,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from kernels import build_table, numpy_cpu
 
 from .activation import gelu_backward, gelu_forward, leaky_relu_backward, leaky_relu_forward
+from . import conv3d
 from .conv import col2im, conv2d_backward_input, conv2d_backward_weight, conv2d_forward, im2col
 from .elementwise import (
     relu_backward,
@@ -29,6 +30,9 @@ OWN = {
     "conv2d_forward": conv2d_forward,
     "conv2d_backward_input": conv2d_backward_input,
     "conv2d_backward_weight": conv2d_backward_weight,
+    "conv3d_forward": conv3d.conv3d_forward,
+    "conv3d_backward_input": conv3d.conv3d_backward_input,
+    "conv3d_backward_weight": conv3d.conv3d_backward_weight,
     "max_pool2d_forward": max_pool2d_forward,
     "max_pool2d_backward": max_pool2d_backward,
     "avg_pool2d_forward": avg_pool2d_forward,

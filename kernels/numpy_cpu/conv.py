@@ -1,11 +1,16 @@
-"""Convolution by im2col + GEMM: the reference kernels, written against `xp` so CuPy can reuse them.
+"""Convolution by im2col + GEMM over any number of spatial axes: the reference kernels, written
+against `xp` so CuPy can reuse them. conv2d_* and conv3d_* are this one N-d core on 2 or 3 axes.
 
-Layout: x (n, c, h, w), W (oc, c, kh, kw). Zero padding of ph/pw on each side.
-oh = (h + 2 ph - kh) // sh + 1, ow likewise. cols rows run over (n, oh, ow), columns over (c, kh, kw),
-so that `cols @ W.reshape(oc, -1).T` is the convolution in (n, oh, ow, oc) order.
+Layout: x (n, c, *size), W (oc, c, *k), size and k with one entry per spatial axis (h, w or d, h, w).
+Zero padding of p_a on each side of axis a; o_a = (size_a + 2 p_a - k_a) // s_a + 1. cols rows run
+over (n, *o), columns over (c, *k), so `cols @ W.reshape(oc, -1).T` is the convolution in (n, *o, oc)
+order. Positions that no window reaches (when (size_a + 2 p_a - k_a) % s_a != 0) get zero gradient.
 """
 
 from __future__ import annotations
+
+import itertools
+import math
 
 from .xp import array_module, out_size
 
@@ -15,63 +20,78 @@ def _window(start: int, step: int, count: int) -> slice:
     return slice(start, start + step * (count - 1) + 1, step)
 
 
+def _geometry(size, kernel_size, stride, padding):
+    """Per-axis output sizes and, for each kernel tap (t_1, .., t_d), the slices of the padded
+    input that hold that tap for every output position: [(taps, slices), ...]."""
+    out = tuple(map(out_size, size, kernel_size, stride, padding))
+    taps = itertools.product(*(range(k) for k in kernel_size))
+    return out, [(t, tuple(map(_window, t, stride, out))) for t in taps]
+
+
 def im2col(x, kernel_size, stride, padding):
-    """x (n, c, h, w) -> cols (n*oh*ow, c*kh*kw); element [(b, i, j), (ch, u, v)] =
-    x_padded[b, ch, i*sh + u, j*sw + v]."""
+    """x (n, c, *size) -> cols (n*prod(o), c*prod(k)); element [(b, *i), (ch, *t)] =
+    x_padded[b, ch, i_1 s_1 + t_1, ..., i_d s_d + t_d]. kernel_size, stride, padding: d-tuples."""
     xp = array_module(x)
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    n, c, h, w = x.shape
-    oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
-    xpad = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
-    cols = xp.empty((n, oh, ow, c, kh, kw), dtype=x.dtype)
-    for u in range(kh):
-        for v in range(kw):
-            # every output pixel's (u, v) tap at once: a strided view of the padded input
-            cols[:, :, :, :, u, v] = xpad[:, :, _window(u, sh, oh), _window(v, sw, ow)].transpose(
-                0, 2, 3, 1
-            )
-    return cols.reshape(n * oh * ow, c * kh * kw)
+    n, c, *size = x.shape
+    nd = len(size)
+    out, taps = _geometry(size, kernel_size, stride, padding)
+    pads = ((0, 0), (0, 0), *((p, p) for p in padding))
+    xpad = xp.pad(x, pads) if any(padding) else x
+    cols = xp.empty((n, *out, c, *kernel_size), dtype=x.dtype)
+    every = (slice(None),) * (nd + 2)  # (b, *i, ch)
+    for t, windows in taps:
+        # every output position's tap t at once: a strided view of the padded input, channels last
+        cols[every + t] = xp.moveaxis(xpad[(slice(None), slice(None), *windows)], 1, -1)
+    return cols.reshape(n * math.prod(out), c * math.prod(kernel_size))
 
 
 def col2im(cols, x_shape, kernel_size, stride, padding):
-    """The adjoint of im2col: cols (n*oh*ow, c*kh*kw) -> x (n, c, h, w), overlapping taps summed."""
+    """The adjoint of im2col: cols (n*prod(o), c*prod(k)) -> x (n, c, *size), overlapping taps
+    summed, taps in the padding dropped."""
     xp = array_module(cols)
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    n, c, h, w = x_shape
-    oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
-    cols6 = cols.reshape(n, oh, ow, c, kh, kw)
-    xpad = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
-    for u in range(kh):
-        for v in range(kw):
-            xpad[:, :, _window(u, sh, oh), _window(v, sw, ow)] += cols6[:, :, :, :, u, v].transpose(
-                0, 3, 1, 2
-            )
-    return xp.ascontiguousarray(xpad[:, :, ph : ph + h, pw : pw + w])
+    n, c, *size = x_shape
+    nd = len(size)
+    out, taps = _geometry(size, kernel_size, stride, padding)
+    cols = cols.reshape(n, *out, c, *kernel_size)
+    padded = tuple(s + 2 * p for s, p in zip(size, padding, strict=True))
+    xpad = xp.zeros((n, c, *padded), dtype=cols.dtype)
+    every = (slice(None),) * (nd + 2)
+    for t, windows in taps:
+        xpad[(slice(None), slice(None), *windows)] += xp.moveaxis(cols[every + t], -1, 1)
+    inner = tuple(slice(p, p + s) for s, p in zip(size, padding, strict=True))
+    return xp.ascontiguousarray(xpad[(slice(None), slice(None), *inner)])
 
 
-def conv2d_forward(x, W, b, stride, padding):
-    """y[b, o, i, j] = sum_{ch,u,v} x_pad[b, ch, i*sh+u, j*sw+v] W[o, ch, u, v] + b[o];
-    x (n, c, h, w), W (oc, c, kh, kw), b (oc,) or None -> y (n, oc, oh, ow), C-contiguous."""
+def _rows(gy):
+    """gy (n, oc, *o) -> (n*prod(o), oc): one row per output position, in im2col's row order."""
+    return array_module(gy).moveaxis(gy, 1, -1).reshape(-1, gy.shape[1])
+
+
+def conv_forward(x, W, b, stride, padding):
+    """y[b, o, *i] = sum_{ch, *t} x_pad[b, ch, *(i s + t)] W[o, ch, *t] + b[o];
+    x (n, c, *size), W (oc, c, *k), b (oc,) or None -> y (n, oc, *o), C-contiguous."""
     xp = array_module(x)
-    oc, _, kh, kw = W.shape
-    n, _, h, w = x.shape
-    oh, ow = out_size(h, kh, stride[0], padding[0]), out_size(w, kw, stride[1], padding[1])
-    y = im2col(x, (kh, kw), stride, padding) @ W.reshape(oc, -1).T  # (n*oh*ow, oc)
+    oc, k = W.shape[0], W.shape[2:]
+    out = tuple(map(out_size, x.shape[2:], k, stride, padding))
+    y = im2col(x, k, stride, padding) @ W.reshape(oc, -1).T  # (n*prod(o), oc)
     if b is not None:
         y += b
-    return xp.ascontiguousarray(y.reshape(n, oh, ow, oc).transpose(0, 3, 1, 2))
+    return xp.ascontiguousarray(xp.moveaxis(y.reshape(x.shape[0], *out, oc), -1, 1))
 
 
-def conv2d_backward_input(gy, W, x_shape, stride, padding):
-    """gx = col2im(gy_rows @ W_mat): gy (n, oc, oh, ow), W (oc, c, kh, kw) -> gx of x_shape."""
-    oc, _, kh, kw = W.shape
-    gy_rows = gy.transpose(0, 2, 3, 1).reshape(-1, oc)  # (n*oh*ow, oc)
-    return col2im(gy_rows @ W.reshape(oc, -1), x_shape, (kh, kw), stride, padding)
+def conv_backward_input(gy, W, x_shape, stride, padding):
+    """gx = col2im(gy_rows @ W_mat): gy (n, oc, *o), W (oc, c, *k) -> gx of x_shape (n, c, *size)."""
+    oc = W.shape[0]
+    return col2im(_rows(gy) @ W.reshape(oc, -1), x_shape, W.shape[2:], stride, padding)
 
 
-def conv2d_backward_weight(gy, x, kernel_size, stride, padding):
-    """gW = gy_rows^T @ im2col(x): gy (n, oc, oh, ow), x (n, c, h, w) -> gW (oc, c, kh, kw)."""
-    oc = gy.shape[1]
-    gy_rows = gy.transpose(0, 2, 3, 1).reshape(-1, oc)
-    gW = gy_rows.T @ im2col(x, kernel_size, stride, padding)  # (oc, c*kh*kw)
-    return gW.reshape(oc, x.shape[1], *kernel_size)
+def conv_backward_weight(gy, x, kernel_size, stride, padding):
+    """gW = gy_rows^T @ im2col(x): gy (n, oc, *o), x (n, c, *size) -> gW (oc, c, *k)."""
+    gW = _rows(gy).T @ im2col(x, kernel_size, stride, padding)  # (oc, c*prod(k))
+    return gW.reshape(gy.shape[1], x.shape[1], *kernel_size)
+
+
+# The named kernels: the same core on 2 spatial axes (h, w) and on 3 (d, h, w).
+conv2d_forward = conv3d_forward = conv_forward
+conv2d_backward_input = conv3d_backward_input = conv_backward_input
+conv2d_backward_weight = conv3d_backward_weight = conv_backward_weight

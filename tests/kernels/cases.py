@@ -63,6 +63,20 @@ CONV_TINY = [  # small enough for the simulator too
     ("tiny_pad_rows", (1, 2, 7, 6), (3, 2, 3, 2), (1, 1), (1, 0)),
     ("tiny_stride_cols", (2, 2, 4, 7), (2, 2, 2, 3), (1, 2), (0, 1)),
 ]
+# volumes (n, c, d, h, w): x shape, W shape, stride, padding (numba_cpu: direct for c*kd*kh*kw
+# <= 32, im2col + GEMM above; stride 1 and other strides)
+CONV3D = [
+    ("vol_gemm_pad1", (2, 8, 6, 7, 5), (6, 8, 3, 3, 3), (1, 1, 1), (1, 1, 1)),
+    ("vol_thin_pad1", (2, 1, 7, 6, 8), (4, 1, 3, 3, 3), (1, 1, 1), (1, 1, 1)),
+    ("vol_stride_nonsquare", (1, 3, 7, 8, 6), (4, 3, 3, 2, 3), (2, 1, 2), (1, 0, 1)),
+    ("vol_thin_stride2", (3, 1, 9, 8, 7), (2, 1, 3, 3, 3), (2, 2, 2), (0, 1, 1)),
+    ("vol_pad_past_reach", (1, 2, 3, 4, 5), (3, 2, 2, 3, 3), (1, 1, 1), (2, 0, 3)),
+]
+CONV3D_TINY = [
+    ("tiny_vol", (2, 2, 4, 3, 5), (3, 2, 2, 3, 2), (1, 2, 1), (1, 0, 1)),
+    ("tiny_vol_thin", (1, 1, 4, 4, 4), (2, 1, 3, 3, 3), (1, 1, 1), (1, 1, 1)),
+    ("tiny_vol_gemm_stride2", (2, 2, 5, 5, 4), (2, 2, 3, 3, 3), (2, 2, 2), (1, 1, 1)),
+]
 # x shape, kernel_size, stride, padding
 POOL = [
     ("seed_pool1", (2, 32, 26, 26), (2, 2), (2, 2), (0, 0)),
@@ -148,6 +162,33 @@ def _conv_cases():
     cases["conv2d_forward"].append(
         Case("tiny_no_bias", lambda r, d: (_normal(r, xs, d), _normal(r, ws, d), None, s, p), True)
     )
+    return cases
+
+
+def _conv3d_cases():
+    """conv3d_forward / _backward_input / _backward_weight on the CONV3D geometries."""
+    cases = {f"conv3d_{p}": [] for p in ("forward", "backward_input", "backward_weight")}
+    for label, xs, ws, s, p in CONV3D + CONV3D_TINY:
+        k = ws[2:]
+        ys = (xs[0], ws[0], *((xs[a + 2] + 2 * p[a] - k[a]) // s[a] + 1 for a in range(3)))
+        tiny = label.startswith("tiny_")
+
+        def forward(r, d, xs=xs, ws=ws, s=s, p=p, bias=True):
+            b = _normal(r, ws[0], d) if bias else None
+            return (_normal(r, xs, d), _normal(r, ws, d), b, s, p)
+
+        def backward_input(r, d, xs=xs, ws=ws, ys=ys, s=s, p=p):
+            return (_normal(r, ys, d), _normal(r, ws, d), xs, s, p)
+
+        def backward_weight(r, d, xs=xs, ys=ys, k=k, s=s, p=p):
+            return (_normal(r, ys, d), _normal(r, xs, d), k, s, p)
+
+        cases["conv3d_forward"].append(Case(label, forward, tiny))
+        cases["conv3d_backward_input"].append(Case(label, backward_input, tiny))
+        cases["conv3d_backward_weight"].append(Case(label, backward_weight, tiny))
+        if label == "tiny_vol":
+            no_bias = Case("tiny_vol_no_bias", lambda r, d, f=forward: f(r, d, bias=False), True)
+            cases["conv3d_forward"].append(no_bias)
     return cases
 
 
@@ -474,6 +515,7 @@ def _norm_activation_cases():
 
 CASES: dict[str, list[Case]] = {
     **_conv_cases(),
+    **_conv3d_cases(),
     **_fused_cases(),
     **_pool_cases(),
     **_elementwise_cases(),

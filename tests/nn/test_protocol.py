@@ -20,6 +20,11 @@ from tests.helpers import distinct
 EXAMPLES = {
     "Linear": lambda r: nn.Linear(5, 3, bias=False, rng=r),
     "Conv2d": lambda r: nn.Conv2d(2, 4, (3, 2), stride=(2, 1), padding=(1, 0), rng=r),
+    "Conv3d": lambda r: nn.Conv3d(2, 3, (3, 2, 1), stride=(1, 2, 1), padding=(1, 0, 2), rng=r),
+    "ConvTranspose2d": lambda r: nn.ConvTranspose2d(4, 2, 3, 2, 1, output_padding=1, rng=r),
+    "ConvTranspose3d": lambda r: nn.ConvTranspose3d(
+        3, 2, (2, 3, 3), stride=(2, 1, 2), output_padding=(1, 0, 0), bias=False, rng=r
+    ),
     "MaxPool2d": lambda r: nn.MaxPool2d(3, stride=2, padding=1),
     "AvgPool2d": lambda r: nn.AvgPool2d((2, 3)),
     "Flatten": lambda r: nn.Flatten(),
