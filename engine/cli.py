@@ -30,6 +30,13 @@ def _number(kind, low: float, *, inclusive: bool, high: float | None = None):
 
 
 POSITIVE_INT = _number(int, 1, inclusive=True)
+
+
+def _layer_ref(text: str) -> int | str:
+    """--layer: an index ("5") or a dotted module name ("layer2.0.conv1")."""
+    return int(text) if text.isdigit() else text
+
+
 POSITIVE_FLOAT = _number(float, 0, inclusive=False)
 NON_NEGATIVE_FLOAT = _number(float, 0, inclusive=True)
 FRACTION = _number(float, 0, inclusive=False, high=1)
@@ -57,6 +64,8 @@ def _on_error_option(p: argparse.ArgumentParser, default: str, where: str) -> No
 
 def _train_options(p: argparse.ArgumentParser) -> None:
     """Options shared by `train` and `cv`: data, model, optimizer, schedule, device."""
+    import models  # the registry names the architectures --model accepts
+
     p.add_argument(
         "--data",
         default="phantoms",
@@ -83,7 +92,7 @@ def _train_options(p: argparse.ArgumentParser) -> None:
         "the data is an error; without it, labels must be all integers or all text and every "
         "class needs at least 3 files",
     )
-    p.add_argument("--model", default="seed_cnn", help="architecture: seed_cnn, lenet5, mlp")
+    p.add_argument("--model", default="seed_cnn", help=f"architecture: {', '.join(models.names())}")
     p.add_argument(
         "--optimizer",
         default="adam",
@@ -346,9 +355,10 @@ def _add_explain(sub) -> None:
     )
     p.add_argument(
         "--layer",
-        type=int,
+        type=_layer_ref,
         default=None,
-        help="index of the Conv2d layer for Grad-CAM (default: the last one)",
+        help="the conv layer for Grad-CAM: its index in a Sequential model or its dotted module "
+        "name, e.g. layer4 or layer2.0.conv1 (default: the last one)",
     )
     p.add_argument(
         "--target", type=int, default=None, help="class to explain (default: the predicted class)"

@@ -610,7 +610,7 @@ def explain(
     indices: list[int],
     out_dir,
     *,
-    layer: int | None = None,
+    layer: int | str | None = None,
     target: int | None = None,
 ) -> list[Path]:
     """Saliency + Grad-CAM PNGs for images `indices` of dataset `source`."""
