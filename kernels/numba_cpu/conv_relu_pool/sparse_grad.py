@@ -196,28 +196,9 @@ def grad(gy, y, argmax, x, W, stride, padding, pool, hc, wc, need_gx):
     partial = np.empty((tasks, oc, kh, kw * c), dtype=gy.dtype)
     gbp = np.empty((tasks, oc), dtype=gy.dtype)
     gx = np.empty(x.shape if need_gx else (0, c, 1, 1), dtype=gy.dtype)
-    run_tasks(
-        _grad_body,
-        tasks,
-        gy,
-        y,
-        argmax,
-        x,
-        Wf,
-        kh,
-        kw,
-        sh,
-        sw,
-        ph,
-        pw,
-        hc,
-        wc,
-        np.array(pool, dtype=np.int64),
-        need_gx,
-        CHUNK,
-        partial,
-        gbp,
-        gx,
-    )
+    conv = (kh, kw, sh, sw, ph, pw, hc, wc)
+    outs = (partial, gbp, gx)
+    args = (gy, y, argmax, x, Wf, *conv, np.array(pool, dtype=np.int64), need_gx, CHUNK, *outs)
+    run_tasks(_grad_body, tasks, *args)
     gW = partial.sum(axis=0).reshape(oc, kh, kw, c).transpose(0, 3, 1, 2)
     return (gx if need_gx else None), np.ascontiguousarray(gW), gbp.sum(axis=0)
