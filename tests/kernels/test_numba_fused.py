@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from engine import backend
-from kernels import numpy_cpu
+from kernels.numpy_cpu import fused as reference  # the composition of the unfused kernels
 from tests.conftest import TOL
 
 pytestmark = pytest.mark.skipif(
@@ -61,7 +61,7 @@ def test_conv2d_relu_max_pool2d_path_matches_reference(rng, name, dtype):
         assert choose_path("backward", x, W, stride, padding, pool, need_gx) == want
     tol = TOL["parity32" if dtype == np.float32 else "parity64"]
     args = (x, W, b, stride, padding, *pool)
-    ref = numpy_cpu.KERNELS["conv2d_relu_max_pool2d_forward"](*args)
+    ref = reference.conv2d_relu_max_pool2d_forward(*args)
     got = _numba().KERNELS["conv2d_relu_max_pool2d_forward"](*args)
     np.testing.assert_allclose(got[0], ref[0], **tol)
     np.testing.assert_array_equal(got[1], ref[1])
@@ -69,7 +69,7 @@ def test_conv2d_relu_max_pool2d_path_matches_reference(rng, name, dtype):
     for need_gx in (False, True):
         bargs = (gy, ref[0], ref[1], x, W, stride, padding, *pool, need_gx)
         have = _numba().KERNELS["conv2d_relu_max_pool2d_backward"](*bargs)
-        want = numpy_cpu.KERNELS["conv2d_relu_max_pool2d_backward"](*bargs)
+        want = reference.conv2d_relu_max_pool2d_backward(*bargs)
         for h, r in zip(have, want, strict=True):
             if r is None:
                 assert h is None
@@ -130,14 +130,14 @@ def test_non_finite_inputs_get_the_reference_results(rng, geometry, dtype, value
     x, W, b, conv = _block(rng, geometry, dtype)
     (x if where == "x" else W)[(1, 0, 2, 2) if where == "x" else (1, 0, 1, 1)] = value
     with np.errstate(invalid="ignore", over="ignore"):  # the reference's inf - inf, 0 * inf
-        ref = numpy_cpu.KERNELS["conv2d_relu_max_pool2d_forward"](x, W, b, *conv, *POOL)
+        ref = reference.conv2d_relu_max_pool2d_forward(x, W, b, *conv, *POOL)
         got = nb.KERNELS["conv2d_relu_max_pool2d_forward"](x, W, b, *conv, *POOL)
         np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-6, equal_nan=True)
         np.testing.assert_array_equal(got[1], ref[1])
         gy = rng.standard_normal(ref[0].shape).astype(dtype)
         for need_gx in (False, True):
             args = (gy, ref[0], ref[1], x, W, *conv, *POOL, need_gx)
-            want = numpy_cpu.KERNELS["conv2d_relu_max_pool2d_backward"](*args)
+            want = reference.conv2d_relu_max_pool2d_backward(*args)
             have = nb.KERNELS["conv2d_relu_max_pool2d_backward"](*args)
             for h, r in zip(have, want, strict=True):
                 if r is None:
