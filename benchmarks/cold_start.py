@@ -35,7 +35,13 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory(prefix="medgrad-numba-cache-") as cache:
-        env = {**os.environ, "NUMBA_CACHE_DIR": cache, "ENGINE_KERNELS": "numba"}
+        # malloc tuning switched on as a training program does (benchmarks.harness.tune_malloc)
+        env = {
+            **os.environ,
+            "NUMBA_CACHE_DIR": cache,
+            "ENGINE_KERNELS": "numba",
+            "ENGINE_MALLOC_TUNING": "1",
+        }
         for label in ("cold (empty cache)", "warm (cache reused)"):
             done = subprocess.run(
                 [sys.executable, "-c", CHILD.format(batch=args.batch)],

@@ -25,9 +25,10 @@ WORKLOADS = [("train", 64), ("train", 256), ("infer", 256)]
 SETTLE_S = 0.3
 
 
-def _contenders(batch: int, torch, all_live: bool) -> dict:
+def _contenders(batch: int, torch, all_live: bool, embedded: bool) -> dict:
     out = {
-        flavour: EngineStep(flavour, batch, all_live=all_live) for flavour in harness.cpu_flavours()
+        flavour: EngineStep(flavour, batch, all_live=all_live, program=not embedded)
+        for flavour in harness.cpu_flavours()
     }
     if torch is not None:
         out["torch"] = TorchStep(torch, batch, all_live=all_live)
@@ -44,11 +45,21 @@ def main(argv=None) -> None:
         help="shift the conv biases so every pooling window passes a gradient "
         "(the numba flavour's backward at its worst case)",
     )
+    parser.add_argument(
+        "--embedded",
+        action="store_true",
+        help="no program-level settings: malloc untuned, BLAS at the process's threads outside "
+        "the numba kernels (the engine embedded in a program that sets neither)",
+    )
     args = parser.parse_args(argv)
+    if not args.embedded:
+        harness.tune_malloc()
     torch = harness.import_torch()
     for key, value in harness.environment().items():
         print(f"# {key}: {value}")
-    models = {(kind, b): _contenders(b, torch, args.all_live) for kind, b in WORKLOADS}
+    models = {
+        (kind, b): _contenders(b, torch, args.all_live, args.embedded) for kind, b in WORKLOADS
+    }
     rates = {(kind, b, who): [] for (kind, b), c in models.items() for who in c}
     ceilings = []
     for run in range(args.runs):

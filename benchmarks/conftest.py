@@ -15,6 +15,10 @@ def pytest_collect_file(file_path, parent):
     return None
 
 
+def pytest_configure(config):
+    harness.tune_malloc()  # as a training program opts in (the library never does it alone)
+
+
 def pytest_report_header(config):
     return [f"{k}: {v}" for k, v in harness.environment().items()]
 

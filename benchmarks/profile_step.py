@@ -15,6 +15,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from benchmarks import harness
 from benchmarks.seed_step import EngineStep
 from engine import backend
 from engine.function import Function
@@ -69,6 +70,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
     parser.add_argument("--infer", action="store_true", help="profile inference instead")
     args = parser.parse_args(argv)
+    harness.tune_malloc()
     step = EngineStep(args.flavour, args.batch)
     fn = step.infer if args.infer else step.train_step
     for _ in range(3):  # compile and warm up before instrumenting

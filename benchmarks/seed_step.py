@@ -35,11 +35,22 @@ def data(batch: int, seed: int = 0):
     return rng.standard_normal((batch, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, batch)
 
 
-def blas_threads(flavour: str):
-    """The numpy flavour runs with NumPy's BLAS on THREADS threads, its default; the numba flavour
-    sets BLAS to one thread itself (kernels/numba_cpu/conv.py), which would otherwise also slow
-    the numpy baseline measured in the same process."""
+def blas_threads(flavour: str, program: bool = True):
+    """The BLAS threads a contender's step runs with, whatever another contender left behind.
+
+    numpy flavour: NumPy's BLAS on THREADS threads, its default. numba flavour with `program`:
+    every BLAS on one thread for the whole step, the setting a training program opts into (the
+    medgrad CLI, as it opts into tune_malloc): the flavour runs its own thread pool, and the
+    dense layers' small NumPy matmuls on a 2-thread OpenBLAS cost 3-5x more on this shared
+    machine (its idle workers spin against the pool; measured with benchmarks.profile_step).
+    Without `program` (an embedding program's default), the numba flavour limits BLAS only
+    inside its own kernels that call it (kernels/numba_cpu/tasks.py) and the dense layers run
+    at the process's setting."""
     global _controller
+    if flavour == "numba" and program:
+        from kernels.numba_cpu.tasks import single_threaded_blas
+
+        return single_threaded_blas
     if flavour != "numpy":
         return contextlib.nullcontext()
     if _controller is None:  # built once: inspecting the loaded libraries costs milliseconds
@@ -62,17 +73,20 @@ def initial_model(seed: int, all_live: bool):
 
 
 class EngineStep:
-    """The engine's seed CNN on one kernel flavour ("numpy" | "numba")."""
+    """The engine's seed CNN on one kernel flavour ("numpy" | "numba"); program=False: the numba
+    flavour without a training program's BLAS setting (see blas_threads)."""
 
-    def __init__(self, flavour: str, batch: int, seed: int = 0, all_live: bool = False):
-        self.flavour = flavour
+    def __init__(
+        self, flavour: str, batch: int, seed: int = 0, all_live: bool = False, program=True
+    ):
+        self.flavour, self.program = flavour, program
         self.model = initial_model(seed, all_live)
         self.opt = optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
         self.opt.lr = 0.0  # weights frozen (see above); the optimizer refuses lr 0 when built
         self.x, self.t = data(batch, seed)
 
     def train_step(self) -> float:
-        with backend.use_kernels(self.flavour), blas_threads(self.flavour):
+        with backend.use_kernels(self.flavour), blas_threads(self.flavour, self.program):
             self.opt.zero_grad()
             loss = F.softmax_cross_entropy(self.model(Tensor(self.x)), self.t)
             loss.backward()
@@ -80,7 +94,7 @@ class EngineStep:
         return float(loss.data)
 
     def infer(self) -> np.ndarray:
-        with backend.use_kernels(self.flavour), no_grad(), blas_threads(self.flavour):
+        with backend.use_kernels(self.flavour), no_grad(), blas_threads(self.flavour, self.program):
             return self.model(Tensor(self.x)).data
 
 

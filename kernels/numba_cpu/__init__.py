@@ -1,28 +1,30 @@
 """Numba CPU kernels: the fast CPU path. Compiled on first use per dtype and cached on disk.
 
 The table is numpy_cpu's with the names below replaced, so any kernel not written here falls back
-to the NumPy reference. Only engine/backend.py imports this package (it needs Numba).
+to the NumPy reference. Only engine/backend.py imports this package (it needs Numba). Importing it
+changes nothing in the process; tune_malloc() is the one process-wide setting, and it is opt-in.
 """
 
 from __future__ import annotations
 
 from kernels import build_table, numpy_cpu
 
-from .activation import gelu_backward, gelu_forward, leaky_relu_backward, leaky_relu_forward
 from . import conv3d
+from .activation import gelu_backward, gelu_forward, leaky_relu_backward, leaky_relu_forward
 from .conv import col2im, conv2d_backward_input, conv2d_backward_weight, conv2d_forward, im2col
+from .conv_relu_pool import conv2d_relu_max_pool2d_backward, conv2d_relu_max_pool2d_forward
 from .elementwise import (
     relu_backward,
     relu_forward,
     softmax_cross_entropy_backward,
     softmax_cross_entropy_forward,
 )
-from .fused import conv2d_relu_max_pool2d_backward, conv2d_relu_max_pool2d_forward
 from .norm import norm_backward, norm_forward, norm_moments
 from .optim import adam_update, sgd_update
 from .pool import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
 from .pool3d import avg_pool3d_backward, avg_pool3d_forward, max_pool3d_backward, max_pool3d_forward
 from .resample import interpolate_backward, interpolate_forward
+from .tasks import tune_malloc
 
 OWN = {
     "im2col": im2col,
@@ -59,5 +61,7 @@ OWN = {
     "gelu_forward": gelu_forward,
     "gelu_backward": gelu_backward,
 }
+
+__all__ = ["KERNELS", "OWN", "tune_malloc"]
 
 KERNELS = build_table("numba_cpu", {**numpy_cpu.KERNELS, **OWN})

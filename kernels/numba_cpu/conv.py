@@ -2,12 +2,12 @@
 
 Why two paths (measured on the seed CNN, 2 cores, float32, batch 256; benchmarks/README.md):
 - conv1 (c*kh*kw = 9): a GEMM with K = 9 runs far below the BLAS ceiling, and im2col moves 9x the
-  input's bytes. The direct loop (_direct_plane) computes one output plane in a cache-resident
+  input's bytes. The direct loop (direct_plane) computes one output plane in a cache-resident
   buffer with one long vectorised axpy per tap over "wide rows" (stride 1).
 - conv2 (c*kh*kw = 288): the GEMM is where the FLOPs are. Per chunk of images (run_tasks, one
   task per chunk, BLAS on one thread inside Numba): im2col into K-major columns, one GEMM, and an
   epilogue that writes NCHW directly. For stride 1 the columns use the "wide" layout (one memcpy
-  per run, see _im2col_wide), which made im2col/col2im cheap next to the GEMM.
+  per run, see im2col_wide), which made im2col/col2im cheap next to the GEMM.
 `DIRECT_MAX_K` is the switch between the two.
 
 Numba habits that the timings forced (each measured on these kernels): index arrays through
@@ -20,6 +20,8 @@ oh = (h + 2 ph - kh) // sh + 1. Output pixel (i, j), tap (u, v) reads input row 
 column j*sw + v - pw; a read outside [0, h) x [0, w) is zero padding. im2col rows run over
 (b, i, j) -> (b*oh + i)*ow + j and columns over (ch, u, v) -> (ch*kh + u)*kw + v, as in numpy_cpu.
 Bodies (`_*_body`) fill preallocated outputs; the launchers allocate, pick the path and call BLAS.
+direct_plane, im2col_kmajor, im2col_wide, padded and contiguous also serve the fused block
+(conv_relu_pool/gemm.py).
 """
 
 from __future__ import annotations
@@ -27,13 +29,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kernels.numpy_cpu._xp import out_size
-
-from ._tasks import run_tasks, threads
+from .tasks import images_per_task, run_tasks
+from .window import out_size, windows_inside
 
 JIT = dict(cache=True, fastmath=False, nogil=True)
 DIRECT_MAX_K = 32  # c*kh*kw up to which the direct loop beats im2col + GEMM (measured, see above)
-CHUNK_ELEMS = 1 << 17  # elements of one GEMM task's columns: 512 KiB in float32, fits L2
 
 
 # ---------------------------------------------------------------- bodies ----
@@ -68,7 +68,7 @@ def _pad_body(x, ph, pw, xpad):
 
 
 @njit(**JIT)
-def _direct_plane(xpad, W, b, o, sh, sw, oh, ow, z):
+def direct_plane(xpad, W, b, o, sh, sw, oh, ow, z):
     """One output plane (b, o) without bias into the flat buffer z: conv value (i, j) lands at
     z[i*rs + j], rs = wp (the padded width) when the stride is 1, else ow. Returns rs.
 
@@ -111,7 +111,7 @@ def _conv_direct_body(xpad, W, bias, sh, sw, y, lo, hi):
     z = np.empty(oh * xpad.shape[3] + ow, dtype=y.dtype)  # one plane, wide or compact rows
     for p in range(lo, hi):
         b, o = p // oc, p % oc
-        rs = _direct_plane(xpad, W, b, o, sh, sw, oh, ow, z)
+        rs = direct_plane(xpad, W, b, o, sh, sw, oh, ow, z)
         for i in range(oh):
             zr, yr = z[i * rs : i * rs + ow], y[b, o, i]  # slices: indices provably >= 0
             for j in range(ow):
@@ -123,7 +123,7 @@ def _conv_direct_grad_weight_body(gy, xpad, sh, sw, gW, lo, hi):
     """gW[o, ch, u, v] = sum_{b,i,j} gy[b, o, i, j] * xpad[b, ch, i*sh + u, j*sw + v].
     Task o in [lo, hi) is output channel o. Partial sums are kept per lane (one per wide index q,
     stride 1, or per output column j), so the loops vectorise without reassociating a scalar sum,
-    and are reduced once at the end. Stride 1 uses wide rows as _direct_plane: gy's plane is
+    and are reduced once at the end. Stride 1 uses wide rows as direct_plane: gy's plane is
     copied into a zero-padded wide buffer g (row stride wp), then acc[ch, u, v, q] += g[q] *
     xflat[q + u*wp + v]."""
     n, oc, oh, ow = gy.shape
@@ -163,15 +163,7 @@ def _conv_direct_grad_weight_body(gy, xpad, sh, sw, gW, lo, hi):
 
 
 @njit(**JIT)
-def _jrange(v, sw, pw, ow, w):
-    """Output columns j whose tap column v reads inside the input: j*sw + v - pw in [0, w)."""
-    j0 = max(0, -(-(pw - v) // sw))  # ceil((pw - v) / sw)
-    j1 = min(ow, (w - 1 + pw - v) // sw + 1)
-    return j0, max(j0, j1)
-
-
-@njit(**JIT)
-def _im2col_t(x, b0, b1, kh, kw, sh, sw, ph, pw, oh, ow, cols):
+def im2col_kmajor(x, b0, b1, kh, kw, sh, sw, ph, pw, oh, ow, cols):
     """K-major im2col of images b0..b1-1: cols[(ch*kh + u)*kw + v, (b - b0)*oh*ow + i*ow + j] =
     x[b, ch, i*sh + u - ph, j*sw + v - pw], or 0 in the padding. The in-bounds columns [j0, j1)
     of a run are copied without branches (a memcpy for stride 1); only the padding is zeroed."""
@@ -180,7 +172,7 @@ def _im2col_t(x, b0, b1, kh, kw, sh, sw, ph, pw, oh, ow, cols):
         for u in range(kh):
             for v in range(kw):
                 row = cols[(ch * kh + u) * kw + v]  # one tap (ch, u, v) of every pixel
-                j0, j1 = _jrange(v, sw, pw, ow, w)
+                j0, j1 = windows_inside(v, sw, pw, ow, w)
                 for b in range(b0, b1):
                     for i in range(oh):
                         yy = i * sh + u - ph  # input row of tap row u
@@ -200,14 +192,14 @@ def _im2col_t(x, b0, b1, kh, kw, sh, sw, ph, pw, oh, ow, cols):
 
 @njit(**JIT)
 def _col2im_t(cols, b0, b1, kh, kw, sh, sw, ph, pw, oh, ow, x):
-    """Adjoint of _im2col_t: x[b, ch, i*sh + u - ph, j*sw + v - pw] += cols[(ch*kh + u)*kw + v,
+    """Adjoint of im2col_kmajor: x[b, ch, i*sh + u - ph, j*sw + v - pw] += cols[(ch*kh + u)*kw + v,
     (b - b0)*oh*ow + i*ow + j], taps in the padding dropped. x[b0:b1] must be zero on entry."""
     c, h, w = x.shape[1], x.shape[2], x.shape[3]
     for ch in range(c):
         for u in range(kh):
             for v in range(kw):
                 row = cols[(ch * kh + u) * kw + v]
-                j0, j1 = _jrange(v, sw, pw, ow, w)
+                j0, j1 = windows_inside(v, sw, pw, ow, w)
                 for b in range(b0, b1):
                     for i in range(oh):
                         yy = i * sh + u - ph
@@ -243,7 +235,7 @@ def _gemm_forward_body(x, Wm, bias, kh, kw, sh, sw, ph, pw, chunk, y, lo, hi):
         b0 = t * chunk
         b1 = min(n, b0 + chunk)
         cols = np.empty((Wm.shape[1], (b1 - b0) * npix), dtype=x.dtype)
-        _im2col_t(x, b0, b1, kh, kw, sh, sw, ph, pw, oh, ow, cols)
+        im2col_kmajor(x, b0, b1, kh, kw, sh, sw, ph, pw, oh, ow, cols)
         out = np.dot(Wm, cols)  # (oc, (b1 - b0)*P)
         for b in range(b0, b1):
             for o in range(oc):
@@ -277,11 +269,11 @@ def _gemm_grad_weight_body(gy, x, kh, kw, sh, sw, ph, pw, chunk, partial, lo, hi
         b0 = t * chunk
         b1 = min(n, b0 + chunk)
         cols = np.empty((partial.shape[2], (b1 - b0) * oh * ow), dtype=x.dtype)
-        _im2col_t(x, b0, b1, kh, kw, sh, sw, ph, pw, oh, ow, cols)
+        im2col_kmajor(x, b0, b1, kh, kw, sh, sw, ph, pw, oh, ow, cols)
         _copy2d(partial[t], np.dot(_gy_t(gy3, b0, b1), cols.T))
 
 
-# ---- stride 1: "wide" GEMM layout (see _direct_plane) ----
+# ---- stride 1: "wide" GEMM layout (see direct_plane) ----
 # For stride 1 the im2col row of tap (ch, u, v) for image b is one contiguous run of the padded
 # input plane: cols[(ch*kh + u)*kw + v, (b - b0)*span + q] = xpad[b, ch].flat[q + u*wp + v], with
 # q = i*wp + j for output pixel (i, j) and span = (oh - 1)*wp + ow. Columns with j >= ow are junk:
@@ -291,7 +283,7 @@ def _gemm_grad_weight_body(gy, x, kh, kw, sh, sw, ph, pw, chunk, partial, lo, hi
 
 
 @njit(**JIT)
-def _im2col_wide(xpad, b0, b1, kh, kw, span, cols):
+def im2col_wide(xpad, b0, b1, kh, kw, span, cols):
     """Wide K-major im2col of images b0..b1-1 (layout above)."""
     c, hp, wp = xpad.shape[1], xpad.shape[2], xpad.shape[3]
     for b in range(b0, b1):
@@ -328,7 +320,7 @@ def _wide_forward_body(xpad, Wm, bias, kh, kw, oh, ow, chunk, y, lo, hi):
         b0 = t * chunk
         b1 = min(n, b0 + chunk)
         cols = np.empty((Wm.shape[1], (b1 - b0) * span), dtype=xpad.dtype)
-        _im2col_wide(xpad, b0, b1, kh, kw, span, cols)
+        im2col_wide(xpad, b0, b1, kh, kw, span, cols)
         out = np.dot(Wm, cols)
         for b in range(b0, b1):
             for o in range(oc):
@@ -341,7 +333,7 @@ def _wide_forward_body(xpad, Wm, bias, kh, kw, oh, ow, chunk, y, lo, hi):
 
 @njit(**JIT)
 def _wide_grad_input_body(gy, WmT, kh, kw, ph, pw, chunk, gx, lo, hi):
-    """Stride-1 gx per chunk: gcols = WmT @ gy_wide, then the adjoint of _im2col_wide into a
+    """Stride-1 gx per chunk: gcols = WmT @ gy_wide, then the adjoint of im2col_wide into a
     zeroed padded plane buffer (contiguous runs of span), whose interior is copied to gx."""
     n, oc, oh, ow = gy.shape
     h, w = gx.shape[2], gx.shape[3]
@@ -357,7 +349,7 @@ def _wide_grad_input_body(gy, WmT, kh, kw, ph, pw, chunk, gx, lo, hi):
 
 @njit(**JIT)
 def _col2im_wide(gcols, b0, b1, kh, kw, ph, pw, span, buf, gx):
-    """Adjoint of _im2col_wide into gx[b0:b1] (n, c, h, w): each plane is accumulated in the
+    """Adjoint of im2col_wide into gx[b0:b1] (n, c, h, w): each plane is accumulated in the
     padded buffer buf (hp*wp, zeroed here) by contiguous runs, then its interior copied out."""
     c, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
     wp = w + 2 * pw
@@ -385,7 +377,7 @@ def _wide_grad_weight_body(gy, xpad, kh, kw, chunk, partial, lo, hi):
         b0 = t * chunk
         b1 = min(n, b0 + chunk)
         cols = np.empty((partial.shape[2], (b1 - b0) * span), dtype=xpad.dtype)
-        _im2col_wide(xpad, b0, b1, kh, kw, span, cols)
+        im2col_wide(xpad, b0, b1, kh, kw, span, cols)
         _copy2d(partial[t], np.dot(_gy_wide(gy, b0, b1, wp, span), cols.T))
 
 
@@ -433,26 +425,20 @@ def _col2im_body(cols, kh, kw, sh, sw, ph, pw, x):
 
 
 # ------------------------------------------------------------- launchers ----
-def _c(a):
+def contiguous(a):
     """C-contiguous view or copy: keeps one compiled signature per dtype and ndim."""
     return np.ascontiguousarray(a)
 
 
-def _padded(x, ph, pw):
+def padded(x, ph, pw):
+    """x (n, c, h, w) zero-padded to (n, c, h + 2 ph, w + 2 pw), C-contiguous (x itself if no
+    padding and already contiguous)."""
     if not (ph or pw):
-        return _c(x)
+        return contiguous(x)
     n, c, h, w = x.shape
     xpad = np.empty((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
-    _pad_body(_c(x), ph, pw, xpad)
+    _pad_body(contiguous(x), ph, pw, xpad)
     return xpad
-
-
-def _chunk(n: int, per_image: int) -> int:
-    """Images per GEMM task: columns of about CHUNK_ELEMS elements (they stay in L2), and at
-    least two tasks per thread so the threads can balance."""
-    by_cache = max(1, CHUNK_ELEMS // max(per_image, 1))
-    by_balance = max(1, -(-n // (2 * threads())))
-    return min(by_cache, by_balance)
 
 
 def im2col(x, kernel_size, stride, padding):
@@ -461,7 +447,7 @@ def im2col(x, kernel_size, stride, padding):
     n, c, h, w = x.shape
     oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
     cols = np.empty((n * oh * ow, c * kh * kw), dtype=x.dtype)
-    _im2col_body(_c(x), kh, kw, sh, sw, ph, pw, cols)
+    _im2col_body(contiguous(x), kh, kw, sh, sw, ph, pw, cols)
     return cols
 
 
@@ -469,7 +455,7 @@ def col2im(cols, x_shape, kernel_size, stride, padding):
     """See kernels.numpy_cpu.conv.col2im: cols (n*oh*ow, c*kh*kw) -> x (n, c, h, w)."""
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     x = np.empty(tuple(x_shape), dtype=cols.dtype)
-    _col2im_body(_c(cols), kh, kw, sh, sw, ph, pw, x)
+    _col2im_body(contiguous(cols), kh, kw, sh, sw, ph, pw, x)
     return x
 
 
@@ -479,21 +465,19 @@ def conv2d_forward(x, W, b, stride, padding):
     oc, c, kh, kw = W.shape
     n, _, h, w = x.shape
     oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
-    bias = np.zeros(oc, dtype=x.dtype) if b is None else _c(b)
+    bias = np.zeros(oc, dtype=x.dtype) if b is None else contiguous(b)
     y = np.empty((n, oc, oh, ow), dtype=x.dtype)
     if c * kh * kw <= DIRECT_MAX_K:
-        run_tasks(_conv_direct_body, n * oc, _padded(x, ph, pw), _c(W), bias, sh, sw, y)
+        run_tasks(_conv_direct_body, n * oc, padded(x, ph, pw), contiguous(W), bias, sh, sw, y)
     elif sh == 1 and sw == 1:
-        single_threaded_inner_blas()
-        chunk = _chunk(n, c * kh * kw * oh * ow)
-        args = (_padded(x, ph, pw), _c(W).reshape(oc, -1), bias, kh, kw, oh, ow, chunk, y)
-        run_tasks(_wide_forward_body, -(-n // chunk), *args)
+        chunk = images_per_task(n, c * kh * kw * oh * ow)
+        args = (padded(x, ph, pw), contiguous(W).reshape(oc, -1), bias, kh, kw, oh, ow, chunk, y)
+        run_tasks(_wide_forward_body, -(-n // chunk), *args, blas=True)
     else:
-        single_threaded_inner_blas()
-        chunk = _chunk(n, c * kh * kw * oh * ow)
-        Wm = _c(W).reshape(oc, -1)
-        args = (_c(x), Wm, bias, kh, kw, sh, sw, ph, pw, chunk, y)
-        run_tasks(_gemm_forward_body, -(-n // chunk), *args)
+        chunk = images_per_task(n, c * kh * kw * oh * ow)
+        Wm = contiguous(W).reshape(oc, -1)
+        args = (contiguous(x), Wm, bias, kh, kw, sh, sw, ph, pw, chunk, y)
+        run_tasks(_gemm_forward_body, -(-n // chunk), *args, blas=True)
     return y
 
 
@@ -502,15 +486,15 @@ def conv2d_backward_input(gy, W, x_shape, stride, padding):
     (sh, sw), (ph, pw) = stride, padding
     oc, c, kh, kw = W.shape
     n, _, oh, ow = gy.shape
-    single_threaded_inner_blas()
     gx = np.empty(tuple(x_shape), dtype=gy.dtype)
-    chunk = _chunk(n, c * kh * kw * oh * ow)
-    WmT = _c(W.reshape(oc, -1).T)
+    chunk = images_per_task(n, c * kh * kw * oh * ow)
+    WmT = contiguous(W.reshape(oc, -1).T)
     if sh == 1 and sw == 1:
-        run_tasks(_wide_grad_input_body, -(-n // chunk), _c(gy), WmT, kh, kw, ph, pw, chunk, gx)
+        args = (contiguous(gy), WmT, kh, kw, ph, pw, chunk, gx)
+        run_tasks(_wide_grad_input_body, -(-n // chunk), *args, blas=True)
         return gx
-    args = (_c(gy), WmT, kh, kw, sh, sw, ph, pw, chunk, gx)
-    run_tasks(_gemm_grad_input_body, -(-n // chunk), *args)
+    args = (contiguous(gy), WmT, kh, kw, sh, sw, ph, pw, chunk, gx)
+    run_tasks(_gemm_grad_input_body, -(-n // chunk), *args, blas=True)
     return gx
 
 
@@ -521,43 +505,14 @@ def conv2d_backward_weight(gy, x, kernel_size, stride, padding):
     c = x.shape[1]
     if c * kh * kw <= DIRECT_MAX_K:
         gW = np.empty((oc, c, kh, kw), dtype=gy.dtype)
-        run_tasks(_conv_direct_grad_weight_body, oc, _c(gy), _padded(x, ph, pw), sh, sw, gW)
+        run_tasks(_conv_direct_grad_weight_body, oc, contiguous(gy), padded(x, ph, pw), sh, sw, gW)
         return gW
-    single_threaded_inner_blas()
-    chunk = _chunk(n, c * kh * kw * oh * ow)
+    chunk = images_per_task(n, c * kh * kw * oh * ow)
     partial = np.empty((-(-n // chunk), oc, c * kh * kw), dtype=gy.dtype)
     if sh == 1 and sw == 1:
-        args = (_c(gy), _padded(x, ph, pw), kh, kw, chunk, partial)
-        run_tasks(_wide_grad_weight_body, partial.shape[0], *args)
+        args = (contiguous(gy), padded(x, ph, pw), kh, kw, chunk, partial)
+        run_tasks(_wide_grad_weight_body, partial.shape[0], *args, blas=True)
         return partial.sum(axis=0).reshape(oc, c, kh, kw)
-    args = (_c(gy), _c(x), kh, kw, sh, sw, ph, pw, chunk, partial)
-    run_tasks(_gemm_grad_weight_body, partial.shape[0], *args)
+    args = (contiguous(gy), contiguous(x), kh, kw, sh, sw, ph, pw, chunk, partial)
+    run_tasks(_gemm_grad_weight_body, partial.shape[0], *args, blas=True)
     return partial.sum(axis=0).reshape(oc, c, kh, kw)
-
-
-_blas_limited = False
-
-
-def single_threaded_inner_blas() -> None:
-    """Run every loaded BLAS (SciPy's, which Numba's np.dot calls, and NumPy's) on one thread,
-    once per process, the first time a numba_cpu GEMM kernel runs.
-
-    This flavour does its own threading (run_tasks); a multi-threaded BLAS inside or between its
-    tasks oversubscribes the cores: conv2's GEMM ran at 57 vs 128 GFLOP/s, and the seed CNN's small
-    dense-layer GEMMs (NumPy's BLAS) stalled on OpenBLAS barriers whenever another process held a
-    core (b64 step 2x slower). It is a process-wide setting, as PyTorch's own thread pool is;
-    `threadpoolctl.threadpool_limits` restores more threads for other work. Needs threadpoolctl;
-    without it the kernels stay correct, only slower.
-    """
-    global _blas_limited
-    if _blas_limited:
-        return
-    _blas_limited = True
-    try:
-        import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS Numba will call)
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return
-    for lib in ThreadpoolController().lib_controllers:
-        if lib.user_api == "blas":
-            lib.set_num_threads(1)

@@ -1,5 +1,5 @@
 """3-D convolution compiled by Numba: chunked im2col + single-threaded BLAS GEMM, chunks of output
-rows spread over the task pool (kernels/numba_cpu/_tasks.py). General in kernel size, stride and
+rows spread over the task pool (kernels/numba_cpu/tasks.py). General in kernel size, stride and
 padding; the numpy_cpu N-d core (kernels/numpy_cpu/conv.py) is the reference.
 
 Index conventions: x (n, c, d, h, w) is zero-padded once into xpad (n, c, dp, hp, wp), W (oc, c,
@@ -20,8 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._tasks import run_tasks
-from .conv import single_threaded_inner_blas
+from .tasks import run_tasks
 
 JIT = dict(cache=True, fastmath=False, nogil=True)
 CHUNK_ELEMS = 1 << 17  # elements of one chunk's columns: 512 KiB in float32 (L2 holds it)
@@ -182,7 +181,6 @@ def _rows_per_chunk(K: int, ow: int) -> int:
 def conv3d_forward(x, W, b, stride, padding):
     """See kernels.numpy_cpu.conv.conv_forward: x (n, c, d, h, w), W (oc, c, kd, kh, kw),
     b (oc,) or None -> y (n, oc, od, oh, ow), C-contiguous."""
-    single_threaded_inner_blas()
     oc, k = W.shape[0], tuple(W.shape[2:])
     out = _sizes(x.shape[2:], k, stride, padding)
     y = np.empty((x.shape[0], oc, *out), dtype=x.dtype)
@@ -191,13 +189,12 @@ def conv3d_forward(x, W, b, stride, padding):
     rows = _rows_per_chunk(Wm.shape[1], out[2])
     n_chunks = -(-x.shape[0] * out[0] * out[1] // rows)
     xpad = _padded(x, padding)
-    run_tasks(_forward_body, n_chunks, xpad, Wm, bias, k, tuple(stride), out, rows, y)
+    run_tasks(_forward_body, n_chunks, xpad, Wm, bias, k, tuple(stride), out, rows, y, blas=True)
     return y
 
 
 def conv3d_backward_weight(gy, x, kernel_size, stride, padding):
     """See kernels.numpy_cpu.conv.conv_backward_weight: gW (oc, c, kd, kh, kw)."""
-    single_threaded_inner_blas()
     gy, k = np.ascontiguousarray(gy), tuple(kernel_size)
     n, oc, od, oh, ow = gy.shape
     K = x.shape[1] * k[0] * k[1] * k[2]
@@ -207,7 +204,7 @@ def conv3d_backward_weight(gy, x, kernel_size, stride, padding):
     per_group = -(-n_chunks // groups)
     partial = np.empty((-(-n_chunks // per_group), oc, K), dtype=gy.dtype)
     args = (gy, _padded(x, padding), k, tuple(stride), rows, per_group, partial)
-    run_tasks(_grad_weight_body, partial.shape[0], *args)
+    run_tasks(_grad_weight_body, partial.shape[0], *args, blas=True)
     return partial.sum(axis=0).reshape(oc, x.shape[1], *k)
 
 
@@ -219,11 +216,10 @@ def conv3d_backward_input(gy, W, x_shape, stride, padding):
         # with the flipped weight, channels swapped, padded by k - 1 - p
         Wf = np.ascontiguousarray(W[:, :, ::-1, ::-1, ::-1].transpose(1, 0, 2, 3, 4))
         return conv3d_forward(gy, Wf, None, s, tuple(k[a] - 1 - p[a] for a in range(3)))
-    single_threaded_inner_blas()
     gy = np.ascontiguousarray(gy)
     n, c, d, h, w = x_shape
     oc, K, ow = W.shape[0], W[0].size, gy.shape[4]
     WmT = np.ascontiguousarray(W.reshape(oc, -1).T)
     gxpad = np.empty((n, c, d + 2 * p[0], h + 2 * p[1], w + 2 * p[2]), dtype=gy.dtype)
-    run_tasks(_grad_input_body, n, gy, WmT, k, s, _rows_per_chunk(K, ow), gxpad)
+    run_tasks(_grad_input_body, n, gy, WmT, k, s, _rows_per_chunk(K, ow), gxpad, blas=True)
     return np.ascontiguousarray(gxpad[:, :, p[0] : p[0] + d, p[1] : p[1] + h, p[2] : p[2] + w])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._tasks import run_tasks
+from .tasks import run_tasks
 
 JIT = dict(cache=True, fastmath=False, nogil=True)
 

@@ -6,7 +6,8 @@ of parallel ones (first-step compile budget) and do not stall when another proce
 Index conventions: output pixel (i, j), tap (u, v) reads input row i*sh + u - ph and column
 j*sw + v - pw; taps outside [0, h) x [0, w) are padding: they never win a max (-inf padding) and
 count as zeros in an average (PyTorch's count_include_pad=True). Tap number = u*kw + v (row-major);
-the max tie rule is "first maximum in that order", and a NaN wins (as np.argmax), so NaNs propagate.
+the max tie rule is "first maximum in that order", and a NaN wins (as np.argmax), so NaNs propagate
+(window.better; window.window_span walks the taps inside the input).
 Backward bodies zero each gradient plane while it is in cache, then scatter into it: no separate
 zero-fill pass over the whole array (where PyTorch spends ~10% of its step).
 """
@@ -16,35 +17,22 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .window import better, first_max4, out_size, window_span
+
 JIT = dict(cache=True, fastmath=False, nogil=True)
 
 
 @njit(**JIT)
 def _max_2x2_plane(x, y, argmax):
     """One plane of _max_forward_body for 2x2 windows, stride 2, no padding: window (i, j) reads
-    rows 2i, 2i + 1 and columns 2j, 2j + 1. Selects only (`|`, `&`): no data-dependent branch,
-    which on real data mispredicted (5x slower, measured on the fused kernel's twin)."""
+    rows 2i, 2i + 1 and columns 2j, 2j + 1. Selects only: no data-dependent branch, which on
+    real data mispredicted (5x slower, measured on the fused kernel's twin)."""
     oh, ow = y.shape
     for i in range(oh):
         x0, x1 = x[2 * i], x[2 * i + 1]
         yr, ar = y[i], argmax[i]
         for j in range(ow):
-            best = x0[2 * j]  # tap 0 starts the window
-            arg = 0
-            val = x0[2 * j + 1]
-            win = (val > best) | ((val != val) & (best == best))  # first max wins; NaN once
-            best = val if win else best
-            arg = 1 if win else arg
-            val = x1[2 * j]
-            win = (val > best) | ((val != val) & (best == best))
-            best = val if win else best
-            arg = 2 if win else arg
-            val = x1[2 * j + 1]
-            win = (val > best) | ((val != val) & (best == best))
-            best = val if win else best
-            arg = 3 if win else arg
-            yr[j] = best
-            ar[j] = arg
+            yr[j], ar[j] = first_max4(x0[2 * j], x0[2 * j + 1], x1[2 * j], x1[2 * j + 1])
 
 
 @njit(**JIT)
@@ -59,22 +47,16 @@ def _max_forward_body(x, kh, kw, sh, sw, ph, pw, y, argmax):
             _max_2x2_plane(x[b, ch], y[b, ch], argmax[b, ch])
             continue
         for i in range(oh):
+            r0, r1, r2 = window_span(i, kh, sh, ph, h)  # rows [r1, r2) inside; tap u = yy - r0
             for j in range(ow):
-                best = x[b, ch, 0, 0]  # placeholder, replaced by the first tap inside
-                arg = -1
-                for u in range(kh):
-                    yy = i * sh + u - ph  # input row of tap row u
-                    if yy < 0 or yy >= h:
-                        continue
-                    for v in range(kw):
-                        xx = j * sw + v - pw  # input column of tap column v
-                        if xx < 0 or xx >= w:
-                            continue
+                c0, c1, c2 = window_span(j, kw, sw, pw, w)
+                best = x[b, ch, r1, c1]  # the first tap inside starts the window
+                arg = (r1 - r0) * kw + c1 - c0
+                for yy in range(r1, r2):
+                    for xx in range(c1, c2):
                         val = x[b, ch, yy, xx]
-                        # strict '>' keeps the first maximum; a NaN replaces a number, once
-                        # (`|`/`&` rather than `or`/`and`: selects, not mispredicted branches)
-                        if (arg < 0) | (val > best) | ((val != val) & (best == best)):
-                            best, arg = val, u * kw + v
+                        if better(val, best):
+                            best, arg = val, (yy - r0) * kw + xx - c0
                 y[b, ch, i, j] = best
                 argmax[b, ch, i, j] = arg
 
@@ -105,14 +87,11 @@ def _avg_forward_body(x, kh, kw, sh, sw, ph, pw, y):
         for i in range(oh):
             for j in range(ow):
                 s = 0.0  # accumulated in float64, rounded once on the store
-                for u in range(kh):
-                    yy = i * sh + u - ph
-                    if yy < 0 or yy >= h:
-                        continue
-                    for v in range(kw):
-                        xx = j * sw + v - pw
-                        if 0 <= xx < w:
-                            s += x[b, ch, yy, xx]
+                _, r1, r2 = window_span(i, kh, sh, ph, h)
+                _, c1, c2 = window_span(j, kw, sw, pw, w)
+                for yy in range(r1, r2):
+                    for xx in range(c1, c2):
+                        s += x[b, ch, yy, xx]
                 y[b, ch, i, j] = s / (kh * kw)
 
 
@@ -127,20 +106,17 @@ def _avg_backward_body(gy, kh, kw, sh, sw, ph, pw, gx):
         for i in range(oh):
             for j in range(ow):
                 share = gy[b, ch, i, j] / (kh * kw)
-                for u in range(kh):
-                    yy = i * sh + u - ph
-                    if yy < 0 or yy >= h:
-                        continue
-                    for v in range(kw):
-                        xx = j * sw + v - pw
-                        if 0 <= xx < w:
-                            gx[b, ch, yy, xx] += share
+                _, r1, r2 = window_span(i, kh, sh, ph, h)
+                _, c1, c2 = window_span(j, kw, sw, pw, w)
+                for yy in range(r1, r2):
+                    for xx in range(c1, c2):
+                        gx[b, ch, yy, xx] += share
 
 
 def _out_shape(x_shape, kernel_size, stride, padding):
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     n, c, h, w = x_shape
-    return n, c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    return n, c, out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
 
 
 def max_pool2d_forward(x, kernel_size, stride, padding):

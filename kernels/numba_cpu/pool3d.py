@@ -4,8 +4,7 @@ Index conventions: output voxel (i, j, q), tap (t, u, v) reads input depth i*sd 
 j*sh + u - ph and column q*sw + v - pw; taps outside the volume are padding: they never win a max
 (-inf padding) and count as zeros in an average (PyTorch's count_include_pad=True). Tap number =
 (t*kh + u)*kw + v (row-major); the max tie rule is "first maximum in that order", and a NaN wins
-(as np.argmax), so NaNs propagate: `_better`, which repeats numba_cpu's shared window rule (the
-lead folds it into that helper at merge). Padding is at most half the kernel, so every window
+(as np.argmax), so NaNs propagate: window.better, the rule every numba_cpu pooling kernel shares. Padding is at most half the kernel, so every window
 holds at least one tap inside the volume, and that first inside tap starts the running maximum.
 Volumes are split over the thread pool (`run_tasks`); backward bodies zero each gradient volume
 before scattering into it, so no task writes another's memory.
@@ -18,30 +17,16 @@ from numba import njit
 
 from kernels.numpy_cpu.xp import out_size
 
-from ._tasks import run_tasks
+from .tasks import run_tasks
+from .window import better, window_span
 
 JIT = dict(cache=True, fastmath=False, nogil=True)
 
 
 @njit(inline="always", cache=True, fastmath=False, nogil=True)
-def _better(val, best):
-    """Whether val replaces the running maximum best: strictly greater (the first maximum stays),
-    or a NaN against a number (the first NaN then sticks). `|`/`&`: selects, not branches."""
-    return (val > best) | ((val != val) & (best == best))
-
-
-@njit(inline="always", cache=True, fastmath=False, nogil=True)
-def _span(i, k, s, p, size):
-    """(first, lo, hi) of window i along one axis: tap t reads first + t (first = i*s - p); the
-    taps inside the input read indices [lo, hi)."""
-    first = i * s - p
-    return first, max(0, first), min(size, first + k)
-
-
-@njit(inline="always", cache=True, fastmath=False, nogil=True)
 def _take(val, tap, best, arg):
-    """(best, arg) after visiting tap number `tap` holding val, by `_better`."""
-    win = _better(val, best)
+    """(best, arg) after visiting tap number `tap` holding val, by window.better."""
+    win = better(val, best)
     return (val if win else best), (tap if win else arg)
 
 
@@ -82,18 +67,18 @@ def _max_forward_body(x, kd, kh, kw, sd, sh, sw, pd, ph, pw, y, argmax, lo, hi):
             _max_2x2x2_volume(xs, ys, am)
             continue
         for i in range(od):
-            t0, ta, tb = _span(i, kd, sd, pd, d)  # depths [ta, tb) inside; tap t = dd - t0
+            t0, ta, tb = window_span(i, kd, sd, pd, d)  # depths [ta, tb) inside; tap t = dd - t0
             for j in range(oh):
-                u0, ua, ub = _span(j, kh, sh, ph, h)
+                u0, ua, ub = window_span(j, kh, sh, ph, h)
                 for q in range(ow):
-                    v0, va, vb = _span(q, kw, sw, pw, w)
+                    v0, va, vb = window_span(q, kw, sw, pw, w)
                     best = xs[ta, ua, va]  # the first inside tap starts the window
                     arg = ((ta - t0) * kh + ua - u0) * kw + va - v0
                     for dd in range(ta, tb):
                         for yy in range(ua, ub):
                             for xx in range(va, vb):
                                 val = xs[dd, yy, xx]
-                                win = _better(val, best)
+                                win = better(val, best)
                                 best = val if win else best
                                 tap = ((dd - t0) * kh + yy - u0) * kw + xx - v0
                                 arg = tap if win else arg
@@ -154,11 +139,11 @@ def _avg_forward_body(x, kd, kh, kw, sd, sh, sw, pd, ph, pw, y, lo, hi):
     for p in range(lo, hi):
         xs, ys = x[p // c, p % c], y[p // c, p % c]
         for i in range(od):
-            _, ta, tb = _span(i, kd, sd, pd, d)
+            _, ta, tb = window_span(i, kd, sd, pd, d)
             for j in range(oh):
-                _, ua, ub = _span(j, kh, sh, ph, h)
+                _, ua, ub = window_span(j, kh, sh, ph, h)
                 for q in range(ow):
-                    _, va, vb = _span(q, kw, sw, pw, w)
+                    _, va, vb = window_span(q, kw, sw, pw, w)
                     s = 0.0  # accumulated in float64, rounded once on the store
                     for dd in range(ta, tb):
                         for yy in range(ua, ub):
@@ -176,11 +161,11 @@ def _avg_backward_body(gy, kd, kh, kw, sd, sh, sw, pd, ph, pw, gx, lo, hi):
         gs, gxs = gy[p // c, p % c], gx[p // c, p % c]
         gxs[:] = 0
         for i in range(od):
-            _, ta, tb = _span(i, kd, sd, pd, d)
+            _, ta, tb = window_span(i, kd, sd, pd, d)
             for j in range(oh):
-                _, ua, ub = _span(j, kh, sh, ph, h)
+                _, ua, ub = window_span(j, kh, sh, ph, h)
                 for q in range(ow):
-                    _, va, vb = _span(q, kw, sw, pw, w)
+                    _, va, vb = window_span(q, kw, sw, pw, w)
                     share = gs[i, j, q] / (kd * kh * kw)
                     for dd in range(ta, tb):
                         for yy in range(ua, ub):

@@ -17,7 +17,7 @@ from numba import njit
 
 from kernels.numpy_cpu.resample import tables
 
-from ._tasks import run_tasks
+from .tasks import run_tasks
 
 JIT = dict(cache=True, fastmath=False, nogil=True)
 

@@ -10,9 +10,17 @@ from __future__ import annotations
 from kernels import build_table
 
 from .activation import gelu_backward, gelu_forward, leaky_relu_backward, leaky_relu_forward
-from . import conv as _conv
 from .compose import complete
-from .conv import col2im, conv2d_backward_input, conv2d_backward_weight, conv2d_forward, im2col
+from .conv import (
+    col2im,
+    conv2d_backward_input,
+    conv2d_backward_weight,
+    conv2d_forward,
+    conv3d_backward_input,
+    conv3d_backward_weight,
+    conv3d_forward,
+    im2col,
+)
 from .elementwise import (
     relu_backward,
     relu_forward,
@@ -43,9 +51,9 @@ KERNELS = build_table(
         "conv2d_forward": conv2d_forward,
         "conv2d_backward_input": conv2d_backward_input,
         "conv2d_backward_weight": conv2d_backward_weight,
-        "conv3d_forward": _conv.conv3d_forward,
-        "conv3d_backward_input": _conv.conv3d_backward_input,
-        "conv3d_backward_weight": _conv.conv3d_backward_weight,
+        "conv3d_forward": conv3d_forward,
+        "conv3d_backward_input": conv3d_backward_input,
+        "conv3d_backward_weight": conv3d_backward_weight,
         "max_pool2d_forward": max_pool2d_forward,
         "max_pool2d_backward": max_pool2d_backward,
         "avg_pool2d_forward": avg_pool2d_forward,

@@ -3,8 +3,8 @@
 Why: after a max-pool the conv-output gradient is sparse by construction. Each pooling window
 routes its gradient to one conv pixel (its argmax) and only if the ReLU passed it (y > 0); for
 the seed CNN's conv2 that is at most 25 of the 121 conv pixels of a plane. The dense backward
-(im2col + two GEMMs over every pixel, fused.py's wide path) spends three quarters of its FLOPs on
-zeros; here each window with a gradient g at conv pixel (r, s) adds
+(im2col + two GEMMs over every pixel, as the unfused conv kernels do) spends three quarters of
+its FLOPs on zeros; here each window with a gradient g at conv pixel (r, s) adds
     gW[o, :, u, :] += g * x[:, r*sh + u, s*sw : s*sw + kw]    and
     gx[:, r*sh + u, s*sw : s*sw + kw] += g * W[o, :, u, :]       for each tap row u,
 which, with the input and gx held channels-last (pixel-major, channel-minor), are contiguous runs
@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+from ..tasks import run_tasks
 
 JIT = dict(cache=True, fastmath=False, nogil=True)
 
@@ -183,7 +185,7 @@ def _grad_body(
 CHUNK = 8  # images per task (fixed: the partial sums do not depend on the thread count)
 
 
-def grad(gy, y, argmax, x, W, stride, padding, pool, hc, wc, need_gx, run_tasks):
+def grad(gy, y, argmax, x, W, stride, padding, pool, hc, wc, need_gx):
     """(gx or None, gW, gb) of the fused block; hc, wc: the padded input rows/columns the pool's
     windows reach (everything past them gets no gradient)."""
     (sh, sw), (ph, pw) = stride, padding
@@ -194,28 +196,9 @@ def grad(gy, y, argmax, x, W, stride, padding, pool, hc, wc, need_gx, run_tasks)
     partial = np.empty((tasks, oc, kh, kw * c), dtype=gy.dtype)
     gbp = np.empty((tasks, oc), dtype=gy.dtype)
     gx = np.empty(x.shape if need_gx else (0, c, 1, 1), dtype=gy.dtype)
-    run_tasks(
-        _grad_body,
-        tasks,
-        gy,
-        y,
-        argmax,
-        x,
-        Wf,
-        kh,
-        kw,
-        sh,
-        sw,
-        ph,
-        pw,
-        hc,
-        wc,
-        np.array(pool, dtype=np.int64),
-        need_gx,
-        CHUNK,
-        partial,
-        gbp,
-        gx,
-    )
+    conv = (kh, kw, sh, sw, ph, pw, hc, wc)
+    outs = (partial, gbp, gx)
+    args = (gy, y, argmax, x, Wf, *conv, np.array(pool, dtype=np.int64), need_gx, CHUNK, *outs)
+    run_tasks(_grad_body, tasks, *args)
     gW = partial.sum(axis=0).reshape(oc, kh, kw, c).transpose(0, 3, 1, 2)
     return (gx if need_gx else None), np.ascontiguousarray(gW), gbp.sum(axis=0)

@@ -2,7 +2,7 @@
 on grey or RGB images), computed window by window in polyphase layout.
 
 Why (seed CNN conv1: 1 -> 32 channels, 28x28, b64, 2 cores): the plane-by-plane direct loop of
-fused.py wrote each conv plane to a buffer with nine axpy passes, then pooled it with stride-2
+gemm.py wrote each conv plane to a buffer with nine axpy passes, then pooled it with stride-2
 reads; the weight gradient went through a (c, 3, 3, plane) accumulator in memory. Together they
 were a quarter of the training step at 15-25 GFLOP/s. Here one vectorised loop over pooling
 windows computes the window's four conv values in registers from sixteen contiguous loads, and
@@ -15,7 +15,7 @@ column past the last window). Window (i, j) is flat index q = i*L + j; its tap (
 that is P[2*(e % 2) + f % 2][q + (e // 2)*L + f // 2]. All sixteen (e, f) in 0..3 are contiguous
 in q, so the loop over q vectorises; column j = qw of each row is junk (computed, never stored).
 
-Semantics are the numpy_cpu composition's (kernels/numpy_cpu/fused.py): y = max over the window
+Semantics are the numpy_cpu composition's (kernels/numpy_cpu/compose.py): y = max over the window
 of relu(conv + bias), argmax = the first maximal tap a*2 + b in row-major order, NaN wins once.
 """
 
@@ -24,24 +24,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..tasks import run_tasks
+from ..window import first_max4, relu
+
 JIT = dict(cache=True, fastmath=False, nogil=True)
 # flat loops run over a multiple of VEC windows: no scalar remainder loop (the junk is never
 # stored); this, not fused multiply-adds (fastmath's `contract` measured no faster), made the
 # forward 1.6x faster than the first version of this kernel
 VEC = 16
-
-
-def applies(c, kernel, stride, pool_size, pool_stride, pool_padding, max_k) -> bool:
-    """Whether the polyphase kernels handle this block: a 3x3 conv at stride 1 over c channels
-    with c*9 <= max_k (the direct-loop regime), then a 2x2 max-pool at stride 2, no pool padding."""
-    return (
-        tuple(kernel) == (3, 3)
-        and tuple(stride) == (1, 1)
-        and c * 9 <= max_k
-        and tuple(pool_size) == (2, 2)
-        and tuple(pool_stride) == (2, 2)
-        and tuple(pool_padding) == (0, 0)
-    )
 
 
 @njit(**JIT)
@@ -105,31 +95,17 @@ def _window_conv3(w, pe, po, qe, qo, L, span, z):
 
 @njit(inline="always", **JIT)
 def _relu_pool4(z, bias, span, yf, af):
-    """yf[q] = max over taps t of relu(z[t, q] + bias), af[q] = the first winning t; NaN wins
-    once (`|`, `&`: selects, not branches; see fused._relu_pool_2x2)."""
+    """yf[q] = max over taps t of relu(z[t, q] + bias), af[q] = the first winning t (window's
+    tie rule: window.better)."""
     zero = yf.dtype.type(0)  # a typed zero: a literal 0 would turn the float32 selects into float64
     z0, z1, z2, z3 = z[0], z[1], z[2], z[3]
     for q in range(span):
-        best = z0[q] + bias
-        best = best if (best > 0) | (best != best) else zero
-        arg = 0
-        val = z1[q] + bias
-        val = val if (val > 0) | (val != val) else zero
-        win = (val > best) | ((val != val) & (best == best))
-        best = val if win else best
-        arg = 1 if win else arg
-        val = z2[q] + bias
-        val = val if (val > 0) | (val != val) else zero
-        win = (val > best) | ((val != val) & (best == best))
-        best = val if win else best
-        arg = 2 if win else arg
-        val = z3[q] + bias
-        val = val if (val > 0) | (val != val) else zero
-        win = (val > best) | ((val != val) & (best == best))
-        best = val if win else best
-        arg = 3 if win else arg
-        yf[q] = best
-        af[q] = arg
+        yf[q], af[q] = first_max4(
+            relu(z0[q] + bias, zero),
+            relu(z1[q] + bias, zero),
+            relu(z2[q] + bias, zero),
+            relu(z3[q] + bias, zero),
+        )
 
 
 @njit(**JIT)
@@ -222,7 +198,7 @@ def _grad_body(gy, y, argmax, xpad, ntaps, chunk, partial, gbp, lo, hi):
                     partial[t, o, ch, k] = acc[o, ch, k].sum()
 
 
-def forward(xpad, W, bias, qh, qw, run_tasks):
+def forward(xpad, W, bias, qh, qw):
     """(y, argmax int32) of the block, both (n, oc, qh, qw); xpad is the conv-padded input."""
     n, oc = xpad.shape[0], W.shape[0]
     y = np.empty((n, oc, qh, qw), dtype=xpad.dtype)
@@ -242,7 +218,7 @@ def grad_fits(oc, c, qh, qw, itemsize) -> bool:
     return oc * c * 9 * span * itemsize <= GRAD_MAX_BYTES
 
 
-def grad_weight(gy, y, argmax, xpad, w_shape, run_tasks):
+def grad_weight(gy, y, argmax, xpad, w_shape):
     """(gW (oc, c, 3, 3), gb (oc,)) of the block from the pooled gradient gy; the per-task
     partial sums are added in task order."""
     oc, c = w_shape[:2]

@@ -16,7 +16,7 @@ d the 4x4 input tile at (2i, 2j) of the padded input and w a 3x3 filter:
 All the constants are exact in binary floating point; the transforms only add and subtract.
 U is computed once per call in float64 and rounded to W's dtype.
 
-Semantics are the numpy_cpu composition's (kernels/numpy_cpu/fused.py): y = max over the window
+Semantics are the numpy_cpu composition's (kernels/numpy_cpu/compose.py): y = max over the window
 of relu(conv + bias), argmax = the first maximal tap a*2 + b in row-major order, NaN wins once.
 Only the conv rows/columns the pool reads are computed (floor mode drops an odd last one).
 """
@@ -26,21 +26,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from ..tasks import run_tasks
+from ..window import first_max4, relu
+
 JIT = dict(cache=True, fastmath=False, nogil=True)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 GG = np.kron(G, G)  # (16, 9): (G w G^T)[r, s] = sum over k, l of G[r, k] G[s, l] w[k, l]
-
-
-def applies(kernel, stride, pool_size, pool_stride, pool_padding) -> bool:
-    """A 3x3 conv at stride 1 then a 2x2 max-pool at stride 2 without pool padding (any channel
-    count; fused.py gives thin inputs to polyphase.py first)."""
-    return (
-        tuple(kernel) == (3, 3)
-        and tuple(stride) == (1, 1)
-        and tuple(pool_size) == (2, 2)
-        and tuple(pool_stride) == (2, 2)
-        and tuple(pool_padding) == (0, 0)
-    )
 
 
 def filter_transform(W):
@@ -136,26 +127,12 @@ def _output_pool(M, o, bias, n_t, yf, af):
         u2 = m6[t] - m10[t] - m14[t]
         u3 = m7[t] - m11[t] - m15[t]
         # columns: (A^T M) A -> the tile's conv values, taps 0..3 = (0, 0), (0, 1), (1, 0), (1, 1)
-        best = s0 + s1 + s2 + bias
-        best = best if (best > 0) | (best != best) else zero
-        arg = 0
-        val = s1 - s2 - s3 + bias
-        val = val if (val > 0) | (val != val) else zero
-        win = (val > best) | ((val != val) & (best == best))
-        best = val if win else best
-        arg = 1 if win else arg
-        val = u0 + u1 + u2 + bias
-        val = val if (val > 0) | (val != val) else zero
-        win = (val > best) | ((val != val) & (best == best))
-        best = val if win else best
-        arg = 2 if win else arg
-        val = u1 - u2 - u3 + bias
-        val = val if (val > 0) | (val != val) else zero
-        win = (val > best) | ((val != val) & (best == best))
-        best = val if win else best
-        arg = 3 if win else arg
-        yf[t] = best
-        af[t] = arg
+        yf[t], af[t] = first_max4(
+            relu(s0 + s1 + s2 + bias, zero),
+            relu(s1 - s2 - s3 + bias, zero),
+            relu(u0 + u1 + u2 + bias, zero),
+            relu(u1 - u2 - u3 + bias, zero),
+        )
 
 
 @njit(**JIT)
@@ -190,12 +167,11 @@ def _forward_body(x, U, bias, ph, pw, chunk, y, argmax, lo, hi):
                     ap[k] = as_[k]
 
 
-def forward(x, W, bias, padding, qh, qw, chunk, run_tasks):
+def forward(x, W, bias, padding, qh, qw, chunk):
     """(y, argmax int32), both (n, oc, qh, qw), of the block on x (n, c, h, w), W (oc, c, 3, 3)."""
     n, oc = x.shape[0], W.shape[0]
     y = np.empty((n, oc, qh, qw), dtype=x.dtype)
     argmax = np.empty((n, oc, qh, qw), dtype=np.int32)
-    run_tasks(
-        _forward_body, -(-n // chunk), x, filter_transform(W), bias, *padding, chunk, y, argmax
-    )
+    args = (x, filter_transform(W), bias, *padding, chunk, y, argmax)
+    run_tasks(_forward_body, -(-n // chunk), *args, blas=True)
     return y, argmax
