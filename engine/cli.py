@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 
 from engine.errors import MedgradError
@@ -725,10 +726,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the subcommands that train or infer: the ones the process settings below are for
+_COMPUTE = (
+    "_cmd_train",
+    "_cmd_evaluate",
+    "_cmd_predict",
+    "_cmd_cv",
+    "_cmd_explain",
+    "_cmd_bench",
+    "_cmd_demo",
+    "_cmd_federated",
+)
+
+
+@contextlib.contextmanager
+def _program_settings(args):
+    """What the `medgrad` program sets for its own process, which the library never does behind an
+    embedding program's back (kernels/numba_cpu/tasks.py): glibc malloc keeps freed blocks
+    (ENGINE_MALLOC_TUNING=1 unless the user set it: each step's fresh arrays page-fault less), and,
+    when the CPU runs the numba flavour, NumPy's BLAS on one thread for the whole command (the
+    flavour runs its own threads; the dense layers' small GEMMs on two BLAS threads cost 3-4x more
+    on 2 cores, benchmarks/README.md)."""
+    if args.func.__name__ not in _COMPUTE:
+        yield
+        return
+    os.environ.setdefault("ENGINE_MALLOC_TUNING", "1")
+    from engine import backend
+
+    flavour = getattr(args, "kernels", None)
+    with backend.use_kernels(flavour) if flavour else contextlib.nullcontext():
+        numba_cpu = backend.backend_for("cpu").flavour == "numba"
+    if not numba_cpu:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with _program_settings(args):
+            return args.func(args)
     except MedgradError as exc:
         print(f"medgrad: error: {exc}", file=sys.stderr)
         return 2
