@@ -30,6 +30,17 @@ def offer_max(value, tap, best, best_tap):
     return best, best_tap
 
 
+@cuda.jit(device=True)
+def window_of(index, tap, stride, pad, n_out):
+    """The window walk of the backward gathers, along one axis: the output index o whose tap `tap`
+    reads input `index` (o * stride + tap - pad == index), or -1 when no window of the n_out has
+    that tap there (index + pad - tap negative, not a multiple of the stride, or past the end)."""
+    top = index + pad - tap
+    if top < 0 or top % stride != 0 or top // stride >= n_out:
+        return -1
+    return top // stride
+
+
 @cuda.jit
 def im2col(x, cols, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow):
     """x (n, c, h, w) -> cols (n*oh*ow, c*kh*kw); padding reads as 0."""
@@ -63,15 +74,13 @@ def col2im(cols, x, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow):
     ch, b = rest % c, rest // c
     acc = 0.0
     for u in range(kh):
-        top = hh + ph - u  # = oi * sh for the window whose tap u sits on this row
-        if top < 0 or top % sh != 0 or top // sh >= oh:
+        oi = window_of(hh, u, sh, ph, oh)
+        if oi < 0:
             continue
-        oi = top // sh
         for v in range(kw):
-            left = ww + pw - v  # = oj * sw likewise
-            if left < 0 or left % sw != 0 or left // sw >= ow:
+            oj = window_of(ww, v, sw, pw, ow)
+            if oj < 0:
                 continue
-            oj = left // sw
             acc += cols[(b * oh + oi) * ow + oj, (ch * kh + u) * kw + v]
     x[b, ch, hh, ww] = acc
 
@@ -145,15 +154,13 @@ def max_pool2d_backward(gy, argmax, gx, kh, kw, sh, sw, ph, pw):
     ch, b = rest % c, rest // c
     acc = 0.0
     for u in range(kh):
-        top = hh + ph - u  # = oi * sh for the window whose tap u sits on this row
-        if top < 0 or top % sh != 0 or top // sh >= oh:
+        oi = window_of(hh, u, sh, ph, oh)
+        if oi < 0:
             continue
-        oi = top // sh
         for v in range(kw):
-            left = ww + pw - v
-            if left < 0 or left % sw != 0 or left // sw >= ow:
+            oj = window_of(ww, v, sw, pw, ow)
+            if oj < 0:
                 continue
-            oj = left // sw
             if argmax[b, ch, oi, oj] == u * kw + v:
                 acc += gy[b, ch, oi, oj]
     gx[b, ch, hh, ww] = acc
@@ -205,15 +212,13 @@ def relu_max_pool2d_backward(gy, y, argmax, gz, kh, kw, sh, sw, ph, pw):
     b, ch = rest % n, rest // n
     acc = 0.0
     for u in range(kh):
-        top = hh + ph - u  # = oi * sh for the window whose tap u sits on this row
-        if top < 0 or top % sh != 0 or top // sh >= oh:
+        oi = window_of(hh, u, sh, ph, oh)
+        if oi < 0:
             continue
-        oi = top // sh
         for v in range(kw):
-            left = ww + pw - v
-            if left < 0 or left % sw != 0 or left // sw >= ow:
+            oj = window_of(ww, v, sw, pw, ow)
+            if oj < 0:
                 continue
-            oj = left // sw
             if argmax[b, ch, oi, oj] == u * kw + v and y[b, ch, oi, oj] > 0:
                 acc += gy[b, ch, oi, oj]
     gz[ch, b, hh, ww] = acc
@@ -255,15 +260,14 @@ def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, ph, pw):
     ch, b = rest % c, rest // c
     acc = 0.0
     for u in range(kh):
-        top = hh + ph - u
-        if top < 0 or top % sh != 0 or top // sh >= oh:
+        oi = window_of(hh, u, sh, ph, oh)
+        if oi < 0:
             continue
-        oi = top // sh
         for v in range(kw):
-            left = ww + pw - v
-            if left < 0 or left % sw != 0 or left // sw >= ow:
+            oj = window_of(ww, v, sw, pw, ow)
+            if oj < 0:
                 continue
-            acc += gy[b, ch, oi, left // sw] / (kh * kw)
+            acc += gy[b, ch, oi, oj] / (kh * kw)
     gx[b, ch, hh, ww] = acc
 
 
