@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,9 +247,8 @@ class VolumeDataset:
         found = self._load_entry(entry)
         if found is not None:
             return found
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:12]}-", dir=cache_dir))
-        try:
+
+        def build(tmp: Path) -> None:
             metas = []
             for i in range(len(self)):  # one case in memory at a time
                 image, mask, meta = self.load_case(i)
@@ -259,12 +257,8 @@ class VolumeDataset:
                 np.save(tmp / f"{i:05d}_mask.npy", mask.astype(small), allow_pickle=False)
                 metas.append({**meta, "affine": meta["affine"].tolist()})
             (tmp / "meta.json").write_text(json.dumps({"n": len(self), "cases": metas}))  # last
-            try:
-                os.replace(tmp, entry)
-            except OSError:  # another process finished the same entry first: use theirs
-                pass
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+        cache.publish_entry(cache_dir, key, build)
         found = self._load_entry(entry)
         if found is None:
             raise DataError(f"{entry}: cache entry could not be written")
