@@ -16,6 +16,7 @@ def resample_to_spacing(
     target_spacing,
     *,
     order: int = 1,
+    output_shape=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Resample a volume to `target_spacing` (mm, (d, h, w)) -> (array, affine).
 
@@ -24,6 +25,8 @@ def resample_to_spacing(
     Output voxel o samples the input at o * target / spacing (as SimpleITK and MONAI's Spacing
     do): the first voxel centre stays put, so the affine's origin is unchanged and its columns are
     rescaled to exactly the target spacing; samples past the last voxel repeat the edge.
+    output_shape (D, H, W), if given, replaces the rounded size: resampling a prediction back to
+    its image's spacing with the image's shape inverts a resampling exactly in geometry.
     """
     from scipy import ndimage
 
@@ -38,6 +41,10 @@ def resample_to_spacing(
     lead = array.ndim - 3
     n_in = np.asarray(array.shape[lead:])
     n_out = np.maximum(np.round(n_in * spacing / target).astype(np.int64), 1)
+    if output_shape is not None:
+        if len(output_shape) != 3 or min(output_shape) < 1:
+            raise ArgumentError(f"output_shape must be 3 sizes >= 1, got {output_shape}")
+        n_out = np.asarray(output_shape, dtype=np.int64)
     step = target / spacing  # input voxels per output voxel, per axis
 
     def one(x: np.ndarray) -> np.ndarray:

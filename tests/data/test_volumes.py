@@ -279,6 +279,14 @@ def test_resample_mask_keeps_labels(rng):
     assert set(np.unique(out)) == {0, 1, 2}
     same, _ = resample_to_spacing(mask, np.eye(4), (3.0, 1.0, 1.0), (3.0, 1.0, 1.0), order=0)
     assert np.array_equal(same, mask)
+    # there and back to the original shape: geometry and affine restored exactly
+    down, down_affine = resample_to_spacing(
+        mask, np.eye(4), (3.0, 1.0, 1.0), (3.0, 0.5, 0.5), order=0
+    )
+    back, back_affine = resample_to_spacing(
+        down, down_affine, (3.0, 0.5, 0.5), (3.0, 1.0, 1.0), order=0, output_shape=mask.shape
+    )
+    assert np.array_equal(back, mask) and np.allclose(back_affine, np.eye(4))
     with pytest.raises(ArgumentError, match="target_spacing"):
         resample_to_spacing(mask, np.eye(4), (3.0, 1.0, 1.0), (0.0, 1.0, 1.0))
 
@@ -289,3 +297,21 @@ def test_intensity_transforms():
     z = zscore(hu)
     assert z.dtype == np.float32 and abs(float(z.mean())) < 1e-6 and abs(float(z.std()) - 1) < 1e-5
     assert np.array_equal(zscore(np.full((2, 2, 2), 7.0)), np.zeros((2, 2, 2)))
+
+
+def test_sagittal_dicom_series_matches_nifti(tmp_path, rng):
+    """A sagittal series (slices along x, rows going down, IOP [0,1,0, 0,0,-1]) and a NIfTI of the
+    same voxels and affine read back as the same canonical volume and affine."""
+    pytest.importorskip("pydicom")
+    from engine.data.synthetic_volumes import _write_dicom_series
+
+    hu = np.round(rng.uniform(-1000, 1000, (5, 6, 7))).astype(np.float32)  # (x slices, rows, cols)
+    affine = _affine(np.array([[-2.0, 0, 0], [0, 0, -1.0], [0, -1.5, 0]]), origin=(4.0, 7.0, 9.0))
+    _write_dicom_series(tmp_path / "sag", hu, affine, "sag", seed=0)
+    write_volume(tmp_path / "sag.nii.gz", hu, affine)
+    a, meta_a = read_volume(tmp_path / "sag")
+    b, meta_b = read_volume(tmp_path / "sag.nii.gz")
+    assert a.shape == b.shape == (6, 7, 5)  # (S, P, L) axes: rows, cols, slices
+    np.testing.assert_allclose(a, b, atol=1e-3)
+    np.testing.assert_allclose(meta_a["affine"], meta_b["affine"], atol=1e-3)
+    assert meta_a["spacing"] == pytest.approx((1.5, 1.0, 2.0))
