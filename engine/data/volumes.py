@@ -168,15 +168,16 @@ def _load_nifti(path: Path, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
                 raise DataError(
                     f"{path}: header promises {expected} bytes of data, over the limit of {max_bytes}"
                 )
-            data += reader.read(expected - len(data))
-            extra = len(reader.read(1 << 16))  # a little trailing padding is tolerated
+            data += reader.read(max(expected - len(data), 0))
+            # bytes past the header's end: a little trailing padding is tolerated
+            extra = len(data) - expected + len(reader.read(1 << 16))
     except zlib.error as exc:
         raise DataError(f"{path}: corrupt gzip stream ({exc})") from exc
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc})") from exc
     if len(data) < expected:
         raise DataError(f"{path}: truncated: {len(data)} bytes, the header needs {expected}")
-    if extra >= 1 << 16:
+    if extra >= 1 << 16:  # more than 64 KiB past the end
         raise DataError(
             f"{path}: holds more than the {expected} bytes its header describes "
             "(a corrupt file or a gzip bomb): refused"

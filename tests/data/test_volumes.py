@@ -205,6 +205,14 @@ def test_broken_header(tmp_path, damage):
         read_volume(path)
 
 
+def test_oversized_uncompressed_file_is_refused(tmp_path):
+    (tmp_path / "long.nii").write_bytes(_header_bytes() + b"\0" * (1 << 20))
+    with pytest.raises(DataError, match=r"long\.nii: holds more than the 416 bytes"):
+        read_volume(tmp_path / "long.nii")
+    (tmp_path / "pad.nii").write_bytes(_header_bytes() + b"\0" * 100)  # small padding is fine
+    assert read_volume(tmp_path / "pad.nii")[0].shape == (4, 4, 4)
+
+
 def test_gzip_bomb_is_refused_without_inflating_it(tmp_path, monkeypatch):
     # a 4x4x4 header followed by 8 MiB of zeros: a few KiB compressed
     path = tmp_path / "bomb.nii.gz"
