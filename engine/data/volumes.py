@@ -39,14 +39,6 @@ def case_name(path: str | os.PathLike) -> str:
     return name
 
 
-def _nibabel():
-    try:
-        import nibabel
-    except ImportError as exc:  # pragma: no cover - nibabel is a declared dependency
-        raise DataError("reading NIfTI needs nibabel: pip install nibabel") from exc
-    return nibabel
-
-
 # ----------------------------------------------------------------------------- orientation
 
 
@@ -122,7 +114,8 @@ class _BoundedReader:
 
 def _header(path: Path, head: bytes):
     """Parse and sanity-check a NIfTI-1/2 header -> (header, expected total bytes)."""
-    nib = _nibabel()
+    import nibabel as nib  # a declared dependency, imported only where NIfTI is read/written
+
     if len(head) < 348:
         raise DataError(f"{path}: broken NIfTI header (file has {len(head)} bytes, needs 348)")
     # strict where nibabel would "fix" and carry on: the size field and the magic must be right
@@ -158,7 +151,8 @@ def _header(path: Path, head: bytes):
 
 def _load_nifti(path: Path, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
     """-> (raw array as stored (i, j, k[, c]), affine ijk -> RAS+), every check done first."""
-    nib = _nibabel()
+    import nibabel as nib
+
     try:
         with open(path, "rb") as f:
             reader = _BoundedReader(f)
@@ -337,7 +331,8 @@ def read_pair(
 
 def _nifti_bytes(array: np.ndarray, affine: np.ndarray, dtype) -> bytes:
     """Canonical (D, H, W) or (C, D, H, W) array -> NIfTI-1 bytes stored (x, y, z[, c])."""
-    nib = _nibabel()
+    import nibabel as nib
+
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
         raise DataError(f"affine must be a finite 4x4 matrix, got shape {affine.shape}")
