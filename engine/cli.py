@@ -588,12 +588,25 @@ def _add_make_demo_data(sub) -> None:
         help="image rows and columns, at least 32 (default 128)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed: same seed, same files (default 0)")
+    p.add_argument(
+        "--task",
+        choices=("classification", "segmentation"),
+        default="classification",
+        help="segmentation: --patients CT volumes (--size in-plane) with nodule masks as NIfTI, "
+        "dataset.json and DICOM series; see engine/data/synthetic_volumes.py",
+    )
     p.set_defaults(func=_cmd_make_demo_data)
 
 
 def _cmd_make_demo_data(args: argparse.Namespace) -> int:
     from engine.data.synthetic_dicom import make_demo_data
 
+    if args.task == "segmentation":
+        from engine.data.synthetic_volumes import make_segmentation_demo_data
+
+        out = make_segmentation_demo_data(args.out_dir, args.patients, args.size, args.seed)
+        print(f"wrote {args.patients} volumes with masks and {out / 'dataset.json'}")
+        return 0
     out = make_demo_data(
         args.out_dir,
         n_patients=args.patients,

@@ -110,6 +110,25 @@ def load_entry(entry: Path) -> Entry | None:
     )
 
 
+def publish_entry(cache_dir: Path, key: str, fill: Callable[[Path], None]) -> Path:
+    """Build cache_dir/key atomically -> its path: fill(tmp) writes the files into a temporary
+    folder (meta.json last, as the marker), which is then renamed into place, so a reader never
+    sees a half-written entry; if another process finished the same entry first, theirs is kept.
+    """
+    entry = cache_dir / key
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:12]}-", dir=cache_dir))
+    try:
+        fill(tmp)
+        try:
+            os.replace(tmp, entry)
+        except OSError:  # another process finished the same entry first: use theirs
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return entry
+
+
 def store_entry(
     cache_dir: Path,
     key: str,
@@ -120,13 +139,10 @@ def store_entry(
 
     fill(writer) streams the images into the writer and returns the rest of the Entry (images
     None); finish(images, entry), if given, then edits the written images in place (a writable
-    memmap). Built in a temporary folder, then renamed into place, so a reader never sees a
-    half-written entry; if another process finished the same entry first, theirs is used.
+    memmap). Built by publish_entry (temporary folder, then renamed into place).
     """
-    entry = cache_dir / key
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:12]}-", dir=cache_dir))
-    try:
+
+    def build(tmp: Path) -> None:
         writer = NpyWriter(tmp / "images.npy")
         try:
             built = fill(writer)
@@ -147,12 +163,8 @@ def store_entry(
             "info": {**built.info, "cache_key": key},
         }
         (tmp / "meta.json").write_text(json.dumps(meta, default=str))  # written last: the marker
-        try:
-            os.replace(tmp, entry)
-        except OSError:  # another process finished the same entry first: use theirs
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    entry = publish_entry(cache_dir, key, build)
     found = load_entry(entry)
     if found is None:
         raise DataError(f"{entry}: cache entry could not be written")
