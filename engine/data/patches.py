@@ -39,7 +39,7 @@ def pad_to(image: np.ndarray, mask: np.ndarray, size, pad_value: float | None = 
     ]
     if not any(a or b for a, b in widths):
         return image, mask
-    value = float(image.min()) if pad_value is None and image.size else (pad_value or 0.0)
+    value = pad_value if pad_value is not None else float(image.min()) if image.size else 0.0
     image = np.pad(image, [(0, 0), *widths], constant_values=value)
     return image, np.pad(mask, widths, constant_values=0)
 
