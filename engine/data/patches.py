@@ -29,8 +29,8 @@ def _patch_size(patch_size, nd: int, name: str) -> tuple[int, ...]:
 
 def pad_to(image: np.ndarray, mask: np.ndarray, size, pad_value: float | None = None):
     """(image, mask) padded evenly on both sides (floor half before) along the spatial axes
-    shorter than `size`; image with pad_value (default: the image's minimum, e.g. air in CT),
-    mask with 0. Axes at least as long are left as they are."""
+    shorter than `size`; image with pad_value (default: each channel's minimum, e.g. air in
+    CT), mask with 0. Axes at least as long are left as they are."""
     _check_pair(image, mask, "pad_to")
     size = _patch_size(size, mask.ndim, "pad_to")
     widths = [
@@ -39,8 +39,13 @@ def pad_to(image: np.ndarray, mask: np.ndarray, size, pad_value: float | None = 
     ]
     if not any(a or b for a, b in widths):
         return image, mask
-    value = pad_value if pad_value is not None else float(image.min()) if image.size else 0.0
-    image = np.pad(image, [(0, 0), *widths], constant_values=value)
+    lows = [float(ch.min()) if ch.size else 0.0 for ch in image]
+    image = np.stack(
+        [
+            np.pad(ch, widths, constant_values=low if pad_value is None else pad_value)
+            for ch, low in zip(image, lows, strict=True)
+        ]
+    )
     return image, np.pad(mask, widths, constant_values=0)
 
 
@@ -112,7 +117,7 @@ class Augmentation:
     about the centre (affine_prob): rotation in the same plane by U(-max_rotate_deg,
     max_rotate_deg) degrees and a scale 1 + U(-max_scale, max_scale) per axis, resampled by
     scipy.ndimage.affine_transform with image_order (1: linear) for the image and order 0
-    (nearest) for the mask, outside the volume the image's minimum and label 0; intensity
+    (nearest) for the mask, outside the volume each channel's minimum and label 0; intensity
     (intensity_prob): image * (1 + U(-intensity_scale, intensity_scale)) + U(-intensity_shift,
     intensity_shift). The mask keeps its dtype, the image its dtype."""
 
