@@ -73,17 +73,13 @@ def test_skip_connection_names_spec_and_checks(rng):
 @cpu_only("engine.deploy runs NumPy-only on the CPU")
 @pytest.mark.parametrize("mode", ["cat", "add", "mul"])
 def test_skip_connection_deploys(rng, tmp_path, mode):
-    body = nn.Sequential(
-        {
-            "conv": nn.Conv3d(2, 2, 3, padding=1, rng=rng),
-            "down_up": nn.SkipConnection(_down_up(rng, 3)),
-        }
-    )
-    if mode != "cat":
-        body = nn.Sequential({"conv": nn.Conv3d(2, 2, 3, padding=1, rng=rng)})
-    model = nn.Sequential(
-        nn.SkipConnection(body, mode=mode), nn.Conv3d(2 if mode != "cat" else 6, 1, 1, rng=rng)
-    )
+    """Nested blocks (a U-Net's two levels for "cat") run NumPy-only as in the engine."""
+    layers = {"conv": nn.Conv3d(2, 2, 3, padding=1, rng=rng)}
+    if mode == "cat":
+        layers["inner"] = nn.SkipConnection(_down_up(rng, 3))  # 2 + 2 channels
+    outer = nn.SkipConnection(nn.Sequential(layers), mode=mode)
+    channels = 6 if mode == "cat" else 2
+    model = nn.Sequential(outer, nn.Conv3d(channels, 1, 1, rng=rng))
     path = save_checkpoint(tmp_path / "m.npz", model)
     x = rng.standard_normal((2, 2, 4, 4, 4)).astype(np.float32)
     with no_grad():

@@ -35,9 +35,11 @@ def test_scan_starts_follow_monai():
 
 
 def test_one_window_equals_the_whole_forward(rng):
-    model = models.get("unet3d", features=(4, 8), num_classes=3, rng=rng)
+    """Batch norm: the running statistics (moved by one training step) must be the ones used,
+    i.e. the model runs in eval mode, and is left in training mode as it was found."""
+    model = models.get("unet3d", features=(4, 8), num_classes=3, norm="batch", rng=rng)
     volume = rng.standard_normal((1, 8, 6, 10)).astype(np.float32)
-    model.train()  # run in eval mode, then left in training mode as found
+    model(Tensor(volume[None] + 1))  # training mode
     probs = sliding_window_inference(model, volume, (8, 6, 10), blend="gaussian")
     assert model.training
     assert probs.shape == (3, 8, 6, 10) and probs.dtype == np.float32
