@@ -127,6 +127,15 @@ def residual(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
     return y if activation is None else _run(activation, y, arrays, prefix + "activation.")
 
 
+def skip_connection(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
+    """cat([x, body(x)], dim), x + body(x) or x * body(x) by spec["mode"]; the body's arrays sit
+    directly under the block's prefix (engine.nn.SkipConnection's names)."""
+    y = sequential(x, spec["body"], arrays, prefix)
+    if spec["mode"] == "cat":
+        return np.concatenate([x, y], axis=spec["dim"])
+    return x + y if spec["mode"] == "add" else x * y
+
+
 def _run(spec: dict, x, arrays: _Arrays, prefix: str) -> np.ndarray:
     return FORWARD[spec["type"]](x, spec, arrays, prefix)
 
@@ -219,6 +228,7 @@ FORWARD: dict[str, Callable[..., np.ndarray]] = {
     "AvgPool3d": avg_pool3d,
     "AdaptiveAvgPool3d": adaptive_avg_pool,
     "Upsample": upsample,
+    "SkipConnection": skip_connection,
 }
 
 

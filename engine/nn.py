@@ -856,6 +856,54 @@ class Residual(Module):
         return y if self.activation is None else self.activation(y)
 
 
+class SkipConnection(Module):
+    """A skip around `body` (an nn.Sequential), MONAI's SkipConnection: mode "cat" gives
+    y = cat([x, body(x)], axis=dim) (the U-Net's concatenated skip: x's channels first), "add"
+    y = x + body(x), "mul" y = x * body(x). body(x) must keep x's sizes on every axis but `dim`
+    ("cat") or all of them ("add", "mul").
+
+    As in Residual, the body's children sit directly under the block (state "skip.conv.weight",
+    not "skip.body.conv.weight"). spec(): {"type": "SkipConnection", "body": spec, "dim": int,
+    "mode": str}; path() is the body's children (the grid the block outputs is x's)."""
+
+    MODES = ("cat", "add", "mul")
+
+    def __init__(self, body: Sequential, dim: int = 1, mode: str = "cat"):
+        if type(body) is not Sequential:
+            raise ArgumentError(
+                f"SkipConnection: body must be an nn.Sequential, got {type(body).__name__}"
+            )
+        if mode not in self.MODES:
+            raise ArgumentError(f"SkipConnection: mode={mode!r}: expected one of {self.MODES}")
+        self.body, self.dim, self.mode = body, int(dim), mode
+
+    def arguments(self) -> dict:
+        return {"body": self.body.spec(), "dim": self.dim, "mode": self.mode}
+
+    @classmethod
+    def from_arguments(cls, args: dict) -> SkipConnection:
+        return cls(from_spec(args["body"]), args.get("dim", 1), args.get("mode", "cat"))
+
+    def named_children(self):
+        yield from self.body.named_children()
+
+    def path(self) -> list[tuple[str, Module]]:
+        return self.body.path()
+
+    def forward(self, x):
+        y = self.body(x)
+        if self.mode == "cat":
+            keep = [a for a in range(x.ndim) if a != self.dim % x.ndim]
+            if y.ndim != x.ndim or [x.shape[a] for a in keep] != [y.shape[a] for a in keep]:
+                raise ArgumentError(
+                    f"SkipConnection: body maps {tuple(x.shape)} to {tuple(y.shape)}; to "
+                    f"concatenate on axis {self.dim} every other size must match (a U-Net's "
+                    "input sizes must divide by 2 per pooling level)"
+                )
+            return F.cat([x, y], axis=self.dim)
+        return x + y if self.mode == "add" else x * y
+
+
 # ---- the layer table: what spec() names and from_spec() builds ----
 
 LAYERS: dict[str, type[Module]] = {
@@ -888,6 +936,7 @@ LAYERS: dict[str, type[Module]] = {
     "AvgPool3d": AvgPool3d,
     "AdaptiveAvgPool3d": AdaptiveAvgPool3d,
     "Upsample": Upsample,
+    "SkipConnection": SkipConnection,
 }
 
 

@@ -12,7 +12,7 @@ from engine.data.phantoms import make_phantoms
 from engine.train import evaluate, train_epoch
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", models.names("classification"))
 def test_loss_drops_on_fixed_batch(name):
     x, y = make_phantoms(8, seed=1)
     model = models.get(name, num_classes=2, rng=np.random.default_rng(0))
@@ -79,7 +79,7 @@ def test_unknown_model_and_config():
     assert isinstance(model, nn.Module)
 
 
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", models.names("classification"))
 def test_model_file_round_trip_keeps_config_spec_and_outputs(name, tmp_path):
     from engine.checkpoint import load_checkpoint, load_model, save_checkpoint
 

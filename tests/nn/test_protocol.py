@@ -53,6 +53,9 @@ EXAMPLES = {
         nn.Sequential(nn.Conv2d(2, 3, 1, rng=r), nn.BatchNorm2d(3)),
         nn.ReLU(),
     ),
+    "SkipConnection": lambda r: nn.SkipConnection(
+        nn.Sequential({"pool": nn.MaxPool2d(2), "up": nn.ConvTranspose2d(2, 3, 2, 2, rng=r)})
+    ),
 }
 
 
@@ -96,7 +99,7 @@ def test_conv2d_spec_lists_its_constructor_arguments(rng):
 
 
 @cpu_only("specs, geometry and fusion rules are device-independent metadata")
-@pytest.mark.parametrize("name", models.names())
+@pytest.mark.parametrize("name", models.names("classification"))
 def test_models_rebuilt_from_spec_compute_the_same(rng, name):
     model = models.get(name, num_classes=3, rng=np.random.default_rng(0))
     rebuilt = nn.from_spec(model.spec())
