@@ -93,7 +93,11 @@ def _train_options(p: argparse.ArgumentParser) -> None:
         "the data is an error; without it, labels must be all integers or all text and every "
         "class needs at least 3 files",
     )
-    p.add_argument("--model", default="seed_cnn", help=f"architecture: {', '.join(models.names())}")
+    p.add_argument(
+        "--model",
+        default="seed_cnn",
+        help=f"architecture: {', '.join(models.names('classification'))}",
+    )
     p.add_argument(
         "--optimizer",
         default="adam",

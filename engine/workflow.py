@@ -163,6 +163,11 @@ def check_model(settings: TrainSettings) -> None:
     tiny, on the CPU), so a bad option fails before a large dataset has loaded."""
     import models
 
+    if settings.model in models.REGISTRY and settings.model not in models.names("classification"):
+        raise ArgumentError(
+            f"--model {settings.model}: a segmentation model; medgrad train fits classification "
+            f"models ({', '.join(models.names('classification'))})"
+        )
     try:
         models.get(
             settings.model,
