@@ -4,6 +4,7 @@ matches a one-process run to float32 rounding; a bad option stops both ranks wit
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -46,3 +47,39 @@ def test_cli_bad_option_on_rank0_stops_both(mpirun, tmp_path):
     done = mpirun(2, args, timeout=60, ENGINE_KERNELS="numpy")
     assert done.returncode != 0
     assert "rank 0 of 2 failed: ArgumentError: --out" in done.stderr
+
+
+def test_cli_each_rank_decodes_only_its_patients(mpirun, tmp_path):
+    from engine.cli import main
+    from tests.distributed.cases import write_phantom_site
+
+    site = write_phantom_site(tmp_path / "site", n_patients=10, per_patient=3, seed=4)
+    args = ["--data", str(site), "--input-size", "16", "--batch-size", "8", "--epochs", "2"]
+    args += ["--seed", "1", "--quiet"]
+    script = "tests/distributed/_decode_log_script.py"
+    log = tmp_path / "decoded"
+    done = mpirun(
+        2,
+        [script, str(log), "train", *args, "--out", str(tmp_path / "two"), "--distributed"],
+        timeout=120,
+        ENGINE_KERNELS="numpy",
+    )
+    assert done.returncode == 0, done.stderr
+    decoded = [Path(f"{log}.{r}").read_text().split() for r in range(2)]
+    files = sorted(str(p) for p in site.rglob("*.dcm"))
+    assert sorted(decoded[0] + decoded[1]) == files  # each file decoded once, by one rank
+    patients = [{Path(p).parent.name for p in d} for d in decoded]
+    assert patients[0] and patients[1] and not patients[0] & patients[1]  # whole patients
+    with backend.use_kernels("numpy"):
+        assert main(["train", *args, "--out", str(tmp_path / "one")]) == 0
+    two = load_checkpoint(tmp_path / "two" / "model.npz").weights
+    one = load_checkpoint(tmp_path / "one" / "model.npz").weights
+    for name, w in one.items():
+        np.testing.assert_allclose(two[name], w, rtol=1e-4, atol=1e-5, err_msg=name)  # float32
+    m_two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    m_one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert m_two["n_val"] == m_one["n_val"] and m_two["n_train"] == m_one["n_train"]
+    for key in ("accuracy", "auc"):  # the whole validation set, gathered from both ranks
+        np.testing.assert_allclose(m_two["held_out"][key], m_one["held_out"][key], rtol=1e-4)
+    shown = sorted(p.name for p in (tmp_path / "two" / "explain").glob("*.png"))
+    assert shown and shown == sorted(p.name for p in (tmp_path / "one" / "explain").glob("*.png"))
