@@ -145,6 +145,22 @@ def _is_dicom_folder(source) -> bool:
     )
 
 
+def _load(source, settings: TrainSettings, comm: Communicator | None = None):
+    """load_data with the settings; a data-parallel rank on a DICOM folder decodes only its
+    patients' files (load_rank_data). Phantoms, IDX and .npz are generated or stored as one
+    array: every rank holds them whole."""
+    if comm is not None and str(source) != "phantoms" and _is_dicom_folder(source):
+        return load_rank_data(source, settings, comm)
+    return load_data(
+        source,
+        input_size=settings.input_size,
+        n_phantoms=settings.n_phantoms,
+        seed=settings.seed,
+        on_error=settings.on_error,
+        classes=settings.classes,
+    )
+
+
 def load_rank_data(source, settings: TrainSettings, comm: Communicator):
     """load_data for one rank of a data-parallel run on a DICOM folder: the whole folder's labels,
     patients and paths (labels.csv and headers, no pixels), so every rank draws the same split
@@ -477,17 +493,7 @@ def train(
     root = comm is None or comm.rank == 0
     earlier = check_run_dir(run_dir, settings, resume=resume, overwrite=overwrite) if root else []
     with _compute(settings.device, settings.kernels):
-        if comm is not None and str(source) != "phantoms" and _is_dicom_folder(source):
-            ds = load_rank_data(source, settings, comm)  # this rank's patients' pixels only
-        else:  # phantoms, IDX, .npz: generated or stored as one array, held by every rank
-            ds = load_data(
-                source,
-                input_size=settings.input_size,
-                n_phantoms=settings.n_phantoms,
-                seed=settings.seed,
-                on_error=settings.on_error,
-                classes=settings.classes,
-            )
+        ds = _load(source, settings, comm)
         _two_classes(ds, source)
         classes = _classes(ds)
         train_idx, val_idx = holdout(ds, settings.val_split, settings.seed)
@@ -774,14 +780,7 @@ def cross_validate(source, folds: int, settings: TrainSettings, *, progress: boo
     names = ("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "auc")
     check_model(settings)
     with _compute(settings.device, settings.kernels):
-        ds = load_data(
-            source,
-            input_size=settings.input_size,
-            n_phantoms=settings.n_phantoms,
-            seed=settings.seed,
-            on_error=settings.on_error,
-            classes=settings.classes,
-        )
+        ds = _load(source, settings)
         _print_skipped(ds)
         _two_classes(ds, source)
         classes = _classes(ds)

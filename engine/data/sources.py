@@ -197,14 +197,13 @@ def _resolve(folder: Path, item: tuple, meta: dict | None) -> tuple | None:
     return path, label, group
 
 
-def _patients_items(folder: Path, items, patients, on_error, max_pixels, skipped) -> list:
-    """The items whose patient is in `patients`, resolved (label and patient known). A header is
-    read only where labels.csv gives no patient_id (or matches by SOPInstanceUID)."""
-    patients = {str(p) for p in patients}
-    out = []
+def _resolved(folder: Path, items, on_error, max_pixels, skipped, *, headers: bool) -> Iterator:
+    """(path, label, patient group, header meta or None) per item, pixels never read; a header is
+    read when `headers` or where labels.csv gives no patient_id (or matches by SOPInstanceUID).
+    Unreadable headers and UIDs not in labels.csv go to `skipped` (or raise, on_error)."""
     for item in items:
         meta = None
-        if item[2] is None:  # no patient_id in labels.csv: the header says
+        if headers or item[2] is None:
             try:
                 meta = _header(item[0], max_pixels)
             except DicomReadError as exc:
@@ -215,9 +214,15 @@ def _patients_items(folder: Path, items, patients, on_error, max_pixels, skipped
         found = _resolve(folder, item, meta)
         if found is None:
             skipped.append((str(item[0]), "SOPInstanceUID not in labels.csv"))
-        elif found[2] in patients:
-            out.append((found[0], found[1], found[2], None))
-    return out
+        else:
+            yield (*found, meta)
+
+
+def _patients_items(folder: Path, items, patients, on_error, max_pixels, skipped) -> list:
+    """The items whose patient is in `patients`, resolved (label and patient known)."""
+    patients = {str(p) for p in patients}
+    found = _resolved(folder, items, on_error, max_pixels, skipped, headers=False)
+    return [(path, label, group, None) for path, label, group, _ in found if group in patients]
 
 
 def dicom_index(folder: Path, *, classes, on_error: str, max_pixels: int, skipped: list) -> tuple:
@@ -227,19 +232,9 @@ def dicom_index(folder: Path, *, classes, on_error: str, max_pixels: int, skippe
     items, classes, _ = _dicom_items(folder, classes, on_error, skipped)
     index = {c: i for i, c in enumerate(classes)}
     labels, groups, paths = [], [], []
-    for item in items:
-        try:
-            meta = _header(item[0], max_pixels)
-        except DicomReadError as exc:
-            if on_error == "raise":
-                raise
-            skipped.append((str(item[0]), str(exc)))
-            continue
-        found = _resolve(folder, item, meta)
-        if found is None:
-            skipped.append((str(item[0]), "SOPInstanceUID not in labels.csv"))
-            continue
-        path, label, group = found
+    for path, label, group, meta in _resolved(
+        folder, items, on_error, max_pixels, skipped, headers=True
+    ):
         k = meta["frames"]
         labels += [index[label]] * k
         groups += [group] * k
