@@ -46,6 +46,14 @@ class Communicator:
         """Sum each array of `bufs` over all ranks, in place (all issued before any is awaited)."""
         raise NotImplementedError
 
+    def start_allreduce_sum(self, buf):
+        """Begin summing `buf` over all ranks in place; -> a handle for wait(). Every rank must
+        start its allreduces in the same order. Default: done at once (handle None)."""
+        self.allreduce_sum([buf])
+
+    def wait(self, handles: list) -> None:
+        """Block until the allreduces behind `handles` (from start_allreduce_sum) are done."""
+
     def broadcast(self, buf, root: int = 0) -> None:
         """Overwrite `buf` on every rank with root's copy, in place."""
         raise NotImplementedError
@@ -113,6 +121,12 @@ class MPICommunicator(Communicator):
     def allreduce_sum(self, bufs):
         reqs = [self.comm.Iallreduce(self.MPI.IN_PLACE, b, op=self.MPI.SUM) for b in bufs]
         self._wait(reqs, "allreduce")
+
+    def start_allreduce_sum(self, buf):
+        return self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+
+    def wait(self, handles):
+        self._wait(list(handles), "allreduce")
 
     def broadcast(self, buf, root=0):
         self._wait([self.comm.Ibcast(buf, root=root)], "broadcast")
@@ -197,6 +211,25 @@ class NCCLCommunicator(MPICommunicator):
             )
         self.nccl.groupEnd()
         self._sync("allreduce")
+
+    def start_allreduce_sum(self, buf):
+        if isinstance(buf, np.ndarray):
+            return super().start_allreduce_sum(buf)
+        stream = self.cupy.cuda.get_current_stream().ptr  # enqueued after the backward kernels
+        self.nccl_comm.allReduce(
+            buf.data.ptr,
+            buf.data.ptr,
+            buf.size,
+            self._nccl_type(buf.dtype),
+            self.nccl.NCCL_SUM,
+            stream,
+        )
+        return "nccl"
+
+    def wait(self, handles):
+        super().wait([h for h in handles if h != "nccl"])
+        if "nccl" in handles:
+            self._sync("allreduce")
 
     def broadcast(self, buf, root=0):
         if isinstance(buf, np.ndarray):
@@ -283,13 +316,22 @@ class DistributedOptimizer:
     Each rank's loss is the mean over its n_r samples of the global batch of N, so
     weight = n_r / N and sum_r weight_r * grad_r is the gradient of the global mean loss, the one
     a single process computes (exactly, up to summation order). Gradients are packed into flat
-    buckets (BUCKET_BYTES), one Iallreduce each, all in flight together. Attributes not defined
+    buckets (BUCKET_BYTES), one Iallreduce each. With backward(loss, weight) (overlap=True) a
+    bucket's allreduce starts as soon as backward has finished its gradients, while backward
+    still runs; step() waits for them. Buckets start in bucket order on every rank (MPI needs
+    one order), and the sums are those of the blocking path, bit for bit. Attributes not defined
     here (lr, steps, state_dict, ...) are the wrapped optimizer's.
     """
 
-    def __init__(self, optimizer, comm: Communicator, bucket_bytes: int = BUCKET_BYTES):
-        self.optimizer, self.comm = optimizer, comm
+    def __init__(
+        self, optimizer, comm: Communicator, bucket_bytes: int = BUCKET_BYTES, overlap: bool = True
+    ):
+        self.optimizer, self.comm, self.overlap = optimizer, comm, overlap
         self.buckets = _buckets(optimizer.params, bucket_bytes)
+        self._bucket_of = {
+            id(optimizer.params[i]): b for b, bk in enumerate(self.buckets) for i in bk
+        }
+        self._inflight = None  # during an overlapped step: weight, buckets left, flats, handles
         self.comm_seconds = 0.0  # time spent packing, in allreduce and unpacking
         self.comm_steps = 0
 
@@ -305,31 +347,77 @@ class DistributedOptimizer:
     def zero_grad(self) -> None:
         self.optimizer.zero_grad()
 
-    def average_gradients(self, weight: float) -> None:
-        """p.grad <- sum over ranks of weight_r * p.grad_r, for every parameter (None = 0)."""
-        start = time.perf_counter()
+    def _pack(self, bucket: list[int], weight: float):
+        """weight * this rank's gradients of `bucket`, one flat array (a missing grad = 0)."""
         params = self.optimizer.params
-        flats = []
-        for bucket in self.buckets:
-            xp = backend.get_backend(params[bucket[0]].data).xp
-            parts = [
-                (params[i].grad if params[i].grad is not None else xp.zeros_like(params[i].data))
-                for i in bucket
-            ]
-            flats.append(xp.concatenate([g.reshape(-1) for g in parts]) * weight)
-        self.comm.allreduce_sum(flats)
+        xp = backend.get_backend(params[bucket[0]].data).xp
+        parts = [
+            (params[i].grad if params[i].grad is not None else xp.zeros_like(params[i].data))
+            for i in bucket
+        ]
+        return xp.concatenate([g.reshape(-1) for g in parts]) * weight
+
+    def _unpack(self, flats: list) -> None:
+        params = self.optimizer.params
         for bucket, flat in zip(self.buckets, flats, strict=True):
             offset = 0
             for i in bucket:
                 p = params[i]
                 p.grad = flat[offset : offset + p.data.size].reshape(p.data.shape)
                 offset += p.data.size
+
+    def average_gradients(self, weight: float) -> None:
+        """p.grad <- sum over ranks of weight_r * p.grad_r, for every parameter (None = 0)."""
+        start = time.perf_counter()
+        flats = [self._pack(bucket, weight) for bucket in self.buckets]
+        self.comm.allreduce_sum(flats)
+        self._unpack(flats)
         self.comm_seconds += time.perf_counter() - start
         self.comm_steps += 1
 
+    def backward(self, loss, weight: float) -> None:
+        """loss.backward(), starting each bucket's allreduce (of weight * gradients) as soon as
+        its gradients are final; step(weight) then waits. overlap=False: a plain backward."""
+        if not self.overlap:
+            loss.backward()
+            return
+        left = [len(bucket) for bucket in self.buckets]
+        self._inflight = {"weight": weight, "left": left, "flats": [], "handles": []}
+        loss.backward(on_leaf_ready=self._leaf_ready)
+
+    def _leaf_ready(self, leaf) -> None:
+        b = self._bucket_of.get(id(leaf))
+        if b is None:  # a leaf that is not one of the optimizer's parameters
+            return
+        self._inflight["left"][b] -= 1
+        self._start_ready()
+
+    def _start_ready(self, everything: bool = False) -> None:
+        """Start the allreduce of each complete bucket, in bucket order (all when everything)."""
+        state = self._inflight
+        start = time.perf_counter()
+        while len(state["flats"]) < len(self.buckets):
+            b = len(state["flats"])
+            if state["left"][b] > 0 and not everything:
+                break
+            state["flats"].append(self._pack(self.buckets[b], state["weight"]))
+            state["handles"].append(self.comm.start_allreduce_sum(state["flats"][-1]))
+        self.comm_seconds += time.perf_counter() - start
+
     def step(self, weight: float = 1.0) -> None:
-        """Average the gradients (weight = this rank's share of the global batch), then step."""
-        self.average_gradients(weight)
+        """Average the gradients (weight = this rank's share of the global batch), then step.
+        After backward(loss, weight): wait for the allreduces it started (and start the rest)."""
+        if self._inflight is None:
+            self.average_gradients(weight)
+        else:
+            assert self._inflight["weight"] == weight, "step(weight) differs from backward's"
+            self._start_ready(everything=True)  # parameters the loss did not reach: zeros
+            start = time.perf_counter()
+            self.comm.wait(self._inflight["handles"])
+            self._unpack(self._inflight["flats"])
+            self._inflight = None
+            self.comm_seconds += time.perf_counter() - start
+            self.comm_steps += 1
         self.optimizer.step()
 
 
@@ -425,7 +513,7 @@ def train_epoch_sharded(
                     f"the training loss on rank {shard.rank} became {value}: non-finite inputs, "
                     "bad labels or a learning rate too high"
                 )
-            loss.backward()
+            optimizer.backward(loss, len(rows) / len(idx))  # allreduces start during backward
             sums += [value * len(rows), float((logits.data.argmax(axis=1) == yb).sum())]
         optimizer.step(len(rows) / len(idx))
         if on_batch is not None:

@@ -16,6 +16,22 @@ import numpy as np
 from engine import backend as _backend
 
 
+def _leaf_uses(root) -> dict:
+    """id(leaf) -> [number of (Function, input) edges reaching it, leaf], over the Functions
+    backward can reach from `root` (through inputs that require grad)."""
+    uses, stack, seen = {}, [root], {id(root)}
+    while stack:
+        for x in stack.pop().inputs:
+            if not x.requires_grad:
+                continue
+            if x.creator is None:
+                uses.setdefault(id(x), [0, x])[0] += 1
+            elif id(x.creator) not in seen:
+                seen.add(id(x.creator))
+                stack.append(x.creator)
+    return uses
+
+
 class Tensor:
     """A NumPy (or CuPy) array that records the ops applied to it when `requires_grad` is True."""
 
@@ -94,11 +110,15 @@ class Tensor:
         self.grad = None
 
     # ---- autograd ----
-    def backward(self, grad=None, retain_grad: bool = False) -> None:
+    def backward(self, grad=None, retain_grad: bool = False, on_leaf_ready=None) -> None:
         """Accumulate d(self)/d(leaf) * grad into every leaf's `.grad`.
 
         grad defaults to 1 for a one-element tensor. The walk pops Functions by generation, newest
         first, from a heap, so each runs once after all its outputs' gradients are summed.
+        on_leaf_ready: optional callable(leaf), called once for every leaf that requires grad as
+        soon as its `.grad` is final for this call (every Function taking it as input has run),
+        the leaves no gradient reached at the end; data-parallel training starts its gradient
+        allreduce there (engine.distributed), while the rest of backward still runs.
         """
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad")
@@ -114,7 +134,11 @@ class Tensor:
             raise ValueError(f"backward grad shape {grad.shape} != tensor shape {self.shape}")
         if self.creator is None:
             self._accumulate(grad)
+            if on_leaf_ready is not None:
+                on_leaf_ready(self)
             return
+        # uses left per leaf (id -> [count, leaf]): counted only when someone listens
+        uses = _leaf_uses(self.creator) if on_leaf_ready is not None else None
         pending = {id(self): grad}  # gradients of non-leaf tensors still to be passed on
         counter = itertools.count()  # tie-breaker: heapq never compares Functions
         heap = [(-self.creator.generation, next(counter), self.creator)]
@@ -132,7 +156,11 @@ class Tensor:
             gxs = fn.backward(*gys)
             gxs = gxs if isinstance(gxs, tuple) else (gxs,)
             for x, gx in zip(fn.inputs, gxs, strict=True):
+                if uses is not None and x.creator is None and x.requires_grad:
+                    uses[id(x)][0] -= 1  # the leaf's gradient is final once this reaches 0
                 if gx is None or not x.requires_grad:
+                    if uses is not None and id(x) in uses and uses[id(x)][0] == 0:
+                        on_leaf_ready(uses.pop(id(x))[1])
                     continue
                 if gx.shape != x.shape:
                     raise RuntimeError(
@@ -142,11 +170,15 @@ class Tensor:
                     gx = gx.astype(x.dtype)
                 if x.creator is None:
                     x._accumulate(gx)
+                    if uses is not None and uses[id(x)][0] == 0:
+                        on_leaf_ready(uses.pop(id(x))[1])
                 else:
                     pending[id(x)] = gx if id(x) not in pending else pending[id(x)] + gx
                     if id(x.creator) not in seen:
                         seen.add(id(x.creator))
                         heapq.heappush(heap, (-x.creator.generation, next(counter), x.creator))
+        for _, leaf in (uses or {}).values():  # behind Functions no gradient reached
+            on_leaf_ready(leaf)
 
     def _accumulate(self, g) -> None:
         # out of place: g may be an array another tensor also holds

@@ -14,7 +14,7 @@ import csv
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -119,6 +119,96 @@ def load_data(
         "input_size": input_size,
         "in_channels": int(ds.images.shape[1]),
         **{k: info[k] for k in ("window", "method", "normalize") if k in info},
+    }
+    return ds
+
+
+class _RankImages:
+    """The images of a data-parallel rank, indexed by global sample index like the whole
+    dataset's (n, c, h, w) array, but holding (and having decoded) only this rank's rows."""
+
+    def __init__(self, local: np.ndarray, rows: np.ndarray, n: int):
+        self.local, self.shape, self.dtype = local, (n, *local.shape[1:]), local.dtype
+        self.position = np.full(n, -1, dtype=np.int64)
+        self.position[rows] = np.arange(len(rows))
+
+    def __getitem__(self, idx) -> np.ndarray:
+        pos = self.position[idx]
+        assert (pos >= 0).all(), "a rank asked for images of another rank's patients"
+        return self.local[pos]
+
+
+def _is_dicom_folder(source) -> bool:
+    source = Path(source)
+    return source.is_dir() and not (
+        not (source / "labels.csv").exists() and any(source.glob("*-images*idx3*"))
+    )
+
+
+def _load(source, settings: TrainSettings, comm: Communicator | None = None):
+    """load_data with the settings; a data-parallel rank on a DICOM folder decodes only its
+    patients' files (load_rank_data). Phantoms, IDX and .npz are generated or stored as one
+    array: every rank holds them whole."""
+    if comm is not None and str(source) != "phantoms" and _is_dicom_folder(source):
+        return load_rank_data(source, settings, comm)
+    return load_data(
+        source,
+        input_size=settings.input_size,
+        n_phantoms=settings.n_phantoms,
+        seed=settings.seed,
+        on_error=settings.on_error,
+        classes=settings.classes,
+    )
+
+
+def load_rank_data(source, settings: TrainSettings, comm: Communicator):
+    """load_data for one rank of a data-parallel run on a DICOM folder: the whole folder's labels,
+    patients and paths (labels.csv and headers, no pixels), so every rank draws the same split
+    and shards, and the pixels of this rank's patients only (load_dataset(patients=)).
+
+    .images is indexed by global sample index and holds this rank's rows. A file whose header
+    reads but whose pixels do not is a DataError here, even with on_error="skip", since the
+    ranks would no longer agree on the sample numbering.
+    """
+    from engine.data.datasets import load_dataset
+    from engine.data.dicom import DEFAULT_MAX_PIXELS
+    from engine.data.sources import dicom_index
+
+    skipped: list = []
+    classes, labels, groups, paths = dicom_index(
+        Path(source),
+        classes=settings.classes,
+        on_error=settings.on_error,
+        max_pixels=DEFAULT_MAX_PIXELS,
+        skipped=skipped,
+    )
+    if not len(labels):
+        raise DataError(f"{source}: no readable images ({len(skipped)} files skipped)")
+    ds = SimpleNamespace(labels=labels, groups=groups, paths=paths, classes=classes)
+    ds.skipped = skipped
+    train_idx, val_idx = holdout(ds, settings.val_split, settings.seed)
+    mine, vmine = _rank_rows(ds, train_idx, val_idx, comm)
+    patients = set(groups[train_idx[mine]]) | set(groups[val_idx[vmine]])
+    local = load_dataset(
+        source,
+        input_size=settings.input_size,
+        on_error=settings.on_error,
+        classes=classes,
+        patients=patients,
+    )
+    rows = np.flatnonzero(np.isin(groups, list(patients)))
+    if list(local.paths) != [paths[r] for r in rows]:
+        odd = sorted(set(local.paths) ^ {paths[r] for r in rows})[:3] or local.skipped[:3]
+        raise DataError(
+            f"{source}: rank {comm.rank}: its patients' files decode differently from what their "
+            f"headers say ({odd}); with --distributed every listed file must read: fix or "
+            "remove it"
+        )
+    ds.images = _RankImages(local.images, rows, len(labels))
+    ds.preprocessing = {
+        "input_size": settings.input_size,
+        "in_channels": int(local.images.shape[1]),
+        **{k: local.info[k] for k in ("window", "method", "normalize") if k in local.info},
     }
     return ds
 
@@ -286,21 +376,29 @@ def _build(settings: TrainSettings, ds, num_classes: int):
     return model, optim.OPTIMIZERS[settings.optimizer](model.parameters(), lr=lr, **kwargs)
 
 
+def _rank_rows(ds, train_idx, val_idx, comm) -> tuple[np.ndarray, np.ndarray]:
+    """(positions in train_idx, positions in val_idx) of this rank's patients, each side
+    sharded on its own (engine.distributed.shard_of)."""
+    from engine import distributed
+
+    return (
+        distributed.shard_of(ds.groups[train_idx], comm.rank, comm.size),
+        distributed.shard_of(ds.groups[val_idx], comm.rank, comm.size),
+    )
+
+
 def _fit(settings, model, opt, ds, train_idx, val_idx, run_dir, resume, progress, comm=None):
     from engine.train import Schedule, fit
 
     schedule = Schedule(settings.schedule, step_size=settings.step_size, gamma=settings.gamma)
     shard = None
-    if comm is not None:  # this rank's patients of each side (engine.distributed.shard_of)
+    n_val = len(val_idx)
+    if comm is not None:  # this rank's patients of each side
         from engine import distributed
 
-        mine = distributed.shard_of(ds.groups[train_idx], comm.rank, comm.size)
+        mine, vmine = _rank_rows(ds, train_idx, val_idx, comm)
         shard = distributed.Shard(mine, len(train_idx), comm.rank, comm.size)
-        n_val = len(val_idx)
-        train_idx = train_idx[mine]
-        val_idx = val_idx[distributed.shard_of(ds.groups[val_idx], comm.rank, comm.size)]
-    else:
-        n_val = len(val_idx)
+        train_idx, val_idx = train_idx[mine], val_idx[vmine]
     val = (ds.images[val_idx], ds.labels[val_idx]) if n_val else None
     return fit(
         model,
@@ -321,6 +419,40 @@ def _fit(settings, model, opt, ds, train_idx, val_idx, run_dir, resume, progress
         comm=comm,
         shard=shard,
     )
+
+
+def _gathered_validation(settings, run_dir, ds, train_idx, val_idx, comm):
+    """(best model on the CPU, probs (n_val, k), labels (n_val,)) of a data-parallel run, every
+    rank: rank 0's model.npz is broadcast, each rank predicts its patients of the validation set
+    (only those it decoded) and the probabilities are gathered in val_idx order."""
+    from engine import distributed
+    from engine.train import predict_proba
+
+    if comm.rank == 0:
+        model, _ = load_model(run_dir / "model.npz")
+    else:  # the same architecture on the CPU, to receive rank 0's best weights
+        model, _ = _build(replace(settings, device="cpu"), ds, len(_classes(ds)))
+    distributed.broadcast_model(model, comm)
+    _, vmine = _rank_rows(ds, train_idx, val_idx, comm)
+    mine = val_idx[vmine]
+    probs = predict_proba(model, ds.images[mine]) if len(mine) else np.zeros((0, 0))
+    where = np.concatenate(comm.allgather_array(mine.astype(np.int64)))
+    probs = np.concatenate([p for p in comm.allgather_array(probs) if p.size])
+    order = np.argsort(where)  # where holds val_idx's members: sorted, as val_idx is
+    assert np.array_equal(where[order], np.sort(val_idx))
+    probs = probs[order][np.argsort(np.argsort(val_idx))]
+    return model, probs, ds.labels[val_idx]
+
+
+def _gathered_images(ds, pick: np.ndarray, comm) -> np.ndarray:
+    """The images of global indices `pick` (a few, to explain), from the ranks that hold them."""
+    held = ds.images.position[pick] >= 0 if isinstance(ds.images, _RankImages) else None
+    if held is None:  # every rank holds the whole array
+        return ds.images[pick]
+    mine = ds.images[pick[held]] if held.any() else np.zeros((0, 0, 0, 0), np.float32)
+    where = np.concatenate(comm.allgather_array(pick[held].astype(np.int64)))
+    images = np.concatenate([a for a in comm.allgather_array(mine) if a.size])
+    return images[[int(np.flatnonzero(where == i)[0]) for i in pick]]
 
 
 def _write_manifest(source, run_dir: Path) -> str | None:
@@ -366,14 +498,7 @@ def train(
     root = comm is None or comm.rank == 0
     earlier = check_run_dir(run_dir, settings, resume=resume, overwrite=overwrite) if root else []
     with _compute(settings.device, settings.kernels):
-        ds = load_data(
-            source,
-            input_size=settings.input_size,
-            n_phantoms=settings.n_phantoms,
-            seed=settings.seed,
-            on_error=settings.on_error,
-            classes=settings.classes,
-        )
+        ds = _load(source, settings, comm)
         _two_classes(ds, source)
         classes = _classes(ds)
         train_idx, val_idx = holdout(ds, settings.val_split, settings.seed)
@@ -394,17 +519,21 @@ def train(
             settings, model, opt, ds, train_idx, val_idx, run_dir, resume, progress and root, comm
         )
         seconds = time.perf_counter() - start
+        if comm is None:
+            model, _ = load_model(run_dir / "model.npz")  # the best epoch, on the CPU
+            xv, yv = ds.images[val_idx], ds.labels[val_idx]
+            probs = predict_proba(model, xv)
+        else:  # each rank predicts its part of the validation set; rank 0 gathers
+            model, probs, yv = _gathered_validation(settings, run_dir, ds, train_idx, val_idx, comm)
+        pick = val_idx[np.argsort(-probs[:, -1])[:explain_n]]
+        images = ds.images[pick] if comm is None else _gathered_images(ds, pick, comm)
         if not root:
             return {"rank": comm.rank}
-        model, _ = load_model(run_dir / "model.npz")  # the best epoch, on the CPU
-        xv, yv = ds.images[val_idx], ds.labels[val_idx]
-        probs = predict_proba(model, xv)
         evaluation = metrics.summary(yv, probs)
         # explain the held-out images the model is most sure contain the last class ("lesion")
-        pick = val_idx[np.argsort(-probs[:, -1])[:explain_n]]
         names = [_name(ds, i) for i in pick]
         shown = explain.explain_images(
-            model, ds.images[pick], run_dir / "explain", names=names, classes=classes
+            model, images, run_dir / "explain", names=names, classes=classes
         )
     result = {
         "settings": asdict(settings),
@@ -656,14 +785,7 @@ def cross_validate(source, folds: int, settings: TrainSettings, *, progress: boo
     names = ("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "auc")
     check_model(settings)
     with _compute(settings.device, settings.kernels):
-        ds = load_data(
-            source,
-            input_size=settings.input_size,
-            n_phantoms=settings.n_phantoms,
-            seed=settings.seed,
-            on_error=settings.on_error,
-            classes=settings.classes,
-        )
+        ds = _load(source, settings)
         _print_skipped(ds)
         _two_classes(ds, source)
         classes = _classes(ds)

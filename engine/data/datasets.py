@@ -124,6 +124,7 @@ def load_dataset(
     max_pixels: int | None = None,
     max_bytes: int = 4 << 30,
     classes: list[str] | None = None,
+    patients=None,
 ) -> Dataset:
     """Load images from `source` -> Dataset with images float32 (n, c, input_size, input_size).
 
@@ -142,6 +143,10 @@ def load_dataset(
     missing file is skipped too). classes: the class names in index order (e.g. a model's), if
     known: every label must be one of them; otherwise labels.csv labels are checked by
     engine.data.labels.resolve_classes (all integers or all text, enough files per class).
+    patients: if given, keep only these patients' images (a data-parallel rank's shard): in a
+    DICOM folder the other patients' files are never decoded (their patient comes from
+    labels.csv's patient_id, else from the header alone); IDX and .npz, single arrays, are read
+    whole and filtered. The cache key includes the set.
     """
     from engine.data.dicom import DEFAULT_MAX_PIXELS
     from engine.data.transforms import RESIZE_METHODS
@@ -180,6 +185,7 @@ def load_dataset(
             max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
             skipped=skipped,
             classes=classes,
+            patients=patients,
             **kw,
         )
     elif source.name == "labels.csv":
@@ -196,6 +202,7 @@ def load_dataset(
             max_pixels=max_pixels,
             max_bytes=max_bytes,
             classes=classes,
+            patients=patients,
         )
     elif source.suffix == ".npz":
         desc, classes, chunks = medmnist_source(
@@ -207,6 +214,10 @@ def load_dataset(
         raise DataError(f"{source}: not a DICOM folder, IDX file or MedMNIST .npz")
     if classes is not None and desc["kind"] != "dicom":
         classes, chunks = _relabel(source, classes, chunks)
+    if patients is not None:
+        patients = sorted({str(p) for p in patients})
+        if desc["kind"] != "dicom":
+            chunks = _only(chunks, set(patients))
     settings = {**kw, "normalize": normalize, "on_error": on_error}
     if classes is not None:
         settings["classes"] = list(classes)  # they decide the label indices: part of the key
@@ -220,10 +231,21 @@ def load_dataset(
         info.update(mean=mean, std=std)
         ds = Dataset(images, labels, groups, paths, classes, skipped, info)
     else:
-        key = cache.cache_key(desc, settings)
+        # the patient filter changes the entry's content: part of the key (not of info)
+        key = cache.cache_key(
+            desc, settings if patients is None else {**settings, "patients": patients}
+        )
         ds = _cached(Path(cache_dir), key, chunks, classes, normalize, skipped, info)
     ds.preprocessing = _preprocessing(ds, desc["kind"], window, resize_method, normalize)
     return ds
+
+
+def _only(chunks, patients: set[str]) -> Iterator:
+    """The rows of each chunk whose group is in `patients` (empty chunks dropped)."""
+    for x, y, g, p in chunks:
+        keep = [i for i, group in enumerate(g) if str(group) in patients]
+        if keep:
+            yield x[keep], y[keep], [g[i] for i in keep], [p[i] for i in keep]
 
 
 def _relabel(source: Path, stated: list[str], chunks) -> tuple[list[str], Iterator]:

@@ -64,52 +64,21 @@ def dicom_source(
     max_pixels,
     skipped: list,
     classes: list[str] | None = None,
+    patients=None,
 ) -> tuple[dict, list[str], Iterator]:
     """A DICOM folder with labels.csv (path or SOPInstanceUID) or with one sub-folder per class.
 
     classes: the class names in index order, if stated (every label must be one of them); else
     found and checked by engine.data.labels.resolve_classes. A labels.csv row naming a missing
     file is a DataError naming the line, or with on_error="skip" a `skipped` entry.
+    patients: if given (a set of patient ids), only those patients' files are decoded; a file's
+    patient is labels.csv's patient_id, else its header's PatientID (read without the pixels).
     """
-    from engine.data.dicom import list_files, read_image
+    from engine.data.dicom import read_image
 
-    csv_path = folder / "labels.csv"
-    if csv_path.is_file():
-        rows = read_labels_csv(folder)
-        found: dict[str, list[str]] = {}
-        for r in rows:
-            found.setdefault(r["label"], []).append(f"line {r['line']}")
-        classes = resolve_classes(found, classes, str(csv_path))
-        if rows[0]["key"] == "path":
-            items = []
-            for r in rows:
-                path = _inside(folder, r["ref"])
-                if path.is_file():
-                    items.append((path, r["label"], r["patient_id"], None))
-                elif on_error == "raise":
-                    raise DataError(f"{csv_path}: line {r['line']}: {r['ref']}: no such file")
-                else:
-                    skipped.append((str(path), f"no such file (labels.csv line {r['line']})"))
-        else:  # match by SOPInstanceUID: every file in the folder is a candidate
-            by_uid = {r["ref"]: r for r in rows}
-            items = [(p, None, None, by_uid) for p in list_files(folder)]
-        stamp_files = [p for p, *_ in items] + [csv_path]
-    else:
-        class_dirs = sorted(
-            d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
-        )
-        if not class_dirs:
-            raise DataError(f"{folder}: no labels.csv and no class sub-folders")
-        items = [(p, d.name, None, None) for d in class_dirs for p in list_files(d)]
-        if not items:
-            raise DataError(f"{folder}: no files")
-        found = {d.name: [] for d in class_dirs}
-        for p, label, *_ in items:
-            found[label].append(p.name)
-        classes = resolve_classes(found, classes, str(folder))
-        stamp_files = [p for p, *_ in items]
-    if not items:
-        raise DataError(f"{folder}: no files")
+    items, classes, stamp_files = _dicom_items(folder, classes, on_error, skipped)
+    if patients is not None:
+        items = _patients_items(folder, items, patients, on_error, max_pixels, skipped)
     index = {c: i for i, c in enumerate(classes)}
     desc = {
         "kind": "dicom",
@@ -149,6 +118,128 @@ def dicom_source(
             yield _join(buf)
 
     return desc, classes, chunks()
+
+
+def _dicom_items(folder: Path, classes, on_error: str, skipped: list) -> tuple:
+    """The files of a DICOM folder -> (items, classes, files for the cache stamp); an item is
+    (path, label or None, patient id or None, labels.csv rows by SOPInstanceUID or None)."""
+    from engine.data.dicom import list_files
+
+    csv_path = folder / "labels.csv"
+    if csv_path.is_file():
+        rows = read_labels_csv(folder)
+        found: dict[str, list[str]] = {}
+        for r in rows:
+            found.setdefault(r["label"], []).append(f"line {r['line']}")
+        classes = resolve_classes(found, classes, str(csv_path))
+        if rows[0]["key"] == "path":
+            items = []
+            for r in rows:
+                path = _inside(folder, r["ref"])
+                if path.is_file():
+                    items.append((path, r["label"], r["patient_id"], None))
+                elif on_error == "raise":
+                    raise DataError(f"{csv_path}: line {r['line']}: {r['ref']}: no such file")
+                else:
+                    skipped.append((str(path), f"no such file (labels.csv line {r['line']})"))
+        else:  # match by SOPInstanceUID: every file in the folder is a candidate
+            by_uid = {r["ref"]: r for r in rows}
+            items = [(p, None, None, by_uid) for p in list_files(folder)]
+        stamp_files = [p for p, *_ in items] + [csv_path]
+    else:
+        class_dirs = sorted(
+            d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")
+        )
+        if not class_dirs:
+            raise DataError(f"{folder}: no labels.csv and no class sub-folders")
+        items = [(p, d.name, None, None) for d in class_dirs for p in list_files(d)]
+        if not items:
+            raise DataError(f"{folder}: no files")
+        found = {d.name: [] for d in class_dirs}
+        for p, label, *_ in items:
+            found[label].append(p.name)
+        classes = resolve_classes(found, classes, str(folder))
+        stamp_files = [p for p, *_ in items]
+    if not items:
+        raise DataError(f"{folder}: no files")
+    return items, classes, stamp_files
+
+
+def _header(path: Path, max_pixels: int) -> dict:
+    """PatientID, SOPInstanceUID and NumberOfFrames ("frames") of a DICOM file, read with
+    stop_before_pixels: its pixel data is never read. Raises DicomReadError."""
+    import warnings
+
+    from engine.data.dicom import _meta, _open_dataset
+
+    with warnings.catch_warnings(record=True):  # as read_image: pydicom's notes never escape
+        warnings.simplefilter("always")
+        ds = _open_dataset(
+            path, max_file_bytes=8 * max_pixels + (64 << 20), stop_before_pixels=True
+        )
+    try:
+        frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        frames = 1  # read_image will reject the file with the reason
+    return {**_meta(path, ds), "frames": frames}
+
+
+def _resolve(folder: Path, item: tuple, meta: dict | None) -> tuple | None:
+    """(path, label, patient group) of an item, from labels.csv and, if read, its header meta;
+    None when matched by SOPInstanceUID and not in labels.csv."""
+    path, label, pid, by_uid = item
+    if by_uid is not None:
+        row = by_uid.get(meta["sop_instance_uid"])
+        if row is None:
+            return None
+        label, pid = row["label"], row["patient_id"]
+    group = pid or (meta or {}).get("patient_id") or f"file:{os.path.relpath(path, folder)}"
+    return path, label, group
+
+
+def _resolved(folder: Path, items, on_error, max_pixels, skipped, *, headers: bool) -> Iterator:
+    """(path, label, patient group, header meta or None) per item, pixels never read; a header is
+    read when `headers` or where labels.csv gives no patient_id (or matches by SOPInstanceUID).
+    Unreadable headers and UIDs not in labels.csv go to `skipped` (or raise, on_error)."""
+    for item in items:
+        meta = None
+        if headers or item[2] is None:
+            try:
+                meta = _header(item[0], max_pixels)
+            except DicomReadError as exc:
+                if on_error == "raise":
+                    raise
+                skipped.append((str(item[0]), str(exc)))
+                continue
+        found = _resolve(folder, item, meta)
+        if found is None:
+            skipped.append((str(item[0]), "SOPInstanceUID not in labels.csv"))
+        else:
+            yield (*found, meta)
+
+
+def _patients_items(folder: Path, items, patients, on_error, max_pixels, skipped) -> list:
+    """The items whose patient is in `patients`, resolved (label and patient known)."""
+    patients = {str(p) for p in patients}
+    found = _resolved(folder, items, on_error, max_pixels, skipped, headers=False)
+    return [(path, label, group, None) for path, label, group, _ in found if group in patients]
+
+
+def dicom_index(folder: Path, *, classes, on_error: str, max_pixels: int, skipped: list) -> tuple:
+    """What dicom_source would yield, without any pixel: -> (classes, labels int64 (n,),
+    groups (n,) str, paths (n,) refs), one entry per image (frame), in the same order, from
+    labels.csv and the file headers. Used to split and shard before each rank decodes its part."""
+    items, classes, _ = _dicom_items(folder, classes, on_error, skipped)
+    index = {c: i for i, c in enumerate(classes)}
+    labels, groups, paths = [], [], []
+    for path, label, group, meta in _resolved(
+        folder, items, on_error, max_pixels, skipped, headers=True
+    ):
+        k = meta["frames"]
+        labels += [index[label]] * k
+        groups += [group] * k
+        paths += [str(path)] if k == 1 else [f"{path}#{i}" for i in range(k)]
+    return classes, np.asarray(labels, np.int64), np.asarray(groups, dtype=str), paths
 
 
 def _join(buf) -> tuple:

@@ -253,3 +253,67 @@ def test_cache_build_memory_does_not_grow_with_file_count(tmp_path):
     assert (n_small, n_large) == (100, 300)
     growth = peak_large - peak_small
     assert growth < 1 << 20, f"peak grew by {growth / 2**20:.2f} MiB for 200 more files"
+
+
+def _count_decodes(monkeypatch) -> list[str]:
+    """Record the path of every file whose pixel data engine.data.dicom decodes."""
+    from engine.data import dicom
+
+    decoded, real = [], dicom._pixels
+
+    def counting(path, *args, **kwargs):
+        decoded.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(dicom, "_pixels", counting)
+    return decoded
+
+
+def test_patients_filter_decodes_only_their_files(demo_dir, tmp_path, monkeypatch):
+    whole = load_dataset(demo_dir, input_size=16)
+    mine = sorted(set(whole.groups))[:2]
+    copy = tmp_path / "copy"
+    shutil.copytree(demo_dir, copy)
+    for path in whole.paths:  # the other patients' files in the copy become unreadable junk
+        if whole.groups[whole.paths.index(path)] not in mine:
+            (copy / os.path.relpath(path, demo_dir)).write_bytes(b"not dicom" * 40)
+    decoded = _count_decodes(monkeypatch)
+    part = load_dataset(copy, input_size=16, patients=mine)  # labels.csv has patient_id
+    keep = np.isin(whole.groups, mine)
+    assert len(decoded) == keep.sum() == len(part) and not part.skipped
+    np.testing.assert_array_equal(part.images, whole.images[keep])
+    np.testing.assert_array_equal(part.labels, whole.labels[keep])
+    assert [os.path.relpath(p, copy) for p in part.paths] == [
+        os.path.relpath(p, demo_dir) for p, k in zip(whole.paths, keep, strict=True) if k
+    ]
+
+
+def test_patients_filter_reads_headers_without_patient_id_column(demo_dir, tmp_path, monkeypatch):
+    folder = tmp_path / "by_class"  # class sub-folders: the patient is in the header alone
+    labels = _csv_labels(demo_dir)
+    for rel, label in labels.items():
+        target = folder / str(label) / rel.replace(os.sep, "_")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(demo_dir / rel, target)
+    whole = load_dataset(folder, input_size=12)
+    mine = sorted(set(whole.groups))[-3:]
+    decoded = _count_decodes(monkeypatch)
+    part = load_dataset(folder, input_size=12, patients=mine)
+    keep = np.isin(whole.groups, mine)
+    assert sorted(decoded) == sorted(np.asarray(whole.paths)[keep]) and set(part.groups) == set(
+        mine
+    )
+    np.testing.assert_array_equal(part.images, whole.images[keep])
+
+
+def test_patients_filter_is_part_of_the_cache_key(demo_dir, tmp_path):
+    cache = tmp_path / "cache"
+    whole = load_dataset(demo_dir, input_size=16, cache_dir=cache)
+    groups = sorted(set(whole.groups))
+    first = load_dataset(demo_dir, input_size=16, cache_dir=cache, patients=groups[:3])
+    second = load_dataset(demo_dir, input_size=16, cache_dir=cache, patients=groups[3:])
+    assert len(list(cache.iterdir())) == 3
+    assert set(first.groups) == set(groups[:3]) and set(second.groups) == set(groups[3:])
+    again = load_dataset(demo_dir, input_size=16, cache_dir=cache, patients=groups[2::-1])
+    assert again.info["cache_key"] == first.info["cache_key"]  # a set: the order does not matter
+    np.testing.assert_array_equal(again.images, whole.images[np.isin(whole.groups, groups[:3])])

@@ -34,8 +34,11 @@ def fit_case(
     hang_rank=None,
     kill_rank=None,
     device="cpu",
+    overlap=True,
+    bucket_bytes=None,
 ):
-    """(model, History) after `epochs` of the tiny CNN; with comm, on this rank's shard."""
+    """(model, History) after `epochs` of the tiny CNN; with comm, on this rank's shard
+    (overlap, bucket_bytes: engine.distributed.DistributedOptimizer's, when given)."""
     from engine import distributed
 
     x, y, groups = case_data()
@@ -54,6 +57,10 @@ def fit_case(
         aug = Augment(scale=0.1, rotate=10.0)
     shard = None
     if comm is not None:
+        if bucket_bytes is not None or not overlap:
+            opt = distributed.DistributedOptimizer(
+                opt, comm, bucket_bytes or distributed.BUCKET_BYTES, overlap=overlap
+            )
         mine = distributed.shard_of(groups[train_idx], comm.rank, comm.size)
         shard = distributed.Shard(mine, len(train_idx), comm.rank, comm.size)
         vmine = distributed.shard_of(groups[val_idx], comm.rank, comm.size)

@@ -156,3 +156,68 @@ def test_nccl_one_rank_equals_one_process(mpirun, tmp_path):
     assert done.returncode == 0, done.stderr
     model, history = fit_case(device="cuda")
     _assert_same(model, out, history)
+
+
+def test_overlapped_allreduce_bit_identical_to_blocking(mpirun, tmp_path):
+    # small buckets (several per step), started during backward vs all after it: the same sums
+    paths = {overlap: tmp_path / f"{overlap}.npz" for overlap in (True, False)}
+    for overlap, path in paths.items():
+        options = {"overlap": overlap, "bucket_bytes": 2048, "optimizer": "sgd"}
+        done = mpirun(2, [SCRIPT, str(path), json.dumps(options)], **NUMPY)
+        assert done.returncode == 0, done.stderr
+    started, blocking = np.load(paths[True]), np.load(paths[False])
+    for name in blocking.files:
+        np.testing.assert_array_equal(started[name], blocking[name], err_msg=name)
+    model, history = _single(optimizer="sgd")
+    _assert_same(model, paths[True], history)
+
+
+class _Recording(SingleProcess):
+    """A one-rank communicator that notes, at each started allreduce, the bucket's size and how
+    many of the watched parameters backward had not yet given a gradient."""
+
+    def __init__(self, params):
+        self.params, self.started = params, []
+
+    def start_allreduce_sum(self, buf):
+        self.started.append((buf.size, sum(p.grad is None for p in self.params)))
+
+
+def test_buckets_start_in_order_while_backward_runs():
+    import models
+    from engine import Tensor, optim
+    from engine.functional import softmax_cross_entropy
+
+    model = models.get("seed_cnn", in_channels=1, input_size=12, num_classes=2).astype(np.float64)
+    params = model.parameters()
+    comm = _Recording(params)
+    opt = DistributedOptimizer(optim.SGD(params, lr=0.1), comm, bucket_bytes=2048)
+    assert len(opt.buckets) >= 3
+    x, y, _ = case_data()
+    with backend.use_kernels("numpy"):
+        loss = softmax_cross_entropy(model(Tensor(x[:4])), y[:4])
+        opt.zero_grad()
+        opt.backward(loss, 0.5)
+    sizes = [sum(params[i].data.size for i in b) for b in opt.buckets]
+    assert [size for size, _ in comm.started] == sizes  # each bucket once, in bucket order
+    assert comm.started[0][1] > 0  # the first began before backward reached the first layers
+    assert comm.started[-1][1] == 0
+    expected = [0.5 * p.grad.copy() for p in params]
+    opt.step(0.5)  # waits (nothing to wait for here), unpacks the weighted sums, steps
+    for p, g in zip(params, expected, strict=True):
+        np.testing.assert_array_equal(p.grad, g)
+
+
+def test_on_leaf_ready_fires_once_per_leaf_with_its_final_grad():
+    from engine import Tensor
+
+    rng = np.random.default_rng(0)
+    w, b = (Tensor(rng.standard_normal(3), requires_grad=True) for _ in range(2))
+    x = Tensor(rng.standard_normal(3))
+    seen = []
+    h = ((x * w + b) * w).sum()  # w is used twice, late and early: ready only after both
+    h.backward(on_leaf_ready=lambda leaf: seen.append((leaf, leaf.grad.copy())))
+    assert [leaf is w for leaf, _ in seen] == [False, True]  # b first, w once, after both uses
+    for leaf, grad in seen:
+        np.testing.assert_array_equal(grad, leaf.grad)  # final when the hook fired
+    np.testing.assert_allclose(w.grad, 2 * x.data * w.data + b.data)
