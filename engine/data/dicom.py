@@ -455,6 +455,23 @@ def _grey(path, ds, arr: np.ndarray, window, meta: dict) -> np.ndarray:
 # ----------------------------------------------------------------------------- public API
 
 
+def read_header(path, *, max_file_bytes: int) -> dict[str, Any]:
+    """read_image's meta fields plus "frames" (NumberOfFrames, 1 when absent or unreadable) for a
+    DICOM file parsed with stop_before_pixels: its pixel data is never read or decoded. Raises
+    DicomReadError; pydicom's warnings never escape (as in read_image)."""
+    import warnings
+
+    path = Path(path)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        ds = _open_dataset(path, max_file_bytes=max_file_bytes, stop_before_pixels=True)
+    try:
+        frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        frames = 1  # read_image rejects such a file with the reason
+    return {**_meta(path, ds), "frames": frames}
+
+
 def _meta(path, ds) -> dict[str, Any]:
     """The header fields a user needs, as plain Python values (never pydicom objects)."""
 

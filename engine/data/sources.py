@@ -168,20 +168,9 @@ def _dicom_items(folder: Path, classes, on_error: str, skipped: list) -> tuple:
 def _header(path: Path, max_pixels: int) -> dict:
     """PatientID, SOPInstanceUID and NumberOfFrames ("frames") of a DICOM file, read with
     stop_before_pixels: its pixel data is never read. Raises DicomReadError."""
-    import warnings
+    from engine.data.dicom import read_header
 
-    from engine.data.dicom import _meta, _open_dataset
-
-    with warnings.catch_warnings(record=True):  # as read_image: pydicom's notes never escape
-        warnings.simplefilter("always")
-        ds = _open_dataset(
-            path, max_file_bytes=8 * max_pixels + (64 << 20), stop_before_pixels=True
-        )
-    try:
-        frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
-    except (TypeError, ValueError):
-        frames = 1  # read_image will reject the file with the reason
-    return {**_meta(path, ds), "frames": frames}
+    return read_header(path, max_file_bytes=8 * max_pixels + (64 << 20))
 
 
 def _resolve(folder: Path, item: tuple, meta: dict | None) -> tuple | None:
