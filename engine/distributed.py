@@ -489,10 +489,10 @@ def train_epoch_sharded(
     allreduce with zero gradients. Dropout streams are reseeded per (seed, epoch, rank).
     """
     import engine.functional as F
-    from engine.train import DivergedError, _model_rngs, _on, batches
+    from engine.train import DivergedError, batches, model_rngs, on_device_of
 
     model.train()
-    for i, module in enumerate(_model_rngs(model)):
+    for i, module in enumerate(model_rngs(model)):
         module.rng = np.random.default_rng([seed, epoch, shard.rank, i])
     sums = np.zeros(2)  # summed loss and correct predictions over this rank's samples
     for idx in batches(shard.n_total, batch_size, rng):
@@ -504,8 +504,8 @@ def train_epoch_sharded(
                 if augment is None
                 else _augment_each(augment, x[rows], global_idx, seed, epoch)
             )
-            yb = _on(model, y[rows]).data
-            logits = model(_on(model, xb))
+            yb = on_device_of(model, y[rows]).data
+            logits = model(on_device_of(model, xb))
             loss = F.softmax_cross_entropy(logits, yb)
             value = loss.item()
             if not np.isfinite(value):

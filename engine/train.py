@@ -50,7 +50,7 @@ def batches(
         yield order[start : start + batch_size]
 
 
-def _on(model: nn.Module, a: np.ndarray) -> Tensor:
+def on_device_of(model: nn.Module, a: np.ndarray) -> Tensor:
     """`a` as a constant Tensor on the device of the model's parameters (CuPy for "cuda")."""
     params = model.parameters()
     return Tensor(backend.to_device(a, params[0].device) if params else a)
@@ -62,7 +62,9 @@ def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np
     model.eval()
     try:
         with no_grad():
-            out = [model(_on(model, x[idx])).numpy() for idx in batches(len(x), batch_size)]
+            out = [
+                model(on_device_of(model, x[idx])).numpy() for idx in batches(len(x), batch_size)
+            ]
     finally:
         model.train(was_training)
     return np.concatenate(out)
@@ -148,8 +150,8 @@ def train_epoch(
     total_loss = correct = 0.0
     for idx in batches(len(x), batch_size, rng):
         xb = x[idx] if augment is None else augment(x[idx], rng)
-        yb = _on(model, y[idx]).data
-        logits = model(_on(model, xb))
+        yb = on_device_of(model, y[idx]).data
+        logits = model(on_device_of(model, xb))
         loss = F.softmax_cross_entropy(logits, yb)
         value = loss.item()
         if not math.isfinite(value):  # checked before the step, so the weights stay usable
@@ -167,7 +169,7 @@ def train_epoch(
     return total_loss / len(x), correct / len(x)
 
 
-def _model_rngs(model: nn.Module) -> list[nn.Module]:
+def model_rngs(model: nn.Module) -> list[nn.Module]:
     """Sub-modules that draw random numbers while training (Dropout's `rng`)."""
     return [m for m in model.modules() if isinstance(getattr(m, "rng", None), np.random.Generator)]
 
@@ -324,7 +326,7 @@ def fit(
                 "history": history.epochs,
                 "best": best,
                 "rng": rng_state(rng),
-                "model_rngs": [rng_state(m.rng) for m in _model_rngs(model)],
+                "model_rngs": [rng_state(m.rng) for m in model_rngs(model)],
                 "settings": settings,
             }
             if stop:
@@ -384,6 +386,6 @@ def _restore(path: Path, model: nn.Module, optimizer: optim.Optimizer, settings:
     except (KeyError, ValueError) as exc:
         raise ResumeError(f"{path}: weights do not fit the model: {exc}") from exc
     optimizer.load_state_dict(ckpt.optimizer_state)
-    for module, saved in zip(_model_rngs(model), state["model_rngs"], strict=True):
+    for module, saved in zip(model_rngs(model), state["model_rngs"], strict=True):
         module.rng = rng_from_state(saved)
     return state
