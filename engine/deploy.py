@@ -9,6 +9,8 @@ NumPy reference kernels (kernels.numpy_cpu) only: no autograd, no engine.nn, no 
 neither Numba nor CuPy nor pydicom is ever loaded. It runs the layer spec the model file stores
 (engine.nn's `model.spec()`) through one table, FORWARD: spec type -> NumPy forward function, using
 the same kernels the engine's numpy flavour uses (im2col + one matrix product per conv).
+Int8 files (engine.quantize) add the Quant* types: their int32-accumulating product is Numba's
+kernel when Numba imports (loaded on the first int8 layer only), NumPy's int32 matmul otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from engine.checkpoint import Checkpoint, load_checkpoint
 from engine.errors import SerializationError
 from kernels import numpy_cpu
+from kernels.numpy_cpu import int8
 from kernels.numpy_cpu.resample import output_size
 
 
@@ -189,6 +192,53 @@ def _sigmoid(x, *_):
     return np.exp(-np.logaddexp(0, -x))  # 1 / (1 + e^-x) without overflow
 
 
+# ---- int8 layers (engine.quantize writes them): int8 weights per output channel, int32 sums ----
+
+_INT8_MATMUL: list = []  # the chosen kernel, filled on first use
+
+
+def _int8_matmul():
+    """Numba's int8 x int8 -> int32 kernel when Numba imports (and MEDGRAD_INT8_KERNEL is not
+    "numpy"), else NumPy's int32 matmul, which is exact but has no BLAS (slower)."""
+    if not _INT8_MATMUL:
+        kernel = int8.int8_matmul
+        if os.environ.get("MEDGRAD_INT8_KERNEL", "numba") != "numpy":
+            try:
+                from kernels.numba_cpu.int8 import int8_matmul as kernel
+            except ImportError:
+                pass
+        _INT8_MATMUL.append(kernel)
+    return _INT8_MATMUL[0]
+
+
+def _dequantize(acc, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
+    """float32 acc * (input_scale * weight_scale[o]) + bias[o], o the last axis of acc."""
+    scale = np.float32(spec["input_scale"]) * arrays[prefix + "weight_scale"]
+    y = acc.astype(np.float32) * scale
+    return y + arrays[prefix + "bias"] if spec["bias"] else y
+
+
+def quant_conv(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
+    """Conv2d/Conv3d in int8: x quantized with the calibrated input_scale, im2col of the int8
+    input (padding = quantized 0), int32 sums against the int8 weight (oc, c, *k), then rescaled."""
+    Wq = arrays[prefix + "weight"]
+    k, stride, padding = tuple(Wq.shape[2:]), tuple(spec["stride"]), tuple(spec["padding"])
+    cols = numpy_cpu.KERNELS["im2col"](
+        int8.quantize_int8(x, spec["input_scale"]), k, stride, padding
+    )
+    acc = _int8_matmul()(cols, Wq.reshape(len(Wq), -1))  # (n * prod(out), oc) int32
+    geometry = zip(x.shape[2:], padding, k, stride, strict=True)
+    out = [(a + 2 * p - kk) // s + 1 for a, p, kk, s in geometry]
+    y = _dequantize(acc, spec, arrays, prefix).reshape(len(x), *out, len(Wq))
+    return np.ascontiguousarray(np.moveaxis(y, -1, 1))
+
+
+def quant_linear(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
+    """Linear in int8: y = (q(x) Wq^T) input_scale weight_scale + b, the sums in int32."""
+    acc = _int8_matmul()(int8.quantize_int8(x, spec["input_scale"]), arrays[prefix + "weight"])
+    return _dequantize(acc, spec, arrays, prefix)
+
+
 FORWARD: dict[str, Callable[..., np.ndarray]] = {
     "Conv2d": conv2d,
     "Conv3d": conv3d,
@@ -219,6 +269,9 @@ FORWARD: dict[str, Callable[..., np.ndarray]] = {
     "AvgPool3d": avg_pool3d,
     "AdaptiveAvgPool3d": adaptive_avg_pool,
     "Upsample": upsample,
+    "QuantConv2d": quant_conv,
+    "QuantConv3d": quant_conv,
+    "QuantLinear": quant_linear,
 }
 
 

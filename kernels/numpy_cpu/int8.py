@@ -1,0 +1,17 @@
+"""Int8 arithmetic for quantized inference (engine.deploy's Quant* layers): the NumPy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def int8_matmul(a: np.ndarray, bt: np.ndarray) -> np.ndarray:
+    """a int8 (m, k), bt int8 (n, k) -> int32 (m, n): c[i, j] = sum_p a[i, p] bt[j, p], every
+    product and sum in int32 (|c| <= k 127^2, exact for k < 133,000). NumPy's integer matmul
+    has no BLAS: this is the slow, always-present fallback of the Numba kernel."""
+    return a.astype(np.int32) @ bt.astype(np.int32).T
+
+
+def quantize_int8(x: np.ndarray, scale: float) -> np.ndarray:
+    """Symmetric per-tensor quantization: int8 clip(rint(x / scale), -127, 127) (ties to even)."""
+    return np.clip(np.rint(x / np.float32(scale)), -127, 127).astype(np.int8)
