@@ -43,18 +43,40 @@ class _Arrays(dict):
 # arrays the file's state_dict and prefix the layer's state_dict name prefix ("3." for layer 3).
 
 
+def _columns(x, k: tuple, stride: tuple, padding: tuple) -> tuple[np.ndarray, list[int]]:
+    """(cols (c*prod(k), n*prod(o)), o): cols[(ch, *t), (b, *i)] = x_pad[b, ch, *(i s + t)]:
+    one matrix product W (oc, c*prod(k)) @ cols for the whole batch, whose (oc, n, ...) result
+    goes to NCHW by swapping outer axes only (contiguous rows: cheap)."""
+    n, c, *size = x.shape
+    out = [(a + 2 * p - kk) // s + 1 for a, p, kk, s in zip(size, padding, k, stride, strict=True)]
+    if any(padding):
+        x = np.pad(x, ((0, 0), (0, 0), *((p, p) for p in padding)))
+    cols = np.empty((c, *k, n, *out), x.dtype)
+    xt = x.swapaxes(0, 1)  # (c, n, *size): a view
+    for t in np.ndindex(*k):  # tap t of every output position: one strided copy
+        axes = zip(t, stride, out, strict=True)
+        window = tuple(slice(tt, tt + s * (o - 1) + 1, s) for tt, s, o in axes)
+        cols[(slice(None), *t)] = xt[(slice(None), slice(None), *window)]
+    return cols.reshape(c * math.prod(k), n * math.prod(out)), out
+
+
+def _to_nchw(y, n: int, out: list[int]) -> np.ndarray:
+    """y (oc, n * prod(o)) -> (n, oc, *o), C-contiguous."""
+    return np.ascontiguousarray(y.reshape(len(y), n, *out).swapaxes(0, 1))
+
+
 def conv2d(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
-    """y[n, o, i, j] = sum_{c,u,v} x_pad[n, c, i sh + u, j sw + v] W[o, c, u, v] + b[o]."""
-    W, b = arrays[prefix + "weight"], arrays[prefix + "bias"] if spec["bias"] else None
-    return numpy_cpu.conv2d_forward(x, W, b, tuple(spec["stride"]), tuple(spec["padding"]))
+    """y[n, o, i, j] = sum_{c,u,v} x_pad[n, c, i sh + u, j sw + v] W[o, c, u, v] + b[o]; also
+    Conv3d's over (d, h, w). One product W (oc, c*prod(k)) @ cols for the batch."""
+    W = arrays[prefix + "weight"]
+    cols, out = _columns(x, W.shape[2:], tuple(spec["stride"]), tuple(spec["padding"]))
+    y = W.reshape(len(W), -1) @ cols  # (oc, n * prod(o))
+    if spec["bias"]:
+        y += arrays[prefix + "bias"][:, None]
+    return _to_nchw(y, len(x), out)
 
 
-def conv3d(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
-    """conv2d's formula over volumes: x (n, c, d, h, w), W (oc, c, kd, kh, kw)."""
-    W, b = arrays[prefix + "weight"], arrays[prefix + "bias"] if spec["bias"] else None
-    return numpy_cpu.KERNELS["conv3d_forward"](
-        x, W, b, tuple(spec["stride"]), tuple(spec["padding"])
-    )
+conv3d = conv2d
 
 
 def conv_transpose(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
@@ -79,9 +101,30 @@ def _pool_args(spec: dict) -> tuple:
     return tuple(tuple(spec[k]) for k in ("kernel_size", "stride", "padding"))
 
 
+def _tiled_max(x, k: tuple) -> np.ndarray:
+    """Max over non-overlapping windows (stride = kernel, no padding), as the maximum of the
+    prod(k) strided views (one per tap); rows that fill no window are dropped, as the pool's
+    output size rule drops them."""
+    out = [a // kk for a, kk in zip(x.shape[2:], k, strict=True)]
+    y = None
+    for t in np.ndindex(*k):
+        view = x[
+            (
+                slice(None),
+                slice(None),
+                *(slice(tt, o * kk, kk) for tt, o, kk in zip(t, out, k, strict=True)),
+            )
+        ]
+        y = view.copy() if y is None else np.maximum(y, view, out=y)
+    return y
+
+
 def max_pool2d(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
     """Max over each window; padding counts as -inf, so it never wins."""
-    return numpy_cpu.max_pool2d_forward(x, *_pool_args(spec))[0]
+    k, stride, padding = _pool_args(spec)
+    if k == stride and not any(padding):
+        return _tiled_max(x, k)
+    return numpy_cpu.max_pool2d_forward(x, k, stride, padding)[0]
 
 
 def avg_pool2d(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
@@ -91,7 +134,10 @@ def avg_pool2d(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
 
 def max_pool3d(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
     """Max over each kd x kh x kw window; padding never wins."""
-    return numpy_cpu.max_pool3d_forward(x, *_pool_args(spec))[0]
+    k, stride, padding = _pool_args(spec)
+    if k == stride and not any(padding):
+        return _tiled_max(x, k)
+    return numpy_cpu.max_pool3d_forward(x, k, stride, padding)[0]
 
 
 def avg_pool3d(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
@@ -219,23 +265,23 @@ def _dequantize(acc, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
 
 
 def quant_conv(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
-    """Conv2d/Conv3d in int8: x quantized with the calibrated input_scale, im2col of the int8
-    input (padding = quantized 0), int32 sums against the int8 weight (oc, c, *k), then rescaled."""
+    """Conv2d/Conv3d in int8: x quantized with the calibrated input_scale, its columns (padding =
+    quantized 0), int32 sums of the int8 weight (oc, c, *k) against them, then rescaled."""
     Wq = arrays[prefix + "weight"]
-    k, stride, padding = tuple(Wq.shape[2:]), tuple(spec["stride"]), tuple(spec["padding"])
-    cols = numpy_cpu.KERNELS["im2col"](
-        int8.quantize_int8(x, spec["input_scale"]), k, stride, padding
-    )
-    acc = _int8_matmul()(cols, Wq.reshape(len(Wq), -1))  # (n * prod(out), oc) int32
-    geometry = zip(x.shape[2:], padding, k, stride, strict=True)
-    out = [(a + 2 * p - kk) // s + 1 for a, p, kk, s in geometry]
-    y = _dequantize(acc, spec, arrays, prefix).reshape(len(x), *out, len(Wq))
-    return np.ascontiguousarray(np.moveaxis(y, -1, 1))
+    xq = int8.quantize_int8(x, spec["input_scale"])
+    cols, out = _columns(xq, Wq.shape[2:], tuple(spec["stride"]), tuple(spec["padding"]))
+    acc = _int8_matmul()(Wq.reshape(len(Wq), -1), cols)  # (oc, n * prod(o)) int32
+    y = acc.astype(np.float32)
+    y *= np.float32(spec["input_scale"]) * arrays[prefix + "weight_scale"][:, None]
+    if spec["bias"]:
+        y += arrays[prefix + "bias"][:, None]
+    return _to_nchw(y, len(x), out)
 
 
 def quant_linear(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
     """Linear in int8: y = (q(x) Wq^T) input_scale weight_scale + b, the sums in int32."""
-    acc = _int8_matmul()(int8.quantize_int8(x, spec["input_scale"]), arrays[prefix + "weight"])
+    xq = int8.quantize_int8(x, spec["input_scale"])
+    acc = _int8_matmul()(xq, np.ascontiguousarray(arrays[prefix + "weight"].T))
     return _dequantize(acc, spec, arrays, prefix)
 
 

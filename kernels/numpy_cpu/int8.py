@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 
-def int8_matmul(a: np.ndarray, bt: np.ndarray) -> np.ndarray:
-    """a int8 (m, k), bt int8 (n, k) -> int32 (m, n): c[i, j] = sum_p a[i, p] bt[j, p], every
-    product and sum in int32 (|c| <= k 127^2, exact for k < 133,000). NumPy's integer matmul
+def int8_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a int8 (m, k), b int8 (k, n) -> int32 (m, n): c[i, j] = sum_t a[i, t] b[t, j], every
+    product and sum in int32 (|c| <= k 127^2: exact for k < 133,000). NumPy's integer matmul
     has no BLAS: this is the slow, always-present fallback of the Numba kernel."""
-    return a.astype(np.int32) @ bt.astype(np.int32).T
+    return a.astype(np.int32) @ b.astype(np.int32)
 
 
 def quantize_int8(x: np.ndarray, scale: float) -> np.ndarray:

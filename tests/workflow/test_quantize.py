@@ -20,14 +20,16 @@ PRE = {"source": "phantoms", "input_size": 28, "in_channels": 1}
 
 def test_int8_matmul_is_exact_in_int32(rng):
     a = rng.integers(-127, 128, (37, 300)).astype(np.int8)
-    bt = rng.integers(-127, 128, (5, 300)).astype(np.int8)
-    a[0], bt[0] = -127, -127  # the largest sum: 300 * 127^2 overflows int16, not int32
-    expected = a.astype(np.int64) @ bt.astype(np.int64).T
-    np.testing.assert_array_equal(int8.int8_matmul(a, bt), expected)
+    b = rng.integers(-127, 128, (300, 5)).astype(np.int8)
+    a[0], b[:, 0] = -127, -127  # the largest sum: 300 * 127^2 overflows int16, not int32
+    expected = a.astype(np.int64) @ b.astype(np.int64)
+    np.testing.assert_array_equal(int8.int8_matmul(a, b), expected)
     numba_cpu = pytest.importorskip("kernels.numba_cpu.int8")
-    got = numba_cpu.int8_matmul(a, bt)
+    got = numba_cpu.int8_matmul(a, b)
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, expected)
+    strided = a[:, ::2].astype(np.int64) @ b[::2].astype(np.int64)  # non-contiguous inputs
+    np.testing.assert_array_equal(numba_cpu.int8_matmul(a[:, ::2], b[::2]), strided)
 
 
 def test_weight_quantization_is_per_channel_symmetric(rng):
