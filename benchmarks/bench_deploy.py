@@ -1,6 +1,6 @@
 """Deployment benchmark: engine.deploy float32, engine.deploy int8 and ONNX Runtime, on 1 thread.
 
-    python -m benchmarks.bench_deploy [--model MODEL.npz --data DIR] [--repeat 30]
+    python -m benchmarks.bench_deploy [--model MODEL.npz --data DIR --calibration DIR] [--repeat 30]
 
 Without --model it trains seed_cnn on the demo's lesion phantoms (engine.demo's engine stage:
 4,000 training, 1,000 held-out images), quantizes it (128 training images, max calibration) and
@@ -82,20 +82,25 @@ def _train_phantoms(folder: Path):
     return path, train[0], test
 
 
-def _from_files(model: str, data: str):
-    """A given model file and a labelled held-out dataset; calibration on its first images."""
+def _from_files(model: str, data: str, calibration: str):
+    """A given model file, a labelled held-out dataset and calibration images (a seeded sample
+    of the training data, as `medgrad quantize` draws it)."""
     from engine.checkpoint import load_checkpoint
     from engine.workflow import load_data
 
     ckpt = load_checkpoint(model)
-    ds = load_data(data, input_size=int(ckpt.preprocessing.get("input_size", 28)))
-    return Path(model), ds.images, (ds.images, ds.labels)
+    size, classes = int(ckpt.preprocessing.get("input_size", 28)), ckpt.classes
+    ds = load_data(data, input_size=size, classes=classes)
+    train = load_data(calibration, input_size=size, classes=classes).images
+    pick = np.sort(np.random.default_rng(0).permutation(len(train))[:128])
+    return Path(model), train[pick], (ds.images, ds.labels)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a float32 model file (default: train on phantoms)")
     parser.add_argument("--data", help="with --model: a labelled held-out dataset")
+    parser.add_argument("--calibration", help="with --model: the training data to calibrate on")
     parser.add_argument("--repeat", type=int, default=30, help="timed calls per figure")
     args = parser.parse_args(argv)
 
@@ -106,7 +111,9 @@ def main(argv=None) -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="medgrad-bench-deploy-"))
     path, calibration, (x, y) = (
-        _from_files(args.model, args.data) if args.model else _train_phantoms(folder)
+        _from_files(args.model, args.data, args.calibration or args.data)
+        if args.model
+        else _train_phantoms(folder)
     )
     ckpt = load_checkpoint(path)
     qpath = quantize.save_quantized(

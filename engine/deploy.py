@@ -243,17 +243,20 @@ def _sigmoid(x, *_):
 _INT8_MATMUL: list = []  # the chosen kernel, filled on first use
 
 
-def _int8_matmul():
-    """Numba's int8 x int8 -> int32 kernel when Numba imports (and MEDGRAD_INT8_KERNEL is not
-    "numpy"), else NumPy's int32 matmul, which is exact but has no BLAS (slower)."""
+def _int8_kernels() -> tuple:
+    """(int8_matmul, int8_matmul_nt): Numba's int32-accumulating kernels when Numba imports
+    (and MEDGRAD_INT8_KERNEL is not "numpy"), else NumPy's int32 matmul, exact but without BLAS
+    (slower)."""
     if not _INT8_MATMUL:
-        kernel = int8.int8_matmul
+        kernels = int8.int8_matmul, int8.int8_matmul_nt
         if os.environ.get("MEDGRAD_INT8_KERNEL", "numba") != "numpy":
             try:
-                from kernels.numba_cpu.int8 import int8_matmul as kernel
+                from kernels.numba_cpu import int8 as fast
+
+                kernels = fast.int8_matmul, fast.int8_matmul_nt
             except ImportError:
                 pass
-        _INT8_MATMUL.append(kernel)
+        _INT8_MATMUL.append(kernels)
     return _INT8_MATMUL[0]
 
 
@@ -270,7 +273,7 @@ def quant_conv(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
     Wq = arrays[prefix + "weight"]
     xq = int8.quantize_int8(x, spec["input_scale"])
     cols, out = _columns(xq, Wq.shape[2:], tuple(spec["stride"]), tuple(spec["padding"]))
-    acc = _int8_matmul()(Wq.reshape(len(Wq), -1), cols)  # (oc, n * prod(o)) int32
+    acc = _int8_kernels()[0](Wq.reshape(len(Wq), -1), cols)  # (oc, n * prod(o)) int32
     y = acc.astype(np.float32)
     y *= np.float32(spec["input_scale"]) * arrays[prefix + "weight_scale"][:, None]
     if spec["bias"]:
@@ -281,7 +284,7 @@ def quant_conv(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
 def quant_linear(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
     """Linear in int8: y = (q(x) Wq^T) input_scale weight_scale + b, the sums in int32."""
     xq = int8.quantize_int8(x, spec["input_scale"])
-    acc = _int8_matmul()(xq, np.ascontiguousarray(arrays[prefix + "weight"].T))
+    acc = _int8_kernels()[1](xq, arrays[prefix + "weight"])  # weight (out, in) as stored
     return _dequantize(acc, spec, arrays, prefix)
 
 

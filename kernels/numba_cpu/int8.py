@@ -26,3 +26,22 @@ def int8_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     c = np.empty((a.shape[0], b.shape[1]), np.int32)
     _int8_matmul(np.ascontiguousarray(a), np.ascontiguousarray(b), c)
     return c
+
+
+@numba.njit(parallel=True, cache=True, fastmath=False)
+def _int8_matmul_nt(a, bt, c):  # pragma: no cover - compiled
+    m, k = a.shape
+    n = bt.shape[0]
+    for task in numba.prange(m * n):  # one output element per task: a dot product
+        i, j = task // n, task % n
+        acc = np.int32(0)
+        for t in range(k):  # both rows contiguous: an integer reduction LLVM vectorises
+            acc += np.int32(a[i, t]) * np.int32(bt[j, t])
+        c[i, j] = acc
+
+
+def int8_matmul_nt(a: np.ndarray, bt: np.ndarray) -> np.ndarray:
+    """a int8 (m, k), bt int8 (n, k) -> int32 (m, n) = a @ bt^T (numpy_cpu's doc)."""
+    c = np.empty((a.shape[0], bt.shape[0]), np.int32)
+    _int8_matmul_nt(np.ascontiguousarray(a), np.ascontiguousarray(bt), c)
+    return c

@@ -24,10 +24,12 @@ def test_int8_matmul_is_exact_in_int32(rng):
     a[0], b[:, 0] = -127, -127  # the largest sum: 300 * 127^2 overflows int16, not int32
     expected = a.astype(np.int64) @ b.astype(np.int64)
     np.testing.assert_array_equal(int8.int8_matmul(a, b), expected)
+    np.testing.assert_array_equal(int8.int8_matmul_nt(a, b.T.copy()), expected)
     numba_cpu = pytest.importorskip("kernels.numba_cpu.int8")
     got = numba_cpu.int8_matmul(a, b)
     assert got.dtype == np.int32
     np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(numba_cpu.int8_matmul_nt(a, b.T.copy()), expected)
     strided = a[:, ::2].astype(np.int64) @ b[::2].astype(np.int64)  # non-contiguous inputs
     np.testing.assert_array_equal(numba_cpu.int8_matmul(a[:, ::2], b[::2]), strided)
 
@@ -65,7 +67,7 @@ def test_quantized_layers_follow_the_float_ones(rng):
         assert "QuantLinear" in types and "QuantConv" in types and "'Conv" not in types
         y, yq = deploy.NumpyModel(ckpt)(x), deploy.NumpyModel(qckpt)(x)
         assert np.abs(yq - y).max() < 0.05 * np.abs(y).max()
-        fallback = [int8.int8_matmul]
+        fallback = [(int8.int8_matmul, int8.int8_matmul_nt)]
         original, deploy._INT8_MATMUL[:] = list(deploy._INT8_MATMUL), fallback
         try:
             np.testing.assert_array_equal(deploy.NumpyModel(qckpt)(x), yq)
