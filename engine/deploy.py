@@ -43,40 +43,18 @@ class _Arrays(dict):
 # arrays the file's state_dict and prefix the layer's state_dict name prefix ("3." for layer 3).
 
 
-def _columns(x, k: tuple, stride: tuple, padding: tuple) -> tuple[np.ndarray, list[int]]:
-    """(cols (c*prod(k), n*prod(o)), o): cols[(ch, *t), (b, *i)] = x_pad[b, ch, *(i s + t)]:
-    one matrix product W (oc, c*prod(k)) @ cols for the whole batch, whose (oc, n, ...) result
-    goes to NCHW by swapping outer axes only (contiguous rows: cheap)."""
-    n, c, *size = x.shape
-    out = [(a + 2 * p - kk) // s + 1 for a, p, kk, s in zip(size, padding, k, stride, strict=True)]
-    if any(padding):
-        x = np.pad(x, ((0, 0), (0, 0), *((p, p) for p in padding)))
-    cols = np.empty((c, *k, n, *out), x.dtype)
-    xt = x.swapaxes(0, 1)  # (c, n, *size): a view
-    for t in np.ndindex(*k):  # tap t of every output position: one strided copy
-        axes = zip(t, stride, out, strict=True)
-        window = tuple(slice(tt, tt + s * (o - 1) + 1, s) for tt, s, o in axes)
-        cols[(slice(None), *t)] = xt[(slice(None), slice(None), *window)]
-    return cols.reshape(c * math.prod(k), n * math.prod(out)), out
-
-
-def _to_nchw(y, n: int, out: list[int]) -> np.ndarray:
-    """y (oc, n * prod(o)) -> (n, oc, *o), C-contiguous."""
-    return np.ascontiguousarray(y.reshape(len(y), n, *out).swapaxes(0, 1))
-
-
 def conv2d(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
-    """y[n, o, i, j] = sum_{c,u,v} x_pad[n, c, i sh + u, j sw + v] W[o, c, u, v] + b[o]; also
-    Conv3d's over (d, h, w). One product W (oc, c*prod(k)) @ cols for the batch."""
-    W = arrays[prefix + "weight"]
-    cols, out = _columns(x, W.shape[2:], tuple(spec["stride"]), tuple(spec["padding"]))
-    y = W.reshape(len(W), -1) @ cols  # (oc, n * prod(o))
-    if spec["bias"]:
-        y += arrays[prefix + "bias"][:, None]
-    return _to_nchw(y, len(x), out)
+    """y[n, o, i, j] = sum_{c,u,v} x_pad[n, c, i sh + u, j sw + v] W[o, c, u, v] + b[o]."""
+    W, b = arrays[prefix + "weight"], arrays[prefix + "bias"] if spec["bias"] else None
+    return numpy_cpu.conv2d_forward(x, W, b, tuple(spec["stride"]), tuple(spec["padding"]))
 
 
-conv3d = conv2d
+def conv3d(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
+    """conv2d's formula over volumes: x (n, c, d, h, w), W (oc, c, kd, kh, kw)."""
+    W, b = arrays[prefix + "weight"], arrays[prefix + "bias"] if spec["bias"] else None
+    return numpy_cpu.KERNELS["conv3d_forward"](
+        x, W, b, tuple(spec["stride"]), tuple(spec["padding"])
+    )
 
 
 def conv_transpose(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
@@ -107,14 +85,9 @@ def _tiled_max(x, k: tuple) -> np.ndarray:
     output size rule drops them."""
     out = [a // kk for a, kk in zip(x.shape[2:], k, strict=True)]
     y = None
-    for t in np.ndindex(*k):
-        view = x[
-            (
-                slice(None),
-                slice(None),
-                *(slice(tt, o * kk, kk) for tt, o, kk in zip(t, out, k, strict=True)),
-            )
-        ]
+    for t in np.ndindex(*k):  # tap t of every window: a strided view
+        window = (slice(tt, o * kk, kk) for tt, o, kk in zip(t, out, k, strict=True))
+        view = x[(slice(None), slice(None), *window)]
         y = view.copy() if y is None else np.maximum(y, view, out=y)
     return y
 
@@ -265,6 +238,29 @@ def _dequantize(acc, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
     scale = np.float32(spec["input_scale"]) * arrays[prefix + "weight_scale"]
     y = acc.astype(np.float32) * scale
     return y + arrays[prefix + "bias"] if spec["bias"] else y
+
+
+def _columns(x, k: tuple, stride: tuple, padding: tuple) -> tuple[np.ndarray, list[int]]:
+    """(cols (c*prod(k), n*prod(o)), o): cols[(ch, *t), (b, *i)] = x_pad[b, ch, *(i s + t)]:
+    one matrix product W (oc, c*prod(k)) @ cols for the whole batch, whose (oc, n, ...) result
+    goes to NCHW by swapping outer axes only (contiguous rows: cheap). The float convs keep
+    numpy_cpu's im2col, so that their sums are the engine's to the bit."""
+    n, c, *size = x.shape
+    out = [(a + 2 * p - kk) // s + 1 for a, p, kk, s in zip(size, padding, k, stride, strict=True)]
+    if any(padding):
+        x = np.pad(x, ((0, 0), (0, 0), *((p, p) for p in padding)))
+    cols = np.empty((c, *k, n, *out), x.dtype)
+    xt = x.swapaxes(0, 1)  # (c, n, *size): a view
+    for t in np.ndindex(*k):  # tap t of every output position: one strided copy
+        axes = zip(t, stride, out, strict=True)
+        window = tuple(slice(tt, tt + s * (o - 1) + 1, s) for tt, s, o in axes)
+        cols[(slice(None), *t)] = xt[(slice(None), slice(None), *window)]
+    return cols.reshape(c * math.prod(k), n * math.prod(out)), out
+
+
+def _to_nchw(y, n: int, out: list[int]) -> np.ndarray:
+    """y (oc, n * prod(o)) -> (n, oc, *o), C-contiguous."""
+    return np.ascontiguousarray(y.reshape(len(y), n, *out).swapaxes(0, 1))
 
 
 def quant_conv(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:

@@ -13,6 +13,7 @@ from engine.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from engine.data.phantoms import make_phantoms
 from engine.errors import ArgumentError, SerializationError
 from engine.train import fit
+from kernels import numpy_cpu
 from kernels.numpy_cpu import int8
 
 PRE = {"source": "phantoms", "input_size": 28, "in_channels": 1}
@@ -32,6 +33,15 @@ def test_int8_matmul_is_exact_in_int32(rng):
     np.testing.assert_array_equal(numba_cpu.int8_matmul_nt(a, b.T.copy()), expected)
     strided = a[:, ::2].astype(np.int64) @ b[::2].astype(np.int64)  # non-contiguous inputs
     np.testing.assert_array_equal(numba_cpu.int8_matmul(a[:, ::2], b[::2]), strided)
+
+
+@pytest.mark.parametrize("shape,k", [((2, 3, 7, 9), (2, 2)), ((1, 2, 5, 6, 7), (2, 3, 2))])
+def test_deploy_tiled_max_pool_equals_the_kernel(rng, shape, k):
+    """deploy's fast path for stride = kernel, no padding (odd sizes drop the last rows)."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    spec = {"type": f"MaxPool{len(k)}d", "kernel_size": k, "stride": k, "padding": (0,) * len(k)}
+    kernel = getattr(numpy_cpu, f"max_pool{len(k)}d_forward")(x, k, k, (0,) * len(k))[0]
+    np.testing.assert_array_equal(deploy.FORWARD[spec["type"]](x, spec, {}, ""), kernel)
 
 
 def test_weight_quantization_is_per_channel_symmetric(rng):
