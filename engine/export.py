@@ -465,7 +465,7 @@ def _declared_parameters(spec) -> int:
     if not isinstance(spec, dict):
         return 0
     sizes = [spec.get(k) for k in ("in_channels", "out_channels", "in_features", "out_features")]
-    sizes += list(spec.get("kernel_size") or []) if spec.get("type", "").startswith("Conv") else []
+    sizes += list(spec.get("kernel_size") or []) if str(spec.get("type")).startswith("Conv") else []
     sizes += [spec.get(k) for k in ("num_features", "num_channels")]
     sizes += list(spec.get("normalized_shape") or [])
     total = 1
@@ -481,11 +481,15 @@ def _expected_shapes(path: Path, spec) -> dict[str, tuple[int, ...]]:
     refused before building when the spec declares more parameters than the file could hold."""
     from engine import nn
 
-    declared, size = _declared_parameters(spec), path.stat().st_size
+    try:
+        declared = _declared_parameters(spec)
+    except (TypeError, ValueError, AttributeError, RecursionError) as exc:  # hostile arguments
+        raise _fail(path, f"medgrad.spec is malformed, {type(exc).__name__}") from exc
+    size = path.stat().st_size
     if declared > size:  # every parameter is >= 1 byte of the file (4, in fact)
         raise _fail(path, f"the spec declares ~{declared} parameters, the file has {size} bytes")
     try:
         model = nn.from_spec(spec)
-    except (ArgumentError, ValueError, TypeError, KeyError, RecursionError) as exc:
+    except Exception as exc:  # noqa: BLE001 -- hostile arguments can fail in any constructor
         raise _fail(path, f"medgrad.spec does not build a model, {type(exc).__name__}") from exc
     return {name: tuple(a.shape) for name, a in model.state_dict().items()}

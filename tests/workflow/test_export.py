@@ -251,6 +251,12 @@ def test_from_onnx_refuses_edited_graphs(tmp_path, rng):
         spec["layers"][8] = {"type": "Linear", "in_features": 1 << 30, "out_features": 1 << 30}
         meta.value = json.dumps(spec)
 
+    def odd_spec(p):
+        meta = next(m for m in p.metadata_props if m.key == "medgrad.spec")
+        spec = json.loads(meta.value)
+        spec["layers"][8] = {"type": 5, "kernel_size": "x", "layers": [{"type": "Conv2d"}]}
+        meta.value = json.dumps(spec)
+
     def no_spec(p):
         del p.metadata_props[:]
 
@@ -265,6 +271,7 @@ def test_from_onnx_refuses_edited_graphs(tmp_path, rng):
         "huge_dims": (huge_dims, "shape"),
         "lying_count": (lying_count, "declares"),
         "huge_spec": (huge_spec, "declares"),
+        "odd_spec": (odd_spec, "spec"),
         "no_spec": (no_spec, "metadata"),
         "missing_weight": (missing_weight, "missing"),
     }
