@@ -723,6 +723,62 @@ def _cmd_federated(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a model file as ONNX (needs the onnx package: the export extra)",
+        description="Export MODEL.npz to OUT.onnx with engine.export.to_onnx: every layer, "
+        "preprocessing and class names as metadata, checked with onnx.checker.",
+    )
+    p.add_argument("model", metavar="MODEL.npz", help="a medgrad model file")
+    p.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..21 (default 17)")
+    p.add_argument(
+        "--dynamic-batch", action="store_true", help="a symbolic batch axis (default: batch 1)"
+    )
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from engine.export import to_onnx
+
+    path = to_onnx(args.model, args.out, opset=args.opset, dynamic_batch=args.dynamic_batch)
+    print(f"wrote {path} (opset {args.opset})")
+    return 0
+
+
+def _add_quantize(sub) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="post-training int8 quantization of a model file",
+        description="Calibrate activation scales on a sample of DATA (a folder the model was "
+        "trained on) and write an int8 model file that engine.deploy runs.",
+    )
+    p.add_argument("model", metavar="MODEL.npz", help="a medgrad model file (float32)")
+    p.add_argument("--calibration", required=True, metavar="DATA", help="images to calibrate on")
+    p.add_argument("--out", required=True, metavar="OUT.npz", help="the int8 model file to write")
+    p.add_argument(
+        "--samples", type=POSITIVE_INT, default=256, help="calibration images (default 256)"
+    )
+    p.add_argument(
+        "--percentile",
+        type=_number(float, 50.0, inclusive=True),
+        default=100.0,
+        help="activation range: this percentile of |activation| (default 100: the max)",
+    )
+    p.set_defaults(func=_cmd_quantize)
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from engine.quantize import quantize_file
+
+    report = quantize_file(
+        args.model, args.calibration, args.out, samples=args.samples, percentile=args.percentile
+    )
+    print(report)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medgrad", description="Framework-free deep learning for medical images."
@@ -740,6 +796,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify(sub)
     _add_make_demo_data(sub)
     _add_federated(sub)
+    _add_export(sub)
+    _add_quantize(sub)
     return parser
 
 

@@ -9,6 +9,8 @@ NumPy reference kernels (kernels.numpy_cpu) only: no autograd, no engine.nn, no 
 neither Numba nor CuPy nor pydicom is ever loaded. It runs the layer spec the model file stores
 (engine.nn's `model.spec()`) through one table, FORWARD: spec type -> NumPy forward function, using
 the same kernels the engine's numpy flavour uses (im2col + one matrix product per conv).
+Int8 files (engine.quantize) add the Quant* types: their int32-accumulating product is Numba's
+kernel when Numba imports (loaded on the first int8 layer only), NumPy's int32 matmul otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from engine.checkpoint import Checkpoint, load_checkpoint
 from engine.errors import SerializationError
 from kernels import numpy_cpu
+from kernels.numpy_cpu import int8
 from kernels.numpy_cpu.resample import output_size
 
 
@@ -76,9 +79,25 @@ def _pool_args(spec: dict) -> tuple:
     return tuple(tuple(spec[k]) for k in ("kernel_size", "stride", "padding"))
 
 
+def _tiled_max(x, k: tuple) -> np.ndarray:
+    """Max over non-overlapping windows (stride = kernel, no padding), as the maximum of the
+    prod(k) strided views (one per tap); rows that fill no window are dropped, as the pool's
+    output size rule drops them."""
+    out = [a // kk for a, kk in zip(x.shape[2:], k, strict=True)]
+    y = None
+    for t in np.ndindex(*k):  # tap t of every window: a strided view
+        window = (slice(tt, o * kk, kk) for tt, o, kk in zip(t, out, k, strict=True))
+        view = x[(slice(None), slice(None), *window)]
+        y = view.copy() if y is None else np.maximum(y, view, out=y)
+    return y
+
+
 def max_pool2d(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
     """Max over each window; padding counts as -inf, so it never wins."""
-    return numpy_cpu.max_pool2d_forward(x, *_pool_args(spec))[0]
+    k, stride, padding = _pool_args(spec)
+    if k == stride and not any(padding):
+        return _tiled_max(x, k)
+    return numpy_cpu.max_pool2d_forward(x, k, stride, padding)[0]
 
 
 def avg_pool2d(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
@@ -88,7 +107,10 @@ def avg_pool2d(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
 
 def max_pool3d(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
     """Max over each kd x kh x kw window; padding never wins."""
-    return numpy_cpu.max_pool3d_forward(x, *_pool_args(spec))[0]
+    k, stride, padding = _pool_args(spec)
+    if k == stride and not any(padding):
+        return _tiled_max(x, k)
+    return numpy_cpu.max_pool3d_forward(x, k, stride, padding)[0]
 
 
 def avg_pool3d(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
@@ -198,6 +220,79 @@ def _sigmoid(x, *_):
     return np.exp(-np.logaddexp(0, -x))  # 1 / (1 + e^-x) without overflow
 
 
+# ---- int8 layers (engine.quantize writes them): int8 weights per output channel, int32 sums ----
+
+_INT8_MATMUL: list = []  # the chosen kernel, filled on first use
+
+
+def _int8_kernels() -> tuple:
+    """(int8_matmul, int8_matmul_nt): Numba's int32-accumulating kernels when Numba imports
+    (and MEDGRAD_INT8_KERNEL is not "numpy"), else NumPy's int32 matmul, exact but without BLAS
+    (slower)."""
+    if not _INT8_MATMUL:
+        kernels = int8.int8_matmul, int8.int8_matmul_nt
+        if os.environ.get("MEDGRAD_INT8_KERNEL", "numba") != "numpy":
+            try:
+                from kernels.numba_cpu import int8 as fast
+
+                kernels = fast.int8_matmul, fast.int8_matmul_nt
+            except ImportError:
+                pass
+        _INT8_MATMUL.append(kernels)
+    return _INT8_MATMUL[0]
+
+
+def _dequantize(acc, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
+    """float32 acc * (input_scale * weight_scale[o]) + bias[o], o the last axis of acc."""
+    scale = np.float32(spec["input_scale"]) * arrays[prefix + "weight_scale"]
+    y = acc.astype(np.float32) * scale
+    return y + arrays[prefix + "bias"] if spec["bias"] else y
+
+
+def _columns(x, k: tuple, stride: tuple, padding: tuple) -> tuple[np.ndarray, list[int]]:
+    """(cols (c*prod(k), n*prod(o)), o): cols[(ch, *t), (b, *i)] = x_pad[b, ch, *(i s + t)]:
+    one matrix product W (oc, c*prod(k)) @ cols for the whole batch, whose (oc, n, ...) result
+    goes to NCHW by swapping outer axes only (contiguous rows: cheap). The float convs keep
+    numpy_cpu's im2col, so that their sums are the engine's to the bit."""
+    n, c, *size = x.shape
+    out = [(a + 2 * p - kk) // s + 1 for a, p, kk, s in zip(size, padding, k, stride, strict=True)]
+    if any(padding):
+        x = np.pad(x, ((0, 0), (0, 0), *((p, p) for p in padding)))
+    cols = np.empty((c, *k, n, *out), x.dtype)
+    xt = x.swapaxes(0, 1)  # (c, n, *size): a view
+    for t in np.ndindex(*k):  # tap t of every output position: one strided copy
+        axes = zip(t, stride, out, strict=True)
+        window = tuple(slice(tt, tt + s * (o - 1) + 1, s) for tt, s, o in axes)
+        cols[(slice(None), *t)] = xt[(slice(None), slice(None), *window)]
+    return cols.reshape(c * math.prod(k), n * math.prod(out)), out
+
+
+def _to_nchw(y, n: int, out: list[int]) -> np.ndarray:
+    """y (oc, n * prod(o)) -> (n, oc, *o), C-contiguous."""
+    return np.ascontiguousarray(y.reshape(len(y), n, *out).swapaxes(0, 1))
+
+
+def quant_conv(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
+    """Conv2d/Conv3d in int8: x quantized with the calibrated input_scale, its columns (padding =
+    quantized 0), int32 sums of the int8 weight (oc, c, *k) against them, then rescaled."""
+    Wq = arrays[prefix + "weight"]
+    xq = int8.quantize_int8(x, spec["input_scale"])
+    cols, out = _columns(xq, Wq.shape[2:], tuple(spec["stride"]), tuple(spec["padding"]))
+    acc = _int8_kernels()[0](Wq.reshape(len(Wq), -1), cols)  # (oc, n * prod(o)) int32
+    y = acc.astype(np.float32)
+    y *= np.float32(spec["input_scale"]) * arrays[prefix + "weight_scale"][:, None]
+    if spec["bias"]:
+        y += arrays[prefix + "bias"][:, None]
+    return _to_nchw(y, len(x), out)
+
+
+def quant_linear(x, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
+    """Linear in int8: y = (q(x) Wq^T) input_scale weight_scale + b, the sums in int32."""
+    xq = int8.quantize_int8(x, spec["input_scale"])
+    acc = _int8_kernels()[1](xq, arrays[prefix + "weight"])  # weight (out, in) as stored
+    return _dequantize(acc, spec, arrays, prefix)
+
+
 FORWARD: dict[str, Callable[..., np.ndarray]] = {
     "Conv2d": conv2d,
     "Conv3d": conv3d,
@@ -229,6 +324,9 @@ FORWARD: dict[str, Callable[..., np.ndarray]] = {
     "AdaptiveAvgPool3d": adaptive_avg_pool,
     "Upsample": upsample,
     "SkipConnection": skip_connection,
+    "QuantConv2d": quant_conv,
+    "QuantConv3d": quant_conv,
+    "QuantLinear": quant_linear,
 }
 
 

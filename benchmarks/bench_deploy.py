@@ -1,0 +1,168 @@
+"""Deployment benchmark: engine.deploy float32, engine.deploy int8 and ONNX Runtime, on 1 thread.
+
+    python -m benchmarks.bench_deploy [--model MODEL.npz --data DIR --calibration DIR] [--repeat 30]
+
+Without --model it trains seed_cnn on the demo's lesion phantoms (engine.demo's engine stage:
+4,000 training, 1,000 held-out images), quantizes it (128 training images, max calibration) and
+exports it. Latencies (single image, batch 32) are interleaved in this one process; import time
+and peak memory come from a fresh child process per runtime (import, load, one batch of 32).
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[_var] = "1"  # before NumPy loads: one thread everywhere
+
+import argparse  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from benchmarks.harness import cpu_model, summary, time_calls  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Child: import the runtime, load the file, run one batch; print import seconds and peak RSS
+# (VmHWM: ru_maxrss would carry this parent's peak over the fork).
+CHILD = """
+import time
+t0 = time.perf_counter()
+{imports}
+t1 = time.perf_counter()
+import numpy as np
+x = np.zeros({shape}, np.float32)
+{run}
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]  # this image's peak
+print(t1 - t0, int(hwm[0].split()[1]) * 1024)
+"""
+RUNTIMES = {
+    "engine.deploy float32": ("from engine import deploy", "deploy.load({path!r})(x)"),
+    "engine.deploy int8": ("from engine import deploy", "deploy.load({path!r})(x)"),
+    "ONNX Runtime": (
+        "import onnxruntime as ort",
+        "o = ort.SessionOptions(); o.intra_op_num_threads = o.inter_op_num_threads = 1\n"
+        "s = ort.InferenceSession({path!r}, o, providers=['CPUExecutionProvider'])\n"
+        "s.run(None, {{'input': x}})",
+    ),
+}
+
+
+def _child(name: str, path: Path, shape) -> tuple[float, int]:
+    imports, run = RUNTIMES[name]
+    code = CHILD.format(imports=imports, run=run.format(path=str(path)), shape=tuple(shape))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    seconds, peak = out.stdout.split()
+    return float(seconds), int(peak)
+
+
+def _train_phantoms(folder: Path):
+    """seed_cnn as engine.demo trains it (SGD); (model file, train images, held-out (x, y))."""
+    import models
+    from engine import optim
+    from engine.checkpoint import save_checkpoint
+    from engine.data.phantoms import make_phantoms
+    from engine.demo import OPTIMIZER_SETTINGS
+    from engine.train import fit
+
+    x, y = make_phantoms(5000, size=28, seed=0)
+    train, test = (x[:4000], y[:4000]), (x[4000:], y[4000:])
+    model = models.get("seed_cnn", num_classes=2, rng=np.random.default_rng(0))
+    opt = optim.OPTIMIZERS["sgd"](model.parameters(), **OPTIMIZER_SETTINGS["sgd"])
+    fit(model, opt, train, test, epochs=6, batch_size=64, seed=0, progress=False)
+    pre = {"source": "phantoms", "input_size": 28, "in_channels": 1}
+    path = save_checkpoint(folder / "model.npz", model.eval(), preprocessing=pre)
+    return path, train[0], test
+
+
+def _from_files(model: str, data: str, calibration: str):
+    """A given model file, a labelled held-out dataset and calibration images (a seeded sample
+    of the training data, as `medgrad quantize` draws it)."""
+    from engine.checkpoint import load_checkpoint
+    from engine.workflow import load_data
+
+    ckpt = load_checkpoint(model)
+    size, classes = int(ckpt.preprocessing.get("input_size", 28)), ckpt.classes
+    ds = load_data(data, input_size=size, classes=classes)
+    train = load_data(calibration, input_size=size, classes=classes).images
+    pick = np.sort(np.random.default_rng(0).permutation(len(train))[:128])
+    return Path(model), train[pick], (ds.images, ds.labels)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="a float32 model file (default: train on phantoms)")
+    parser.add_argument("--data", help="with --model: a labelled held-out dataset")
+    parser.add_argument("--calibration", help="with --model: the training data to calibrate on")
+    parser.add_argument("--repeat", type=int, default=30, help="timed calls per figure")
+    args = parser.parse_args(argv)
+
+    import onnxruntime as ort
+
+    from engine import deploy, export, quantize
+    from engine.checkpoint import load_checkpoint
+
+    folder = Path(tempfile.mkdtemp(prefix="medgrad-bench-deploy-"))
+    path, calibration, (x, y) = (
+        _from_files(args.model, args.data, args.calibration or args.data)
+        if args.model
+        else _train_phantoms(folder)
+    )
+    ckpt = load_checkpoint(path)
+    qpath = quantize.save_quantized(
+        quantize.quantize(ckpt, calibration[:128]), folder / "model-int8.npz", {"samples": 128}
+    )
+    opath = export.to_onnx(path, folder / "model.onnx", input_shape=x.shape[1:])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(opath), options, providers=["CPUExecutionProvider"])
+    nets = {
+        "engine.deploy float32": deploy.load(path),
+        "engine.deploy int8": deploy.load(qpath),
+        "ONNX Runtime": lambda a: session.run(["logits"], {"input": a})[0],
+    }
+    files = {"engine.deploy float32": path, "engine.deploy int8": qpath, "ONNX Runtime": opath}
+    logits = {
+        name: np.concatenate([net(x[i : i + 256]) for i in range(0, len(x), 256)])
+        for name, net in nets.items()
+    }
+    gap = np.abs(logits["ONNX Runtime"] - logits["engine.deploy float32"]).max()
+    assert gap < 1e-4, f"ONNX Runtime and engine.deploy disagree by {gap}"
+
+    batches = {"1 image": x[:1].copy(), "batch 32": x[:32].copy()}
+    times = {(name, b): [] for name in nets for b in batches}
+    for _ in range(3):  # interleaved rounds: load drifts on a shared machine hit all alike
+        for name, net in nets.items():
+            for b, inputs in batches.items():
+                times[name, b].append(time_calls(net, inputs, warmup=3, repeat=args.repeat // 3))
+    rows = []
+    for name in nets:
+        seconds, peak = _child(name, files[name], batches["batch 32"].shape)
+        median = {b: summary(np.concatenate(times[name, b]))["median_s"] for b in batches}
+        accuracy = float(np.mean(logits[name].argmax(1) == y))
+        rows.append((name, median, seconds, peak, files[name].stat().st_size, accuracy))
+
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"machine: {cpu_model()} ({os.cpu_count()} logical CPUs), 1 thread; uptime: {uptime}")
+    print(f"held-out images: {len(x)}, input {tuple(x.shape[1:])}; ONNX Runtime {ort.__version__}")
+    print(
+        "| runtime | 1 image (ms) | batch 32 (ms) | import (s) | peak RSS (MiB) | file (KiB) |"
+        " held-out accuracy |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, median, seconds, peak, size, accuracy in rows:
+        print(
+            f"| {name} | {1e3 * median['1 image']:.3f} | {1e3 * median['batch 32']:.2f} | "
+            f"{seconds:.2f} | {peak / 2**20:.0f} | {size / 1024:.0f} | {accuracy:.4f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
