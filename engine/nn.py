@@ -24,8 +24,8 @@ import engine.functional as F
 from engine import backend
 from engine.errors import ArgumentError
 from engine.init import INITIALISERS
-from engine.ops import pair, triple
-from engine.ops.conv import check_conv_hyper, ntuple
+from engine.ops import ntuple, pair, triple
+from engine.ops.conv import check_conv_hyper
 from engine.ops.fused import conv2d_relu_max_pool2d
 from engine.ops.resample import MODES as RESAMPLE_MODES
 from engine.tensor import Tensor

@@ -4,10 +4,9 @@ kernels: a transposed conv's forward is a conv's backward-input, and so on."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from engine.errors import ArgumentError
 from engine.function import Function
+from engine.ops import ntuple
 from engine.tensor import Tensor, as_tensor
 
 # The conv kernels of each spatial rank: (forward, backward_input, backward_weight).
@@ -105,20 +104,6 @@ class ConvTransposeFn(Function):
 
 
 # ---- arguments ----
-
-
-def ntuple(value, n: int, name: str) -> tuple[int, ...]:
-    """An int or a sequence of n ints -> a tuple of n ints (kernel_size, stride, padding, ...);
-    ArgumentError naming `name` otherwise."""
-
-    def is_int(v):
-        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-    if is_int(value):
-        return (int(value),) * n
-    if isinstance(value, (tuple, list)) and len(value) == n and all(map(is_int, value)):
-        return tuple(int(v) for v in value)
-    raise ArgumentError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
 
 
 def check_conv_hyper(op: str, stride, padding, output_padding=None) -> None:
