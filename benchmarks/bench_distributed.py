@@ -2,6 +2,7 @@
 batch, and the allreduce time per step; with --device cuda, the NCCL overhead per step on 1 GPU.
 
     python -m benchmarks.bench_distributed --model seed_cnn --batch 64 --steps 20
+    python -m benchmarks.bench_distributed --model unet3d --size 32 --batch 2 --steps 3
     python -m benchmarks.bench_distributed --device cuda --batch 256   # GPU machine, 1 rank
 
 Not a pytest benchmark: it launches `mpiexec` itself (the Open MPI wheel's, next to this Python).
@@ -34,8 +35,12 @@ def _worker(args) -> None:
     opt = distributed.DistributedOptimizer(optim.SGD(model.parameters(), lr=1e-12), comm)
     distributed.broadcast_model(model, comm)
     local = args.batch // comm.size  # the global batch split evenly (--batch divisible by N)
-    x = rng.standard_normal((local, 1, args.size, args.size)).astype(np.float32)
-    y = rng.integers(0, 2, local)
+    # a classifier takes (n, 1, size, size) images and one label each; a U-Net (models.TASKS)
+    # images or volumes ("...3d": size^3) and a label per pixel (per-voxel cross-entropy)
+    ndim = 3 if args.model.endswith("3d") else 2
+    x = rng.standard_normal((local, 1, *(args.size,) * ndim)).astype(np.float32)
+    per_pixel = models.TASKS.get(args.model) == "segmentation"
+    y = rng.integers(0, 2, (local, *x.shape[2:]) if per_pixel else local)
     if args.device == "cuda":
         from engine import backend
 

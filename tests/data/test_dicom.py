@@ -28,8 +28,10 @@ def _corpus():
 
 def test_read_image_corpus_contract():
     """Each file -> finite float32 array, or DicomReadError naming the file, in a few seconds
-    CPU time is checked, not wall time, so a busy CI machine does not fail it; the slowest
-    file (color3d_jpeg_baseline, 120 RGB frames) takes about 1.5 s of CPU here."""
+    CPU time is checked, not wall time, so a busy CI machine does not fail it. The slowest file
+    (color3d_jpeg_baseline, 120 RGB frames: a 442 MB float32 result) takes 1.7 s of CPU when
+    freed memory is reused and up to 5 s on a first call that page-faults the whole result (the
+    engine no longer tunes the process's malloc; measured on the 2-core machine), hence 12 s."""
     files = _corpus()
     assert len(files) > 80
     read = 0
@@ -45,7 +47,7 @@ def test_read_image_corpus_contract():
             assert image.dtype == np.float32 and image.ndim in (3, 4)
             assert np.isfinite(image).all(), path
             assert meta["path"] == path
-        assert time.process_time() - start < 5.0, path
+        assert time.process_time() - start < 12.0, path
     assert read > 60
 
 
