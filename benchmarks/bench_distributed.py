@@ -90,7 +90,10 @@ def _launch(n: int, threads: int, args) -> dict:
         OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
         NUMBA_NUM_THREADS=str(threads),
         OMP_NUM_THREADS=str(threads),
-        OPENBLAS_NUM_THREADS=str(threads),
+        # what `medgrad train` sets for its process (engine/cli.py::_program_settings): the numba
+        # flavour runs its own threads, NumPy's BLAS one, and malloc keeps freed blocks
+        OPENBLAS_NUM_THREADS="1",
+        ENGINE_MALLOC_TUNING="1",
         PYTHONPATH=str(Path(__file__).resolve().parents[1]),
     )
     cmd = [
