@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import numpy as np
 
@@ -31,7 +30,7 @@ class EngineResNet(EngineStep):
     """resnet18_2d on one kernel flavour ("numpy" | "numba"); the step is the seed CNN's."""
 
     def __init__(self, flavour: str, width: int, batch: int, size: int):
-        self.flavour = flavour
+        self.flavour, self.program = flavour, True  # as a training program runs (seed_step)
         self.model = models.get("resnet18_2d", width=width, rng=np.random.default_rng(0))
         self.opt = optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.opt.lr = 0.0  # weights frozen (the optimizer refuses lr 0 when built)
@@ -68,15 +67,7 @@ def main(argv=None) -> None:
     torch = harness.import_torch()
     if torch is not None:
         steps["torch"] = TorchResNet(torch, *shape)
-    first = {who: s.train_step() for who, s in steps.items()}  # also the warm-up (Numba compiles)
-    for who, loss in first.items():
-        harness.assert_close(loss, first["numpy"], f"{who} first loss")
-    times = {who: [] for who in steps}
-    for _ in range(args.rounds):
-        for who, s in steps.items():
-            t0 = time.perf_counter()
-            s.train_step()
-            times[who].append(time.perf_counter() - t0)
+    first, times = harness.interleaved_steps(steps, args.rounds)
     median = {who: float(np.median(t)) for who, t in times.items()}
     print(
         f"resnet18_2d width {args.width}, batch {args.batch}, {args.size}x{args.size}, "

@@ -193,15 +193,7 @@ def main(argv=None) -> None:
     torch = harness.import_torch()
     if torch is not None:
         steps["torch"] = TorchUNet(torch, args.batch, args.patch)
-    first = {who: s.train_step() for who, s in steps.items()}  # also the warm-up
-    for who, loss in first.items():
-        harness.assert_close(loss, first["numpy"], f"{who} first loss")
-    times = {who: [] for who in steps}
-    for _ in range(args.rounds):
-        for who, s in steps.items():
-            t0 = time.perf_counter()
-            s.train_step()
-            times[who].append(time.perf_counter() - t0)
+    first, times = harness.interleaved_steps(steps, args.rounds)
     print(
         f"unet3d {FEATURES}, training step, batch {args.batch} x 1x{args.patch}^3, "
         f"{args.rounds} interleaved rounds, first loss {first['numpy']:.5f}"

@@ -168,6 +168,25 @@ def assert_close(got, ref, name: str, rtol: float = 1e-4) -> None:
             raise AssertionError(f"{name} output {i}: max error {err:.2e} of max |ref| > {rtol}")
 
 
+def interleaved_steps(steps: dict, rounds: int, reference: str = "numpy") -> tuple[dict, dict]:
+    """Time whole training steps of several contenders ({name: object with train_step() -> loss}).
+
+    Each takes one untimed step first (the warm-up: Numba compiles) whose loss must equal the
+    `reference` contender's (a fast wrong step is worthless); then `rounds` rounds of one timed step
+    each, interleaved, so a swing in the machine's load hits every contender alike. Returns
+    (first losses, {name: [seconds per step]})."""
+    first = {who: s.train_step() for who, s in steps.items()}
+    for who, loss in first.items():
+        assert_close(loss, first[reference], f"{who} first loss")
+    times = {who: [] for who in steps}
+    for _ in range(rounds):
+        for who, s in steps.items():
+            t0 = time.perf_counter()
+            s.train_step()
+            times[who].append(time.perf_counter() - t0)
+    return first, times
+
+
 def _arrays(value):
     if isinstance(value, tuple | list):
         return [a for v in value for a in _arrays(v)]
