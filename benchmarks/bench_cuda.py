@@ -27,7 +27,7 @@ import engine.functional as F
 import models
 from engine import backend, optim
 from engine.tensor import Tensor
-from kernels.numpy_cpu import KERNELS as REF
+from kernels.numpy_cpu import REFERENCE as REF
 
 FLOP_PER_IMAGE = 3 * 5.056e6  # seed CNN training: forward + backward = 3 x the forward FLOPs
 ROWS: list[dict] = []  # one CSV row per (benchmark, shape, dtype, flavour)

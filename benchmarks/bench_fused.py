@@ -36,7 +36,7 @@ def test_fused_forward(benchmark, gemm_ceiling, flavour, label, xs, ws, need_gx)
     x, W, b = _inputs(xs, ws)
     args = (x, W, b, *CONV, *POOL)
     fn = harness.kernel(flavour, "conv2d_relu_max_pool2d_forward")
-    ref = numpy_cpu.KERNELS["conv2d_relu_max_pool2d_forward"](*args)
+    ref = numpy_cpu.REFERENCE["conv2d_relu_max_pool2d_forward"](*args)
     harness.assert_close(fn(*args)[0], ref[0], f"{flavour}: fused forward y")
     benchmark.pedantic(fn, args=args, rounds=10, warmup_rounds=2, iterations=1)
     oh, ow = xs[2] - ws[2] + 1, xs[3] - ws[3] + 1
@@ -56,7 +56,7 @@ def test_fused_forward(benchmark, gemm_ceiling, flavour, label, xs, ws, need_gx)
 @pytest.mark.parametrize("label,xs,ws,need_gx", SHAPES, ids=[s[0] for s in SHAPES])
 def test_fused_backward(benchmark, gemm_ceiling, flavour, label, xs, ws, need_gx):
     x, W, b = _inputs(xs, ws)
-    y, argmax = numpy_cpu.KERNELS["conv2d_relu_max_pool2d_forward"](x, W, b, *CONV, *POOL)
+    y, argmax = numpy_cpu.REFERENCE["conv2d_relu_max_pool2d_forward"](x, W, b, *CONV, *POOL)
     gy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
     args = (gy, y, argmax, x, W, *CONV, *POOL, need_gx)
     harness.run_kernel(

@@ -49,7 +49,7 @@ def test_loss_optim(benchmark, gemm_ceiling, flavour, name, batch):
         got_args = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
         from kernels import numpy_cpu
 
-        numpy_cpu.KERNELS[name](*ref_args)
+        numpy_cpu.REFERENCE[name](*ref_args)
         harness.kernel(flavour, name)(*got_args)
         harness.assert_close(got_args[:4], ref_args[:4], f"{flavour}:{name}")
     harness.run_kernel(benchmark, flavour, name, args, flops, moved, gemm_ceiling)

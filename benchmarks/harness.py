@@ -214,7 +214,7 @@ def run_kernel(benchmark, flavour, name, args, flops, moved, ceiling, rounds=10)
     from kernels import numpy_cpu
 
     fn = kernel(flavour, name)
-    assert_close(fn(*args), numpy_cpu.KERNELS[name](*args), f"{flavour}:{name}")
+    assert_close(fn(*args), numpy_cpu.REFERENCE[name](*args), f"{flavour}:{name}")
     benchmark.pedantic(fn, args=args, rounds=rounds, warmup_rounds=2, iterations=1)
     benchmark.extra_info.update(
         extra_info(benchmark.stats.stats.median, flops, moved, ceiling, flavour=flavour)
