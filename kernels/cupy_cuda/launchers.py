@@ -11,12 +11,13 @@ the tests can drive them with NumPy arrays and a g++ build of the same sources (
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from types import SimpleNamespace
 
 import numpy as np
 
-from kernels.numpy_cpu import GENERIC, compose
+from kernels.numpy_cpu import GENERIC, compose, resample
 from kernels.numpy_cpu.xp import array_module, conv_pool_shapes, out_size
 
 from .sources import SOURCES
@@ -330,6 +331,321 @@ def adam_update(p, g, m, v, step, lr, beta1, beta2, eps, weight_decay):
     _kernel("adam")(g, step_size, beta1, beta2, bias2_sqrt, eps, weight_decay, p, m, v)
 
 
+# ---- volumes: conv3d by vol2col / col2vol around a cuBLAS GEMM, 3-D pools ----
+COLS_LIMIT = 2**27  # elements of one vol2col matrix; a larger batch runs in chunks of images
+
+
+def _geometry3(kernel_size, stride, padding) -> tuple[int, ...]:
+    """kd, kh, kw, sd, sh, sw, pd, ph, pw in the order the 3-D sources take them."""
+    return (*kernel_size, *stride, *padding)
+
+
+def _out3(spatial, kernel_size, stride, padding) -> tuple[int, int, int]:
+    return tuple(map(out_size, spatial, kernel_size, stride, padding))
+
+
+def _image_chunks(n: int, per_image: int):
+    """[b0, b1) ranges over the batch, each with at most COLS_LIMIT column elements (one image
+    at least): the columns of a 3-D layer at 64^3 reach gigabytes otherwise."""
+    step = max(1, COLS_LIMIT // max(per_image, 1))
+    return [(b0, min(b0 + step, n)) for b0 in range(0, n, step)]
+
+
+def vol2col(x, kernel_size, stride, padding):
+    """x (n, c, d, h, w) -> cols (n*od*oh*ow, c*kd*kh*kw): numpy_cpu's im2col on 3 axes."""
+    xp = array_module(x)
+    n, c, *spatial = x.shape
+    out = _out3(spatial, kernel_size, stride, padding)
+    cols = xp.empty((n * math.prod(out), c * math.prod(kernel_size)), dtype=x.dtype)
+    _kernel("vol2col")(x, c, *spatial, *out, *_geometry3(kernel_size, stride, padding), cols)
+    return cols
+
+
+def col2vol(cols, x_shape, kernel_size, stride, padding, out=None):
+    """The adjoint of vol2col: cols -> x of x_shape (n, c, d, h, w), gathered (deterministic);
+    written into `out` (C-contiguous, x_shape) when given."""
+    _, c, *spatial = x_shape
+    osize = _out3(spatial, kernel_size, stride, padding)
+    x = array_module(cols).empty(x_shape, dtype=cols.dtype) if out is None else out
+    _kernel("col2vol")(cols, c, *spatial, *osize, *_geometry3(kernel_size, stride, padding), x)
+    return x
+
+
+def _rows3(gy):
+    """gy (n, oc, od, oh, ow) -> (n*od*oh*ow, oc), the layout of the backward GEMMs."""
+    n, oc, *out = gy.shape
+    rows = array_module(gy).empty((n * math.prod(out), oc), dtype=gy.dtype)
+    _kernel("nchw_to_rows")(gy, oc, math.prod(out), rows)
+    return rows
+
+
+def conv3d_forward(x, W, b, stride, padding):
+    # per chunk of images: vol2col, one GEMM (cuBLAS), and the transpose back to NCDHW with the
+    # bias add (rows_to_nchw on od*oh*ow pixels)
+    xp = array_module(x)
+    n, c, *spatial = x.shape
+    oc, k = W.shape[0], W.shape[2:]
+    out = _out3(spatial, k, stride, padding)
+    opix = math.prod(out)
+    y = xp.empty((n, oc, *out), dtype=x.dtype)
+    W_mat = W.reshape(oc, -1).T
+    for b0, b1 in _image_chunks(n, opix * c * math.prod(k)):
+        rows = xp.matmul(vol2col(x[b0:b1], k, stride, padding), W_mat)  # (images*opix, oc)
+        bias = b if b is not None else rows  # without a bias a dummy is never read
+        _kernel("rows_to_nchw")(rows, bias, b is not None, oc, opix, y[b0:b1])
+    return y
+
+
+def conv3d_backward_input(gy, W, x_shape, stride, padding):
+    # per chunk of images: gcols = gy_rows @ W_mat (cuBLAS), then col2vol gathers them
+    xp = array_module(gy)
+    oc, k = W.shape[0], W.shape[2:]
+    n, c = x_shape[:2]
+    gx = xp.empty(x_shape, dtype=gy.dtype)
+    W_mat = W.reshape(oc, -1)
+    for b0, b1 in _image_chunks(n, math.prod(gy.shape[2:]) * c * math.prod(k)):
+        gcols = xp.matmul(_rows3(gy[b0:b1]), W_mat)
+        col2vol(gcols, (b1 - b0, *x_shape[1:]), k, stride, padding, out=gx[b0:b1])
+    return gx
+
+
+def conv3d_backward_weight(gy, x, kernel_size, stride, padding):
+    # gW = sum over chunks of images of gy_rows^T @ vol2col(x) (cuBLAS), chunks in batch order
+    xp = array_module(gy)
+    n, c = x.shape[:2]
+    oc = gy.shape[1]
+    gW = None
+    for b0, b1 in _image_chunks(n, math.prod(gy.shape[2:]) * c * math.prod(kernel_size)):
+        part = xp.matmul(_rows3(gy[b0:b1]).T, vol2col(x[b0:b1], kernel_size, stride, padding))
+        gW = part if gW is None else gW + part
+    return gW.reshape(oc, c, *kernel_size)
+
+
+def max_pool3d_forward(x, kernel_size, stride, padding):
+    xp = array_module(x)
+    out = _out3(x.shape[2:], kernel_size, stride, padding)
+    shape = (*x.shape[:2], *out)
+    y, argmax = xp.empty(shape, dtype=x.dtype), xp.empty(shape, dtype=xp.int32)
+    _kernel("max_pool3d_forward")(
+        x, *x.shape[2:], *out, *_geometry3(kernel_size, stride, padding), y, argmax
+    )
+    return y, argmax
+
+
+def max_pool3d_backward(gy, argmax, x_shape, kernel_size, stride, padding):
+    gx = array_module(gy).empty(x_shape, dtype=gy.dtype)
+    _kernel("max_pool3d_backward")(
+        gy, argmax, *x_shape[2:], *gy.shape[2:], *_geometry3(kernel_size, stride, padding), gx
+    )
+    return gx
+
+
+def avg_pool3d_forward(x, kernel_size, stride, padding):
+    out = _out3(x.shape[2:], kernel_size, stride, padding)
+    y = array_module(x).empty((*x.shape[:2], *out), dtype=x.dtype)
+    _kernel("avg_pool3d_forward")(
+        x, *x.shape[2:], *out, *_geometry3(kernel_size, stride, padding), y
+    )
+    return y
+
+
+def avg_pool3d_backward(gy, x_shape, kernel_size, stride, padding):
+    gx = array_module(gy).empty(x_shape, dtype=gy.dtype)
+    _kernel("avg_pool3d_backward")(
+        gy, *x_shape[2:], *gy.shape[2:], *_geometry3(kernel_size, stride, padding), gx
+    )
+    return gx
+
+
+# ---- adaptive average pools and interpolation: 2-D arrays run as volumes of depth 1 ----
+def _as_volume(spatial) -> tuple[int, int, int]:
+    """(d, h, w) of 2 or 3 spatial sizes: a 2-D array is a volume of depth 1."""
+    return tuple(spatial) if len(spatial) == 3 else (1, *spatial)
+
+
+def adaptive_avg_pool_forward(x, output_size):
+    y = array_module(x).empty((*x.shape[:2], *output_size), dtype=x.dtype)
+    _kernel("adaptive_avg_pool_forward")(x, *_as_volume(x.shape[2:]), *_as_volume(output_size), y)
+    return y
+
+
+def adaptive_avg_pool_backward(gy, x_shape):
+    gx = array_module(gy).empty(x_shape, dtype=gy.dtype)
+    _kernel("adaptive_avg_pool_backward")(
+        gy, *_as_volume(x_shape[2:]), *_as_volume(gy.shape[2:]), gx
+    )
+    return gx
+
+
+@functools.lru_cache(maxsize=256)
+def _resample_tables(in_shape, out_shape, mode, align_corners, scales, dtype_str):
+    """Host tables of every axis as a volume's (d, h, w): per axis (i0 int32, i1 int32, lam of
+    the dtype, lo int32, hi int32), from numpy_cpu's resample.tables (the coordinate rules live
+    there only). Outputs lo[j] <= o < hi[j] are the run that reads input j (i0 or i1 == j)."""
+    axes = resample.tables(in_shape, out_shape, mode, align_corners, scales, np.dtype(dtype_str))
+    if len(axes) == 2:  # the depth axis of a 2-D array: length 1, output 0 reads input 0
+        axes = [(np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, dtype_str)), *axes]
+    out = []
+    for size, (i0, i1, lam) in zip(_as_volume(in_shape), axes, strict=True):
+        j = np.arange(size)
+        lo = np.minimum(np.searchsorted(i0, j, "left"), np.searchsorted(i1, j, "left"))
+        hi = np.maximum(np.searchsorted(i0, j, "right"), np.searchsorted(i1, j, "right"))
+        out.append(
+            tuple(a.astype(np.int32) for a in (i0, i1))
+            + (lam.astype(dtype_str),)
+            + tuple(a.astype(np.int32) for a in (lo, hi))
+        )
+    return tuple(out)
+
+
+def _device_tables(xp, in_shape, out_shape, mode, align_corners, scales, dtype):
+    """_resample_tables copied to x's device: ([i0, i1, lam] x 3 axes, [lo, hi] x 3 axes)."""
+    axes = _resample_tables(
+        tuple(in_shape),
+        tuple(out_shape),
+        mode,
+        bool(align_corners),
+        tuple(scales),
+        np.dtype(dtype).str,
+    )
+    forward = [xp.asarray(a) for axis in axes for a in axis[:3]]
+    runs = [xp.asarray(a) for axis in axes for a in axis[3:]]
+    return forward, runs
+
+
+def interpolate_forward(x, size, mode, align_corners, scales):
+    xp = array_module(x)
+    y = xp.empty((*x.shape[:2], *size), dtype=x.dtype)
+    tables, _ = _device_tables(xp, x.shape[2:], size, mode, align_corners, scales, x.dtype)
+    _kernel("interpolate_forward")(
+        x,
+        *tables,
+        *_as_volume(x.shape[2:]),
+        *_as_volume(size),
+        mode != "nearest",
+        x.ndim == 5,
+        y,
+    )
+    return y
+
+
+def interpolate_backward(gy, x_shape, mode, align_corners, scales):
+    xp = array_module(gy)
+    gx = xp.empty(x_shape, dtype=gy.dtype)
+    tables, runs = _device_tables(
+        xp, x_shape[2:], gy.shape[2:], mode, align_corners, scales, gy.dtype
+    )
+    _kernel("interpolate_backward")(
+        gy, *tables, *runs, *_as_volume(x_shape[2:]), *_as_volume(gy.shape[2:]), gx
+    )
+    return gx
+
+
+# ---- normalisation over a (p, q, r) view ----
+NORM_THREADS = 2**16  # threads of the per-lane reductions (about), lanes per slice at most 1024
+
+
+def _lanes(q: int, count: int) -> int:
+    """How many lanes (threads) share one slice's `count` elements: enough for NORM_THREADS
+    threads in all, at most 1024 (the merge runs over them in one thread) and count."""
+    return max(1, min(count, 1024, -(-NORM_THREADS // q)))
+
+
+def norm_moments(x):
+    # two launches: per-lane shifted sums in double (q*lanes threads), then one thread per slice
+    # adds its lanes and writes mean and var
+    xp = array_module(x)
+    p, q, r = x.shape
+    count = p * r
+    lanes = _lanes(q, count)
+    lane_sum = xp.empty(q * lanes, dtype=xp.float64)
+    lane_squares = xp.empty(q * lanes, dtype=xp.float64)
+    _kernel("norm_lane_moments")(x, q, r, count, lanes, lane_sum, lane_squares)
+    mean, var = xp.empty(q, dtype=x.dtype), xp.empty(q, dtype=x.dtype)
+    _kernel("norm_merge_moments")(x, lane_sum, lane_squares, r, count, lanes, mean, var)
+    return mean, var
+
+
+def _like(x, *arrays):
+    """The per-slice arrays in x's dtype (one T in the sources); None stays None."""
+    return [a if a is None else a.astype(x.dtype, copy=False) for a in arrays]
+
+
+def norm_forward(x, mean, rstd, weight, bias):
+    p, q, r = x.shape
+    mean, rstd, weight, bias = _like(x, mean, rstd, weight, bias)
+    y = array_module(x).empty(x.shape, dtype=x.dtype)
+    _kernel("norm_forward")(
+        x,
+        mean,
+        rstd,
+        weight if weight is not None else rstd,  # a dummy when absent: never read
+        bias if bias is not None else rstd,
+        weight is not None,
+        bias is not None,
+        q,
+        r,
+        y,
+    )
+    return y
+
+
+def norm_backward(gy, x, mean, rstd, weight):
+    # three launches: per-lane sums (double) of gy and gy * xhat, one thread per slice adds its lanes
+    # (gbias, gweight), then gx elementwise
+    xp = array_module(gy)
+    p, q, r = x.shape
+    mean, rstd, weight = _like(x, mean, rstd, weight)
+    count = p * r
+    lanes = _lanes(q, count)
+    lane_gb = xp.empty(q * lanes, dtype=xp.float64)
+    lane_gw = xp.empty(q * lanes, dtype=xp.float64)
+    _kernel("norm_lane_grads")(gy, x, mean, rstd, q, r, count, lanes, lane_gb, lane_gw)
+    gbias, gweight = xp.empty(q, dtype=x.dtype), xp.empty(q, dtype=x.dtype)
+    _kernel("norm_merge_sums")(lane_gb, lane_gw, lanes, gbias, gweight)
+    gx = xp.empty(x.shape, dtype=x.dtype)
+    _kernel("norm_backward_input")(
+        gy,
+        x,
+        mean,
+        rstd,
+        weight if weight is not None else rstd,  # a dummy when absent: never read
+        weight is not None,
+        gweight,
+        gbias,
+        q,
+        r,
+        count,
+        gx,
+    )
+    return gx, gweight, gbias
+
+
+# ---- activations ----
+def leaky_relu_forward(x, negative_slope):
+    y = array_module(x).empty(x.shape, dtype=x.dtype)
+    _kernel("leaky_relu_forward")(x, negative_slope, y)
+    return y
+
+
+def leaky_relu_backward(gy, x, negative_slope):
+    gx = array_module(gy).empty(gy.shape, dtype=gy.dtype)
+    _kernel("leaky_relu_backward")(gy, x, negative_slope, gx)
+    return gx
+
+
+def gelu_forward(x):
+    y = array_module(x).empty(x.shape, dtype=x.dtype)
+    _kernel("gelu_forward")(x, y)
+    return y
+
+
+def gelu_backward(gy, x):
+    gx = array_module(gy).empty(gy.shape, dtype=gy.dtype)
+    _kernel("gelu_backward")(gy, x, gx)
+    return gx
+
+
 KERNELS = {
     "im2col": im2col,
     "col2im": col2im,
@@ -348,6 +664,24 @@ KERNELS = {
     "adam_update": adam_update,
     "conv2d_relu_max_pool2d_forward": conv2d_relu_max_pool2d_forward,
     "conv2d_relu_max_pool2d_backward": conv2d_relu_max_pool2d_backward,
+    "conv3d_forward": conv3d_forward,
+    "conv3d_backward_input": conv3d_backward_input,
+    "conv3d_backward_weight": conv3d_backward_weight,
+    "max_pool3d_forward": max_pool3d_forward,
+    "max_pool3d_backward": max_pool3d_backward,
+    "avg_pool3d_forward": avg_pool3d_forward,
+    "avg_pool3d_backward": avg_pool3d_backward,
+    "adaptive_avg_pool_forward": adaptive_avg_pool_forward,
+    "adaptive_avg_pool_backward": adaptive_avg_pool_backward,
+    "interpolate_forward": interpolate_forward,
+    "interpolate_backward": interpolate_backward,
+    "norm_moments": norm_moments,
+    "norm_forward": norm_forward,
+    "norm_backward": norm_backward,
+    "leaky_relu_forward": leaky_relu_forward,
+    "leaky_relu_backward": leaky_relu_backward,
+    "gelu_forward": gelu_forward,
+    "gelu_backward": gelu_backward,
 }
 # the kernels of this flavour's table (table.py's merge): the fused launchers compose its 64-bit
 # primitives past INDEX_LIMIT (looked up at call time)

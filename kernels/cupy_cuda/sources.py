@@ -425,3 +425,492 @@ SOURCES: dict[str, Source] = {
         "medgrad_adam",
     ),
 }
+
+# ---- volumes (n, c, d, h, w): conv3d by vol2col / col2vol around a cuBLAS GEMM, 3-D pools ----
+# Output voxel (oz, oi, oj) and tap (t, u, v) read input voxel zz = oz*sd + t - pd, hh = oi*sh +
+# u - ph, ww = oj*sw + v - pw; a tap outside the volume is padding. Taps are numbered row-major,
+# (t * kh + u) * kw + v, as in kernels/numpy_cpu/pool.py. Index arithmetic in ptrdiff_t.
+_GEOMETRY3 = (
+    "int32 kd, int32 kh, int32 kw, int32 sd, int32 sh, int32 sw, int32 pd, int32 ph, int32 pw"
+)
+
+# The windows (oz, oi, oj) whose tap (t, u, v) lies on input voxel (zz, hh, ww), in ascending tap
+# order (numpy_cpu's summation order); the caller closes the three loops
+_WINDOWS_COVERING_3D = """
+    for (int t = 0; t < kd; ++t) {
+        const ptrdiff_t front = zz + pd - t;  // = oz * sd for the window whose tap plane t is zz
+        if (front < 0 || front % sd != 0 || front / sd >= od) continue;
+        const ptrdiff_t oz = front / sd;
+        for (int u = 0; u < kh; ++u) {
+            const ptrdiff_t top = hh + ph - u;  // = oi * sh likewise
+            if (top < 0 || top % sh != 0 || top / sh >= oh) continue;
+            const ptrdiff_t oi = top / sh;
+            for (int v = 0; v < kw; ++v) {
+                const ptrdiff_t left = ww + pw - v;  // = oj * sw likewise
+                if (left < 0 || left % sw != 0 || left / sw >= ow) continue;
+                const ptrdiff_t oj = left / sw;
+"""
+_CLOSE_3 = """
+            }
+        }
+    }
+"""
+# thread i -> voxel (plane, zz, hh, ww) of an input-shaped (n, c, d, h, w) output, row-major
+_INPUT_VOXEL = """
+        const ptrdiff_t ww = i % w, hh = (i / w) % h, zz = (i / ((ptrdiff_t)h * w)) % d;
+        const ptrdiff_t plane = i / ((ptrdiff_t)d * h * w);
+"""
+# thread i -> window (plane, oz, oi, oj) of an output-shaped (n, c, od, oh, ow) output, row-major
+_OUTPUT_VOXEL = """
+        const ptrdiff_t oj = i % ow, oi = (i / ow) % oh, oz = (i / ((ptrdiff_t)oh * ow)) % od;
+        const ptrdiff_t plane = i / ((ptrdiff_t)od * oh * ow);
+"""
+_SIZES3 = "int32 d, int32 h, int32 w, int32 od, int32 oh, int32 ow"
+
+SOURCES.update(
+    {
+        "vol2col": Source(
+            f"raw T x, int32 c, {_SIZES3}, {_GEOMETRY3}",
+            "T cols",
+            """
+        // thread i -> cols[row, col] of cols (n*od*oh*ow, c*kd*kh*kw), row = (b, oz, oi, oj),
+        // col = (ch, t, u, v): im2col over three axes; padding reads 0
+        const ptrdiff_t taps = (ptrdiff_t)kd * kh * kw, k = (ptrdiff_t)c * taps;
+        const ptrdiff_t opix = (ptrdiff_t)od * oh * ow;
+        const ptrdiff_t row = i / k, col = i % k;
+        const ptrdiff_t b = row / opix, pix = row % opix;
+        const ptrdiff_t ch = col / taps, tap = col % taps;
+        const ptrdiff_t oz = pix / ((ptrdiff_t)oh * ow), oi = (pix / ow) % oh, oj = pix % ow;
+        const ptrdiff_t zz = oz * sd + tap / (kh * kw) - pd;  // oz * sd + t - pd
+        const ptrdiff_t hh = oi * sh + (tap / kw) % kh - ph;  // oi * sh + u - ph
+        const ptrdiff_t ww = oj * sw + tap % kw - pw;  // oj * sw + v - pw
+        const bool inside = zz >= 0 && zz < d && hh >= 0 && hh < h && ww >= 0 && ww < w;
+        cols = inside ? x[(((b * c + ch) * d + zz) * h + hh) * w + ww] : (T)0;
+        """,
+            "medgrad_vol2col",
+        ),
+        "col2vol": Source(
+            f"raw T cols, int32 c, {_SIZES3}, {_GEOMETRY3}",
+            "T x",
+            """
+        // thread i -> x[b, ch, zz, hh, ww] (row-major); it sums the cols entries of every tap on
+        // it (a gather: no atomics, deterministic)"""
+            + _INPUT_VOXEL
+            + """
+        const ptrdiff_t b = plane / c, ch = plane % c;
+        const ptrdiff_t k = (ptrdiff_t)c * kd * kh * kw;
+        T acc = 0;
+        """
+            + _WINDOWS_COVERING_3D
+            + """
+                acc += cols[(((b * od + oz) * oh + oi) * ow + oj) * k
+                            + ((ch * kd + t) * kh + u) * kw + v];
+            """
+            + _CLOSE_3
+            + """
+        x = acc;
+        """,
+            "medgrad_col2vol",
+        ),
+        "max_pool3d_forward": Source(
+            f"raw T x, {_SIZES3}, {_GEOMETRY3}",
+            "T y, int32 argmax",
+            """
+        // thread i -> window (plane, oz, oi, oj) row-major, plane = b * c + ch. Padding is
+        // skipped (-inf: never wins); medgrad_offer_max keeps the tie rule (first maximum, a
+        // NaN wins)"""
+            + _OUTPUT_VOXEL
+            + """
+        T best = (T)(-__longlong_as_double(0x7ff0000000000000LL));  // -inf
+        int best_tap = 0;
+        for (int t = 0; t < kd; ++t) {
+            const ptrdiff_t zz = oz * sd + t - pd;
+            if (zz < 0 || zz >= d) continue;
+            for (int u = 0; u < kh; ++u) {
+                const ptrdiff_t hh = oi * sh + u - ph;
+                if (hh < 0 || hh >= h) continue;
+                for (int v = 0; v < kw; ++v) {
+                    const ptrdiff_t ww = oj * sw + v - pw;
+                    if (ww < 0 || ww >= w) continue;
+                    const T value = x[((plane * d + zz) * h + hh) * w + ww];
+                    medgrad_offer_max(value, (t * kh + u) * kw + v, best, best_tap);
+                }
+            }
+        }
+        y = best;
+        argmax = best_tap;
+        """,
+            "medgrad_max_pool3d_forward",
+            MAX_TIE_RULE,
+        ),
+        "max_pool3d_backward": Source(
+            f"raw T gy, raw int32 argmax, {_SIZES3}, {_GEOMETRY3}",
+            "T gx",
+            """
+        // thread i -> gx[plane, zz, hh, ww] row-major; it adds gy of every window whose argmax
+        // is here (a gather over the windows covering it: no atomics, deterministic)"""
+            + _INPUT_VOXEL
+            + """
+        T acc = 0;
+        """
+            + _WINDOWS_COVERING_3D
+            + """
+                const ptrdiff_t o = ((plane * od + oz) * oh + oi) * ow + oj;
+                if (argmax[o] == (t * kh + u) * kw + v) acc += gy[o];
+            """
+            + _CLOSE_3
+            + """
+        gx = acc;
+        """,
+            "medgrad_max_pool3d_backward",
+        ),
+        "avg_pool3d_forward": Source(
+            f"raw T x, {_SIZES3}, {_GEOMETRY3}",
+            "T y",
+            """
+        // thread i -> window (plane, oz, oi, oj) row-major; padded taps add 0 but count in
+        // kd*kh*kw (count_include_pad)"""
+            + _OUTPUT_VOXEL
+            + """
+        T acc = 0;
+        for (int t = 0; t < kd; ++t) {
+            const ptrdiff_t zz = oz * sd + t - pd;
+            if (zz < 0 || zz >= d) continue;
+            for (int u = 0; u < kh; ++u) {
+                const ptrdiff_t hh = oi * sh + u - ph;
+                if (hh < 0 || hh >= h) continue;
+                for (int v = 0; v < kw; ++v) {
+                    const ptrdiff_t ww = oj * sw + v - pw;
+                    if (ww >= 0 && ww < w) acc += x[((plane * d + zz) * h + hh) * w + ww];
+                }
+            }
+        }
+        y = acc / (T)(kd * kh * kw);
+        """,
+            "medgrad_avg_pool3d_forward",
+        ),
+        "avg_pool3d_backward": Source(
+            f"raw T gy, {_SIZES3}, {_GEOMETRY3}",
+            "T gx",
+            """
+        // thread i -> gx[plane, zz, hh, ww] row-major; every window covering it adds
+        // gy / (kd*kh*kw)"""
+            + _INPUT_VOXEL
+            + """
+        T acc = 0;
+        """
+            + _WINDOWS_COVERING_3D
+            + """
+                acc += gy[((plane * od + oz) * oh + oi) * ow + oj] / (T)(kd * kh * kw);
+            """
+            + _CLOSE_3
+            + """
+        gx = acc;
+        """,
+            "medgrad_avg_pool3d_backward",
+        ),
+    }
+)
+
+# ---- adaptive average pools and interpolation: 2-D arrays run as volumes of depth 1 ----
+# Adaptive window o of an axis of input length n and output length m is [floor(o n / m),
+# ceil((o + 1) n / m)) (PyTorch's rule, kernels/numpy_cpu/pool.py adaptive_windows). The input
+# positions j it covers are those of the windows o from floor(j m / n) on while floor(o n / m) <= j.
+_ADAPTIVE_AXIS = """
+// the windows of output position o along an axis of input length n, output length m
+__device__ __forceinline__ ptrdiff_t medgrad_window_start(ptrdiff_t o, ptrdiff_t n, ptrdiff_t m) {
+    return o * n / m;
+}
+__device__ __forceinline__ ptrdiff_t medgrad_window_end(ptrdiff_t o, ptrdiff_t n, ptrdiff_t m) {
+    return ((o + 1) * n + m - 1) / m;
+}
+"""
+
+# Interpolation reads the per-axis tables of kernels/numpy_cpu/resample.py source_index (computed
+# on the host, where the coordinate rules live once): output o of an axis is
+# (1 - lam[o]) x[i0[o]] + lam[o] x[i1[o]] (nearest: x[i0[o]]). `depth` is false for 2-D arrays,
+# whose depth axis (length 1) is then skipped, not blended.
+_TABLES = ", ".join(f"raw int32 i0{a}, raw int32 i1{a}, raw T lam{a}" for a in ("d", "h", "w"))
+_RESAMPLE_WEIGHT = """
+// the weight of input position j in output o along one axis: (1 - lam) where i0 is j, plus lam
+// where i1 is j (both when i0 = i1 = j at the last position, as numpy_cpu's two scatters). A
+// macro, not a function: it is expanded in the kernel body, where T is defined
+#define MEDGRAD_WEIGHT(i0, i1, lam, o, j) \\
+    ((i0[o] == (j) ? (T)1 - (T)lam[o] : (T)0) + (i1[o] == (j) ? (T)lam[o] : (T)0))
+"""
+
+SOURCES.update(
+    {
+        "adaptive_avg_pool_forward": Source(
+            f"raw T x, {_SIZES3}",
+            "T y",
+            """
+        // thread i -> y[plane, oz, oi, oj] row-major: the mean of x over the product of the
+        // adaptive windows of oz, oi and oj"""
+            + _OUTPUT_VOXEL
+            + """
+        const ptrdiff_t z0 = medgrad_window_start(oz, d, od), z1 = medgrad_window_end(oz, d, od);
+        const ptrdiff_t h0 = medgrad_window_start(oi, h, oh), h1 = medgrad_window_end(oi, h, oh);
+        const ptrdiff_t w0 = medgrad_window_start(oj, w, ow), w1 = medgrad_window_end(oj, w, ow);
+        T acc = 0;
+        for (ptrdiff_t zz = z0; zz < z1; ++zz)
+            for (ptrdiff_t hh = h0; hh < h1; ++hh)
+                for (ptrdiff_t ww = w0; ww < w1; ++ww) acc += x[((plane * d + zz) * h + hh) * w + ww];
+        y = acc / (T)((z1 - z0) * (h1 - h0) * (w1 - w0));
+        """,
+            "medgrad_adaptive_avg_pool_forward",
+            _ADAPTIVE_AXIS,
+        ),
+        "adaptive_avg_pool_backward": Source(
+            f"raw T gy, {_SIZES3}",
+            "T gx",
+            """
+        // thread i -> gx[plane, zz, hh, ww] row-major; every window covering it adds gy / (its
+        // length along each axis), divided axis by axis as numpy_cpu (a gather, deterministic)"""
+            + _INPUT_VOXEL
+            + """
+        T acc = 0;
+        for (ptrdiff_t oz = zz * od / d; oz < od && medgrad_window_start(oz, d, od) <= zz; ++oz) {
+            const T len_z = (T)(medgrad_window_end(oz, d, od) - medgrad_window_start(oz, d, od));
+            for (ptrdiff_t oi = hh * oh / h; oi < oh && medgrad_window_start(oi, h, oh) <= hh;
+                 ++oi) {
+                const T len_h = (T)(medgrad_window_end(oi, h, oh) - medgrad_window_start(oi, h, oh));
+                for (ptrdiff_t oj = ww * ow / w; oj < ow && medgrad_window_start(oj, w, ow) <= ww;
+                     ++oj) {
+                    const T len_w =
+                        (T)(medgrad_window_end(oj, w, ow) - medgrad_window_start(oj, w, ow));
+                    acc += gy[((plane * od + oz) * oh + oi) * ow + oj] / len_z / len_h / len_w;
+                }
+            }
+        }
+        gx = acc;
+        """,
+            "medgrad_adaptive_avg_pool_backward",
+            _ADAPTIVE_AXIS,
+        ),
+        "interpolate_forward": Source(
+            f"raw T x, {_TABLES}, {_SIZES3}, bool linear, bool depth",
+            "T y",
+            """
+        // thread i -> y[plane, oz, oi, oj] row-major. Nearest: x at (i0d, i0h, i0w). Linear:
+        // blended along w first, then h, then d (numpy_cpu's axis order), from the 2, 4 or 8
+        // neighbours the tables name"""
+            + _OUTPUT_VOXEL
+            + """
+        const ptrdiff_t base = plane * d * h * w;
+        if (!linear) {
+            y = x[base + ((ptrdiff_t)i0d[oz] * h + i0h[oi]) * w + i0w[oj]];
+        } else {
+            const T lz = lamd[oz], lh = lamh[oi], lw = lamw[oj];
+            T across_h[2];
+            for (int side_z = 0; side_z < (depth ? 2 : 1); ++side_z) {
+                const ptrdiff_t zz = side_z ? i1d[oz] : i0d[oz];
+                T along_w[2];
+                for (int side_h = 0; side_h < 2; ++side_h) {
+                    const ptrdiff_t row = base + (zz * h + (side_h ? i1h[oi] : i0h[oi])) * w;
+                    along_w[side_h] = ((T)1 - lw) * x[row + i0w[oj]] + lw * x[row + i1w[oj]];
+                }
+                across_h[side_z] = ((T)1 - lh) * along_w[0] + lh * along_w[1];
+            }
+            y = depth ? ((T)1 - lz) * across_h[0] + lz * across_h[1] : across_h[0];
+        }
+        """,
+            "medgrad_interpolate_forward",
+        ),
+        "interpolate_backward": Source(
+            f"raw T gy, {_TABLES}, raw int32 lod, raw int32 hid, raw int32 loh, raw int32 hih, "
+            f"raw int32 low, raw int32 hiw, {_SIZES3}",
+            "T gx",
+            """
+        // thread i -> gx[plane, zz, hh, ww] row-major: the sum of gy over the outputs that read
+        // this input, each times its weight along every axis (a gather, deterministic). Along an
+        // axis those outputs are the run [lo[j], hi[j]) (the tables never decrease, so the
+        // outputs naming j are contiguous; the host finds the runs)"""
+            + _INPUT_VOXEL
+            + """
+        T acc = 0;
+        for (ptrdiff_t oz = lod[zz]; oz < hid[zz]; ++oz) {
+            const T wz = MEDGRAD_WEIGHT(i0d, i1d, lamd, oz, zz);
+            T across_z = 0;
+            for (ptrdiff_t oi = loh[hh]; oi < hih[hh]; ++oi) {
+                const T wh = MEDGRAD_WEIGHT(i0h, i1h, lamh, oi, hh);
+                T across_h = 0;
+                for (ptrdiff_t oj = low[ww]; oj < hiw[ww]; ++oj) {
+                    const T wv = MEDGRAD_WEIGHT(i0w, i1w, lamw, oj, ww);
+                    across_h += wv * gy[((plane * od + oz) * oh + oi) * ow + oj];
+                }
+                across_z += wh * across_h;
+            }
+            acc += wz * across_z;
+        }
+        gx = acc;
+        """,
+            "medgrad_interpolate_backward",
+            _RESAMPLE_WEIGHT,
+        ),
+    }
+)
+
+# ---- normalisation over a (p, q, r) view, reduced over axes 0 and 2 for each of the q slices ----
+# A slice's N = p*r elements are split among `lanes` threads: lane l takes elements m = l,
+# l + lanes, l + 2 lanes, ... (m = outer*r + inner is x[outer, j, inner]), so neighbouring lanes
+# read neighbouring memory. Lanes accumulate in double whatever T is, and a second kernel adds a
+# slice's lanes in lane order: no atomics, the same result on every run. The moments take one
+# pass shifted by the slice's first value s (var = E[(x - s)^2] - E[x - s]^2 in double, as
+# numba_cpu): with the shift, a mean far from 0 (1e4 over unit variance) costs no digits.
+_LANE_LOOP = """
+        const ptrdiff_t j = i / lanes, lane = i % lanes;
+        // element m = outer*r + inner is x[outer, j, inner]; m += lanes steps (outer, inner) by
+        // (lanes / r, lanes % r) with a carry, so the loop divides nothing
+        const ptrdiff_t step_outer = lanes / r, step_inner = lanes % r;
+        ptrdiff_t outer = lane / r, inner = lane % r;
+        for (ptrdiff_t m = lane; m < count; m += lanes) {
+            const ptrdiff_t at = (outer * q + j) * r + inner;  // x[outer, j, inner]
+"""
+_LANE_NEXT = """
+            outer += step_outer;
+            inner += step_inner;
+            if (inner >= r) {
+                inner -= r;
+                outer += 1;
+            }
+        }
+"""
+SOURCES.update(
+    {
+        "norm_lane_moments": Source(
+            "raw T x, int32 q, int32 r, int64 count, int32 lanes",
+            "float64 lane_sum, float64 lane_squares",
+            """
+        // thread i -> lane i % lanes of slice j = i / lanes: the sums of d and d^2 over its
+        // elements x[outer, j, inner], m = lane, lane + lanes, ..., d = x - x[0, j, 0] (the shift)
+        double sum = 0, squares = 0;"""
+            + _LANE_LOOP
+            + """
+            const double d = (double)x[at] - (double)x[j * r];
+            sum += d;
+            squares += d * d;"""
+            + _LANE_NEXT
+            + """
+        lane_sum = sum;
+        lane_squares = squares;
+        """,
+            "medgrad_norm_lane_moments",
+        ),
+        "norm_merge_moments": Source(
+            "raw T x, raw float64 lane_sum, raw float64 lane_squares, int32 r, int64 count, "
+            "int32 lanes",
+            "T mean, T var",
+            """
+        // thread i -> slice i: its lanes' sums added in lane order; mean = s + E[d], var =
+        // E[d^2] - E[d]^2 (biased, clamped at 0), s = x[0, i, 0] the shift of norm_lane_moments
+        double sum = 0, squares = 0;
+        for (ptrdiff_t lane = 0; lane < lanes; ++lane) {
+            sum += lane_sum[i * lanes + lane];
+            squares += lane_squares[i * lanes + lane];
+        }
+        const double m = sum / (double)count;
+        mean = (T)((double)x[i * r] + m);
+        var = (T)max(squares / (double)count - m * m, 0.0);
+        """,
+            "medgrad_norm_merge_moments",
+        ),
+        "norm_forward": Source(
+            "T x, raw T mean, raw T rstd, raw T weight, raw T bias, bool has_weight, "
+            "bool has_bias, int32 q, int32 r",
+            "T y",
+            """
+        // thread i -> y[a, j, b], j = (i / r) % q: (x - mean[j]) rstd[j] weight[j] + bias[j]
+        const ptrdiff_t j = (i / r) % q;
+        const T scale = has_weight ? rstd[j] * weight[j] : rstd[j];
+        const T value = (x - mean[j]) * scale;
+        y = has_bias ? value + bias[j] : value;
+        """,
+            "medgrad_norm_forward",
+        ),
+        "norm_lane_grads": Source(
+            "raw T gy, raw T x, raw T mean, raw T rstd, int32 q, int32 r, int64 count, int32 lanes",
+            "float64 lane_gbias, float64 lane_gweight",
+            """
+        // thread i -> lane i % lanes of slice j = i / lanes: the sums (in double) of gy and of
+        // gy * xhat, xhat = (x - mean[j]) rstd[j], over its elements m = lane, lane + lanes, ..."""
+            + """
+        double sum_gy = 0, sum_gy_xhat = 0;"""
+            + _LANE_LOOP
+            + """
+            const T g = gy[at];
+            sum_gy += (double)g;
+            sum_gy_xhat += (double)(g * ((x[at] - mean[j]) * rstd[j]));"""
+            + _LANE_NEXT
+            + """
+        lane_gbias = sum_gy;
+        lane_gweight = sum_gy_xhat;
+        """,
+            "medgrad_norm_lane_grads",
+        ),
+        "norm_merge_sums": Source(
+            "raw float64 lane_gbias, raw float64 lane_gweight, int32 lanes",
+            "T gbias, T gweight",
+            """
+        // thread i -> slice i: the sums of its lanes' partial sums, in lane order, in double
+        double sum_gy = 0, sum_gy_xhat = 0;
+        for (ptrdiff_t lane = 0; lane < lanes; ++lane) {
+            sum_gy += lane_gbias[i * lanes + lane];
+            sum_gy_xhat += lane_gweight[i * lanes + lane];
+        }
+        gbias = (T)sum_gy;
+        gweight = (T)sum_gy_xhat;
+        """,
+            "medgrad_norm_merge_sums",
+        ),
+        "norm_backward_input": Source(
+            "T gy, T x, raw T mean, raw T rstd, raw T weight, bool has_weight, raw T gweight, "
+            "raw T gbias, int32 q, int32 r, int64 count",
+            "T gx",
+            """
+        // thread i -> gx[a, j, b], j = (i / r) % q: weight rstd (gy - gbias / N - xhat gweight / N)
+        // with xhat = (x - mean[j]) rstd[j] and N = count, the mean and variance differentiated
+        const ptrdiff_t j = (i / r) % q;
+        const T scale = has_weight ? rstd[j] * weight[j] : rstd[j];
+        const T xhat = (x - mean[j]) * rstd[j];
+        gx = scale * (gy - gbias[j] / (T)count - xhat * (gweight[j] / (T)count));
+        """,
+            "medgrad_norm_backward_input",
+        ),
+        # ---- activations ----
+        "leaky_relu_forward": Source(
+            "T x, T slope",
+            "T y",
+            "// thread i -> y[i]; x where x > 0, else slope * x (NaN stays NaN)\n"
+            "y = x > (T)0 ? x : x * slope;",
+            "medgrad_leaky_relu_forward",
+        ),
+        "leaky_relu_backward": Source(
+            "T gy, T x, T slope",
+            "T gx",
+            "// thread i -> gx[i]; gy where x > 0, else slope * gy (the slope at 0, as PyTorch)\n"
+            "gx = x > (T)0 ? gy : gy * slope;",
+            "medgrad_leaky_relu_backward",
+        ),
+        "gelu_forward": Source(
+            "T x",
+            "T y",
+            """
+        // thread i -> y[i] = x Phi(x) = x (1 + erf(x / sqrt 2)) / 2, the exact (erf) form
+        y = x * ((T)0.5 * ((T)1 + erf(x * (T)0.70710678118654752)));
+        """,
+            "medgrad_gelu_forward",
+        ),
+        "gelu_backward": Source(
+            "T gy, T x",
+            "T gx",
+            """
+        // thread i -> gx[i] = gy (Phi(x) + x phi(x)), phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+        const T cdf = (T)0.5 * ((T)1 + erf(x * (T)0.70710678118654752));
+        const T pdf = exp((T)-0.5 * x * x) * (T)0.39894228040143268;
+        gx = gy * (cdf + x * pdf);
+        """,
+            "medgrad_gelu_backward",
+        ),
+    }
+)

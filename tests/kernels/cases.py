@@ -495,6 +495,10 @@ def _norm_activation_cases():
             cases["norm_forward"].append(Case(tag, forward(shape, affine), tiny))
             cases["norm_backward"].append(Case(tag, backward(shape, affine), tiny))
 
+    # a mean offset of 1e4 over unit variance: E[x^2] - E[x]^2 in float32 would keep no digit
+    offset = lambda r, d: ((_normal(r, (3, 2, 40), np.float64) + 1e4).astype(d),)  # noqa: E731
+    cases["norm_moments"].append(Case("tiny_offset_1e4", offset, True))
+
     def pair(shape, slope=None):
         extra = () if slope is None else (slope,)
         return (

@@ -39,7 +39,7 @@ _PRELUDE = r"""
 #include <cmath>
 #include <cstddef>
 #include <cstring>
-using std::exp; using std::log; using std::max; using std::min; using std::sqrt;
+using std::erf; using std::exp; using std::log; using std::max; using std::min; using std::sqrt;
 #define __device__
 #define __forceinline__ inline
 static inline double __longlong_as_double(long long v) { double d; std::memcpy(&d, &v, 8); return d; }
@@ -67,7 +67,13 @@ _NUMPY = {
     "bool": np.bool_,
     "unsigned int": np.uint32,
 }
-_SCALAR_C = {"int32": "int", "uint32": "unsigned int", "bool": "bool"}  # CuPy type -> C type
+_SCALAR_C = {
+    "float64": "double",
+    "int32": "int",
+    "int64": "long long",
+    "uint32": "unsigned int",
+    "bool": "bool",
+}  # CuPy type -> C type
 _C_OF = {
     np.dtype(np.float32): "float",
     np.dtype(np.float64): "double",
@@ -260,3 +266,42 @@ def test_fused_past_32_bit_indexing_takes_the_64_bit_kernels(cpu_launchers, monk
         if e is not None:
             assert g.shape == e.shape and g.dtype == e.dtype
             np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-12)
+
+
+_NORM_TINY = [
+    p for p in tiny_params(launchers.KERNELS) if p.values[0] in ("norm_moments", "norm_backward")
+]
+
+
+@pytest.mark.parametrize("threads", [1, 7, 13])
+@pytest.mark.parametrize("name,case", _NORM_TINY)
+def test_norm_reductions_over_few_lanes_on_cpu(cpu_launchers, monkeypatch, name, case, threads):
+    """With NORM_THREADS lowered, each lane reduces several elements (the lane loop, its
+    (outer, inner) stepping across rows of r, the lane merge): the same results. 1 thread: one
+    lane per slice; 7: lanes that do not divide r; 13: lanes past r (steps of whole rows)."""
+    monkeypatch.setattr(cpu_launchers, "NORM_THREADS", threads)
+    for dtype in DTYPES:
+        check_parity(cpu_launchers.KERNELS, name, case, dtype)
+
+
+def test_norm_moments_float32_is_stable_at_a_large_mean(cpu_launchers, monkeypatch):
+    """float32 slices of mean 1e4 and variance 1 and 4, 600 elements in one lane: the shifted
+    double sums keep the variance to float32 rounding (E[x^2] - E[x]^2 in float32 keeps none)."""
+    monkeypatch.setattr(cpu_launchers, "NORM_THREADS", 2)  # one lane per slice
+    x = np.random.default_rng(3).standard_normal((6, 2, 100)) * np.array([1.0, 2.0])[:, None] + 1e4
+    mean, var = cpu_launchers.norm_moments(x.astype(np.float32))
+    x32 = x.astype(np.float32).astype(np.float64)  # the float32 data, exactly
+    np.testing.assert_allclose(mean, x32.mean(axis=(0, 2)), rtol=1e-7)
+    np.testing.assert_allclose(var, x32.var(axis=(0, 2)), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name,case", [p for p in tiny_params(launchers.KERNELS) if p.values[0].startswith("conv3d")]
+)
+def test_conv3d_in_chunks_of_images_on_cpu(cpu_launchers, monkeypatch, name, case):
+    """Past COLS_LIMIT column elements the conv3d launchers run one chunk of images at a time
+    (lowered here so that every tiny batch runs image by image): the same results."""
+    monkeypatch.setattr(cpu_launchers, "COLS_LIMIT", 1)
+    assert cpu_launchers._image_chunks(3, 10) == [(0, 1), (1, 2), (2, 3)]
+    for dtype in DTYPES:
+        check_parity(cpu_launchers.KERNELS, name, case, dtype)
