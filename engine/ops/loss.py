@@ -220,9 +220,9 @@ def softmax_cross_entropy(logits, t, ignore_index: int | None = -100) -> Tensor:
 
     2-D logits with no ignored target run the fused kernels (MaskedSoftmaxCrossEntropyFn runs the
     rest). A target outside [0, k) that is not ignore_index raises ArgumentError on the CPU; on
-    cuda (no sync) it makes the loss nan. On cuda, 2-D logits keep the fused kernels, which know
-    no ignore_index: a negative ignored target there makes the loss nan too, never a wrong
-    number; pass logits (n, k, 1) and targets (n, 1) to ignore rows of a 2-D batch on cuda.
+    cuda (no sync) it makes the loss nan. On cuda the targets are not scanned (that would cost a
+    device sync), so 2-D logits run the fused kernels only with ignore_index=None, where no row
+    can be left out; otherwise the masked path, which leaves ignored rows out on the device.
     """
     logits, t = as_tensor(logits), as_tensor(t)
     if logits.ndim < 2:
@@ -242,15 +242,20 @@ def softmax_cross_entropy(logits, t, ignore_index: int | None = -100) -> Tensor:
     # Checked on the CPU only: on a GPU, t.min() and t.max() would be two reductions and two
     # device syncs per step. The cuda kernels never index out of bounds; a row whose target lies
     # outside [0, k) gets a NaN loss and NaN gradients, so the mean loss shows it without a sync.
-    # On cuda the fused kernels run for 2-D logits unless ignore_index names a real class (then
-    # they would count it): an ignore_index outside [0, k) makes those rows nan there, not wrong.
-    if isinstance(t.data, np.ndarray):
+    # The fused kernels know no ignore_index, so on cuda (targets unseen) they run only when
+    # nothing can be ignored; the masked path counts the kept rows on the device, no sync either.
+    if _on_host(t.data):
         fused = not _check_targets(t.data, k, ignore_index)
     else:
-        fused = ignore_index is None or not 0 <= ignore_index < k
+        fused = ignore_index is None
     if logits.ndim == 2 and fused:
         return SoftmaxCrossEntropyFn.apply(logits, t)
     return MaskedSoftmaxCrossEntropyFn.apply(logits, t, ignore_index=ignore_index)
+
+
+def _on_host(a) -> bool:
+    """Whether the targets are a NumPy array, so that scanning them costs no device sync."""
+    return isinstance(a, np.ndarray)
 
 
 def _check_targets(t: np.ndarray, k: int, ignore_index: int | None) -> bool:

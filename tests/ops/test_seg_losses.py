@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import engine.functional as F
+import engine.ops.loss as loss_ops
 from engine.errors import ArgumentError
 from engine.gradcheck import check_grad
 from engine.ops.loss import MaskedSoftmaxCrossEntropyFn, SoftmaxCrossEntropyFn
@@ -133,12 +134,43 @@ def test_cross_entropy_bad_target_raises_on_cpu_nan_on_cuda(backend):
 
 
 def test_cross_entropy_2d_ignored_rows(backend, rng):
+    """Ignored rows of 2-D logits are left out of the mean on every device (on cuda the targets
+    are not scanned: the masked path runs there whenever an ignore_index is given)."""
     z, t = rng.standard_normal((3, 4)), np.array([0, -100, 3])
-    loss = F.softmax_cross_entropy(on_device(z, backend.device), on_device(t, backend.device))
-    if backend.device == "cpu":
-        np.testing.assert_allclose(loss.item(), _ce_reference(z, t), **TOL["loops64"])
-    else:  # the fused cuda kernels know no ignore_index: nan, never a wrong number
-        assert np.isnan(loss.item())
+    zt = Tensor(on_device(z, backend.device), requires_grad=True)
+    loss = F.softmax_cross_entropy(zt, on_device(t, backend.device))
+    loss.backward()
+    np.testing.assert_allclose(loss.item(), _ce_reference(z, t), **TOL["loops64"])
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    expected = (e / e.sum(axis=1, keepdims=True) - np.eye(4)[t.clip(0)]) / 2  # 2 rows kept
+    expected[1] = 0
+    np.testing.assert_allclose(to_host(zt.grad), expected, **TOL["loops64"])
+
+
+@pytest.mark.parametrize("ignore_index", [-100, 255, None])
+def test_cross_entropy_2d_routing_without_a_host_scan(monkeypatch, rng, ignore_index):
+    """The cuda routing, on the CPU: with the targets taken as device arrays (no scan of them),
+    2-D logits run the fused kernels only with ignore_index=None; with one, the masked path leaves
+    the ignored rows out of the mean, and a kept target outside [0, k) makes the loss and its
+    row's gradient nan (what cuda shows instead of raising)."""
+    monkeypatch.setattr(loss_ops, "_on_host", lambda a: False)
+    z = rng.standard_normal((4, 3))
+    kept = np.array([0, 2, 1, 2])
+    zt = Tensor(z, requires_grad=True)
+    fn = SoftmaxCrossEntropyFn if ignore_index is None else MaskedSoftmaxCrossEntropyFn
+    assert isinstance(F.softmax_cross_entropy(zt, kept, ignore_index).creator, fn)
+    if ignore_index is None:
+        return
+    t = np.array([0, ignore_index, 1, ignore_index])
+    loss = F.softmax_cross_entropy(zt, t, ignore_index)
+    loss.backward()
+    np.testing.assert_allclose(loss.item(), _ce_reference(z, t, ignore_index), **TOL["loops64"])
+    assert np.all(zt.grad[[1, 3]] == 0) and np.isfinite(zt.grad).all()
+    zt.grad = None
+    bad = F.softmax_cross_entropy(zt, np.array([0, ignore_index, 7, 1]), ignore_index)
+    bad.backward()
+    assert np.isnan(bad.item())
+    assert np.isnan(zt.grad[2]).all() and np.isfinite(zt.grad[[0, 1, 3]]).all()
 
 
 def test_cross_entropy_argument_errors(backend):
