@@ -12,6 +12,9 @@ Window geometry, shared by conv and pool: output pixel (oi, oj) and tap (u, v) r
 hh = oi*sh + u - ph and column ww = oj*sw + v - pw; a tap outside [0, h) x [0, w) is padding.
 Backward passes gather (one thread per input element, looping over the windows that cover it)
 rather than scatter with atomics: deterministic, and in numpy_cpu's summation order.
+Sections: 2-D conv and pools; the fused conv-ReLU-pool path; elementwise, softmax cross-entropy
+and optimizers; volumes (vol2col / col2vol, 3-D pools); adaptive pools and interpolation (2-D
+arrays as volumes of depth 1); the norms' per-lane reductions; leaky ReLU and GELU.
 """
 
 from __future__ import annotations

@@ -72,11 +72,13 @@ def test_op_on_two_devices_names_both(gpu):
         a + Tensor(np.ones(3))
 
 
-def test_out_of_range_target_on_cuda_gives_nan_loss_without_sync(gpu):
+@pytest.mark.parametrize("ignore_index", [-100, None], ids=["masked", "fused"])
+def test_out_of_range_target_on_cuda_gives_nan_loss_without_sync(gpu, ignore_index):
     """On the CPU an invalid target raises (tests/ops/test_loss.py); on cuda the check would cost
-    two device syncs per step, so the kernels make that row's loss and gradient NaN instead."""
+    two device syncs per step, so that row's loss and gradient are NaN instead, on both paths
+    (with an ignore_index the masked one, without it the fused kernels)."""
     z = Tensor(np.zeros((2, 3)), requires_grad=True).to("cuda")
-    loss = F.softmax_cross_entropy(z, Tensor(np.array([0, 3])).to("cuda"))
+    loss = F.softmax_cross_entropy(z, Tensor(np.array([0, 3])).to("cuda"), ignore_index)
     loss.backward()
     assert np.isnan(loss.item())
     g = backend.to_device(z.grad, "cpu")

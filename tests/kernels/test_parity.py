@@ -76,6 +76,24 @@ def test_softmax_cross_entropy_bad_targets_on_gpu(flavour, dtype):
     softmax_cross_entropy_bad_targets(k, dtype, dev=cp.asarray, host=cp.asnumpy)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cupy_norm_lanes_and_conv3d_chunks_on_gpu(monkeypatch, dtype):
+    """Paths of the cupy launchers that the cases reach only at large shapes, forced on tiny
+    ones: norm slices reduced over several elements per lane (NORM_THREADS lowered) and conv3d
+    image by image (COLS_LIMIT lowered)."""
+    from kernels.cupy_cuda import launchers
+
+    cp = backend.backend_for("cuda").xp
+    k = backend_of("cuda:cupy").k
+    monkeypatch.setattr(launchers, "NORM_THREADS", 7)
+    monkeypatch.setattr(launchers, "COLS_LIMIT", 1)
+    names = ["norm_moments", "norm_backward"] + [n for n in KERNEL_NAMES if n.startswith("conv3d")]
+    for name in names:
+        for case in (c for c in CASES[name] if c.tiny):
+            check_parity(k, name, case, dtype, dev=cp.asarray, host=cp.asnumpy)
+
+
 def test_every_flavour_offers_the_required_kernels_and_k_has_all():
     """build_table demands every required name; the backend composes the missing optional ones."""
     for flavour in ["cpu:numpy", *flavours_under_test()]:
