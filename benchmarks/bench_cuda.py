@@ -1,7 +1,9 @@
 """GPU benchmarks: the float32 GEMM ceiling, the seed CNN's kernels and training step on both cuda
-flavours, and PyTorch eager's training step on the same GPU in the same run (TF32 off).
+flavours, and PyTorch eager's training step on the same GPU in the same run (TF32 off); then the
+3-D U-Net's kernels (conv3d, batch norm, max pool 3-D at two levels, batch 2) against PyTorch's.
 
     python -m benchmarks.bench_cuda [--batches 256,4096] [--flavours cupy,numba] [--csv out.csv]
+                                    [--skip-volumes]
 
 Every timing synchronises the device before the clock stops (CUDA events around the work, then an
 event synchronize). Each kernel is checked once against kernels/numpy_cpu (at batch 64: the index
@@ -204,6 +206,123 @@ def bench_kernels(batch: int, flavours: list[str], repeat: int) -> None:
             record(label, f"b{batch}", f"cuda:{flavour}", times)
 
 
+# ---- the 3-D U-Net's kernels (conv3d 3x3x3 pad 1, batch norm, 2x2x2 max pool) vs PyTorch ----
+# two levels of the U-Net block of issue 12: batch 2, 32 channels at 64^3 and 64 at 32^3
+UNET_LEVELS = [("l1_c32_64^3", 32, 64), ("l2_c64_32^3", 64, 32)]
+
+
+def _volume_cases(rng, n: int, c: int, size: int):
+    """[(kernel name, numpy args, torch closure builder or None)] at one U-Net level: x
+    (n, c, size^3) and a c -> c 3x3x3 conv with padding 1, its batch norm view (n, c, size^3) and
+    a 2x2x2 max pool. A torch builder takes (torch, the args as torch tensors on the GPU) and
+    returns the closure PyTorch eager runs for that kernel."""
+    x = rng.standard_normal((n, c, size, size, size)).astype(np.float32)
+    W = (rng.standard_normal((c, c, 3, 3, 3)) * 0.05).astype(np.float32)
+    b = np.zeros(c, np.float32)
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    one, pad = (1, 1, 1), (1, 1, 1)
+    x3 = x.reshape(n, c, -1)
+    mean, var = REF["norm_moments"](x3)
+    rstd = (1 / np.sqrt(var + 1e-5)).astype(np.float32)
+    w = np.ones(c, np.float32)
+    pool = ((2, 2, 2), (2, 2, 2), (0, 0, 0))
+    _, argmax = REF["max_pool3d_forward"](x, *pool)
+    gp = rng.standard_normal(argmax.shape).astype(np.float32)
+    return [
+        (
+            "conv3d_forward",
+            (x, W, b, one, pad),
+            lambda t, a: lambda: t.nn.functional.conv3d(a[0], a[1], a[2], padding=1),
+        ),
+        (
+            "conv3d_backward_input",
+            (gy, W, x.shape, one, pad),
+            lambda t, a: lambda: t.nn.grad.conv3d_input(a[2], a[1], a[0], padding=1),
+        ),
+        (
+            "conv3d_backward_weight",
+            (gy, x, (3, 3, 3), one, pad),
+            lambda t, a: lambda: t.nn.grad.conv3d_weight(a[1], (c, c, 3, 3, 3), a[0], padding=1),
+        ),
+        ("norm_moments", (x3,), lambda t, a: lambda: t.var_mean(a[0], dim=(0, 2), unbiased=False)),
+        (
+            "norm_forward",
+            (x3, mean, rstd, w, b),
+            lambda t, a: lambda: (a[0] - a[1][:, None]) * (a[2] * a[3])[:, None] + a[4][:, None],
+        ),
+        (
+            "norm_backward",
+            (gy.reshape(x3.shape), x3, mean, rstd, w),
+            lambda t, a: (
+                lambda: t.ops.aten.native_batch_norm_backward(
+                    a[0], a[1], a[4], None, None, a[2], a[3], True, 1e-5, [True, True, True]
+                )
+            ),
+        ),
+        (
+            "max_pool3d_forward",
+            (x, *pool),
+            lambda t, a: lambda: t.nn.functional.max_pool3d(a[0], 2, 2, return_indices=True),
+        ),
+        (
+            "max_pool3d_backward",
+            (gp, argmax, x.shape, *pool),
+            lambda t, a: _torch_max_pool3d_backward(t, x, a[0]),
+        ),
+    ]
+
+
+def _torch_max_pool3d_backward(torch, x, gp):
+    """PyTorch's 2x2x2 max-pool backward of gp, with the indices of its own forward on x."""
+    xt = torch.as_tensor(x, device=gp.device)
+    _, indices = torch.nn.functional.max_pool3d(xt, 2, 2, return_indices=True)
+    return lambda: torch.ops.aten.max_pool3d_with_indices_backward(
+        gp, xt, [2, 2, 2], [2, 2, 2], [0, 0, 0], [1, 1, 1], False, indices
+    )
+
+
+def _to_torch(torch, args):
+    return [torch.as_tensor(a, device="cuda") if isinstance(a, np.ndarray) else a for a in args]
+
+
+def bench_volumes(flavours: list[str], repeat: int) -> None:
+    """The U-Net levels' kernels in PyTorch eager (cuDNN, TF32 off) and on each cuda flavour, case
+    by case; each flavour's kernel checked first against numpy_cpu at a small shape. x_torch is
+    PyTorch's median time over the flavour's (above 1: the flavour is faster)."""
+    cp = _cupy()
+    try:
+        import torch
+
+        torch = torch if torch.cuda.is_available() else None
+    except ImportError:
+        torch = None
+    if torch is not None:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+    small = {name: args for name, args, _ in _volume_cases(np.random.default_rng(1), 1, 4, 10)}
+    for label, c, size in UNET_LEVELS:
+        for name, args, torch_of in _volume_cases(np.random.default_rng(0), 2, c, size):
+            torch_median = None
+            if torch is not None and torch_of is not None:
+                try:
+                    fn = torch_of(torch, _to_torch(torch, args))
+                    times = time_gpu(fn, repeat=repeat)
+                    torch_median = statistics.median(times)
+                    record(f"unet3d_{name}", label, "torch-eager", times)
+                except Exception as exc:  # a torch API mismatch must not cost the other rows
+                    print(f"torch {name}: {type(exc).__name__}: {exc}", flush=True)
+            on_gpu = [cp.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
+            for flavour in flavours:
+                with backend.use_kernels(flavour):
+                    k = getattr(backend.backend_for("cuda").k, name)
+                    check = [cp.asarray(a) if isinstance(a, np.ndarray) else a for a in small[name]]
+                    _same(k(*check), REF[name](*small[name]))
+                    times = time_gpu(lambda k=k, a=on_gpu: k(*a), repeat=repeat)
+                extra = {"x_torch": torch_median / statistics.median(times)} if torch_median else {}
+                record(f"unet3d_{name}", label, f"cuda:{flavour}", times, **extra)
+
+
 # ---- training steps ----
 def _engine_step(batch: int, flavour: str):
     """A closure running one seed CNN training step (forward, backward, SGD) on the GPU."""
@@ -341,6 +460,9 @@ def main(argv=None) -> int:
         "--rounds", type=int, default=3, help="interleaved rounds per training step"
     )
     parser.add_argument("--repeat", type=int, default=20, help="timed calls per measurement")
+    parser.add_argument(
+        "--skip-volumes", action="store_true", help="skip the 3-D U-Net kernels vs PyTorch"
+    )
     parser.add_argument("--csv", help="also write every row to this CSV file")
     args = parser.parse_args(argv)
     if not backend.cuda_available():
@@ -358,6 +480,8 @@ def main(argv=None) -> int:
     tflops = gemm_ceiling(args.gemm_size)
     bench_kernels(args.kernel_batch, flavours, args.repeat)
     bench_training([int(b) for b in args.batches.split(",")], flavours, args.rounds, args.repeat)
+    if not args.skip_volumes:
+        bench_volumes(flavours, min(args.repeat, 10))
     for row in ROWS:
         if "gflops" in row:
             row["pct_gemm_ceiling"] = 100 * row["gflops"] / (tflops * 1e3)

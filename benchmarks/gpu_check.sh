@@ -8,9 +8,10 @@
 #      that breaks Numba: numpy 2.4 (the image's numpy 2.5 fails with numba 0.68) and pydicom
 #      (some test modules import it, and `pytest -m gpu tests` collects every module).
 #   2. on the GPU machine, through the device tool:
-#        run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=330)
+#        run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=390)
 #      installs the wheels into /tmp/site, prints the device and versions, runs `pytest -m gpu`
-#      (<= 150 s) and `python -m benchmarks.bench_cuda` (<= 120 s), and prints a short table.
+#      (<= 150 s) and `python -m benchmarks.bench_cuda` (<= 180 s: the seed CNN's kernels and steps,
+#      then the 3-D U-Net's kernels against PyTorch's), and prints a short table.
 #      Everything is also written under $OUT: gpu-tests.log, gpu-tests.xml, bench_cuda.log,
 #      bench_cuda.csv, summary.txt (the device tool brings $OUT back).
 # Exit status: 0 only if the tests passed and the benchmarks ran.
@@ -63,7 +64,7 @@ timeout 150 "$PY" -m pytest -m gpu tests -q -p no:cacheprovider --continue-on-co
 tests_rc=${PIPESTATUS[0]}
 
 echo "== benchmarks"
-timeout 120 "$PY" -m benchmarks.bench_cuda --csv "$OUT/bench_cuda.csv" 2>&1 | tee "$OUT/bench_cuda.log"
+timeout 180 "$PY" -m benchmarks.bench_cuda --csv "$OUT/bench_cuda.csv" 2>&1 | tee "$OUT/bench_cuda.log"
 bench_rc=${PIPESTATUS[0]}
 
 echo "== summary"
@@ -96,14 +97,15 @@ for row in rows:
         pct = f"{float(row['pct_gemm_ceiling']):.1f}" if row.get("pct_gemm_ceiling") else "-"
         print(f"{row['flavour']:<16}{row['shape']:>7}{float(row['img_per_s']):>12,.0f}{x:>9}"
               f"{row.get('launches_per_step') or '-':>10}{pct:>8}")
-print(f"{'kernel (ms)':<28}" + "".join(f"{f:>14}" for f in ("cuda:cupy", "cuda:numba")))
+columns = ("cuda:cupy", "cuda:numba", "torch-eager")  # torch: the unet3d_* kernels only
+print(f"{'kernel (ms)':<40}" + "".join(f"{f:>14}" for f in columns))
 kernels = {}
 for row in rows:
     if row["bench"] not in ("gemm_ceiling", "train_step_seed_cnn"):
         kernels.setdefault(f"{row['bench']} {row['shape']}", {})[row["flavour"]] = row["median_ms"]
 for name, by in kernels.items():
-    print(f"{name:<28}" + "".join(f"{float(by[f]):>14.3f}" if f in by else f"{'-':>14}"
-                                  for f in ("cuda:cupy", "cuda:numba")))
+    print(f"{name:<40}" + "".join(f"{float(by[f]):>14.3f}" if f in by else f"{'-':>14}"
+                                  for f in columns))
 EOF
 
 [[ "$tests_rc" == 0 && "$bench_rc" == 0 ]]
