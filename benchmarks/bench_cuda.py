@@ -335,7 +335,7 @@ def _engine_step(batch: int, flavour: str):
 
     def step():
         with backend.use_kernels(flavour):
-            loss = F.softmax_cross_entropy(model(x), t)
+            loss = F.softmax_cross_entropy(model(x), t, ignore_index=None)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -354,7 +354,9 @@ def _check_engine_step(flavour: str) -> None:
         model = models.get("seed_cnn", rng=np.random.default_rng(0)).to(device)
         with backend.use_kernels(kernels):
             losses.append(
-                F.softmax_cross_entropy(model(Tensor(x).to(device)), Tensor(t).to(device)).item()
+                F.softmax_cross_entropy(
+                    model(Tensor(x).to(device)), Tensor(t).to(device), ignore_index=None
+                ).item()
             )
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
 

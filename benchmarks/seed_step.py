@@ -88,7 +88,7 @@ class EngineStep:
     def train_step(self) -> float:
         with backend.use_kernels(self.flavour), blas_threads(self.flavour, self.program):
             self.opt.zero_grad()
-            loss = F.softmax_cross_entropy(self.model(Tensor(self.x)), self.t)
+            loss = F.softmax_cross_entropy(self.model(Tensor(self.x)), self.t, ignore_index=None)
             loss.backward()
             self.opt.step()
         return float(loss.data)

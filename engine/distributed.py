@@ -506,7 +506,7 @@ def train_epoch_sharded(
             )
             yb = on_device_of(model, y[rows]).data
             logits = model(on_device_of(model, xb))
-            loss = F.softmax_cross_entropy(logits, yb)
+            loss = F.softmax_cross_entropy(logits, yb, ignore_index=None)
             value = loss.item()
             if not np.isfinite(value):
                 raise DivergedError(
@@ -533,5 +533,5 @@ def evaluate_gathered(model, x, y, comm: Communicator, batch_size: int = 256) ->
     gathered = [a for a in comm.allgather_array(logits) if a.size]
     logits = np.concatenate(gathered)
     labels = np.concatenate(comm.allgather_array(np.asarray(y, dtype=np.int64)))
-    loss = F.softmax_cross_entropy(logits, labels).item()
+    loss = F.softmax_cross_entropy(logits, labels, ignore_index=None).item()
     return {"loss": loss, **metrics.summary(labels, softmax(logits))}

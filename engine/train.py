@@ -87,7 +87,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean cross-entropy ("loss") and every engine.metrics.summary entry of `model` on (x, y)."""
     logits = predict_logits(model, x, batch_size)
-    loss = F.softmax_cross_entropy(logits, y).item()
+    loss = F.softmax_cross_entropy(logits, y, ignore_index=None).item()
     return {"loss": loss, **metrics.summary(y, softmax(logits))}
 
 
@@ -152,7 +152,8 @@ def train_epoch(
         xb = x[idx] if augment is None else augment(x[idx], rng)
         yb = on_device_of(model, y[idx]).data
         logits = model(on_device_of(model, xb))
-        loss = F.softmax_cross_entropy(logits, yb)
+        # class labels have nothing to ignore: ignore_index=None keeps the fused kernels on cuda
+        loss = F.softmax_cross_entropy(logits, yb, ignore_index=None)
         value = loss.item()
         if not math.isfinite(value):  # checked before the step, so the weights stay usable
             raise DivergedError(
