@@ -239,7 +239,13 @@ def plot_metric_boxplots(
         for c, p in enumerate(positions):
             n_inf = int(np.isinf(values[:, c]).sum())
             if n_inf:
-                ax.plot(p + jitter[np.isinf(values[:, c])], [top] * n_inf, "^", color="tab:red")
+                ax.plot(
+                    p + jitter[np.isinf(values[:, c])],
+                    [top] * n_inf,
+                    "^",
+                    color="tab:red",
+                    clip_on=False,
+                )
         ax.set_ylim(top=top)
         ax.set_xticks(positions, names, rotation=30 if len(names) > 3 else 0)
         ax.set_xlim(0.4, len(names) + 0.6)
