@@ -126,6 +126,8 @@ def plot_montage(
     per class in both rows). image: (D, H, W) float; reference, prediction: (D, H, W) integer
     labels; spacing (d, h, w) mm sets each panel's aspect, so anisotropic voxels keep their
     true proportions. Returns path."""
+    if n_slices < 1:
+        raise ArgumentError(f"n_slices must be >= 1, got {n_slices}")
     image = _check_volume("image", image)
     reference = _check_volume("reference", reference, image.shape)
     prediction = _check_volume("prediction", prediction, image.shape)
@@ -404,6 +406,8 @@ def write_segmentation_report(
     """
     from engine.checkpoint import atomic_write
 
+    if not per_case:
+        raise ArgumentError("write_segmentation_report needs at least one case in per_case")
     out_dir = Path(out_dir)
     names = _foreground_names(class_names, _case_matrix(per_case, "dice").shape[1])
     stats = summarize_cases(per_case)

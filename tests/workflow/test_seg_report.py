@@ -93,6 +93,8 @@ def test_montage_draws_each_class_in_its_own_colour(tmp_path):
         assert drawn.sum() > 50, c
     with pytest.raises(ArgumentError, match="prediction must be"):
         sr.plot_montage(image, reference, prediction[:3], tmp_path / "x.png")
+    with pytest.raises(ArgumentError, match="n_slices"):
+        sr.plot_montage(image, reference, prediction, tmp_path / "x.png", n_slices=0)
 
 
 def _cases():
@@ -208,6 +210,10 @@ def test_report_per_case_rows_equal_the_inputs(tmp_path):
     assert ["features", "8, 16"] in _table(text, "Settings")
     assert ["dice.mean", "0.7000, 0.5333"] in _table(text, "Summary")
     assert "![metrics](figs/metrics.png)" in text
+    with pytest.raises(ArgumentError, match="at least one case"):
+        sr.write_segmentation_report(
+            tmp_path, per_case=[], summary={}, settings={}, figures=[], class_names=["x"]
+        )
     with pytest.raises(ArgumentError, match="class_names"):
         sr.write_segmentation_report(
             tmp_path, per_case=cases, summary={}, settings={}, figures=[], class_names=["x"]
