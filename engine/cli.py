@@ -345,28 +345,45 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 def _add_explain(sub) -> None:
     p = sub.add_parser(
         "explain",
-        help="saliency and Grad-CAM overlays (PNG) for chosen images",
+        help="saliency and Grad-CAM overlays (PNG) for chosen images, or a 3-D model's volume",
         description="For each chosen image of a dataset, save a PNG with the "
-        "image, its gradient saliency map and its Grad-CAM heat map.",
+        "image, its gradient saliency map and its Grad-CAM heat map. For a 3-D (segmentation) "
+        "model, DATA is one volume (NIfTI file or DICOM series folder): per method a slice-view "
+        "PNG and the heat map as NIfTI on the volume's grid.",
     )
     p.add_argument("model", help="model file (model.npz from a run directory)")
-    p.add_argument("data", help="dataset: 'phantoms' or a path engine.data.datasets reads")
+    p.add_argument(
+        "data",
+        help="dataset: 'phantoms' or a path engine.data.datasets reads; for a 3-D model a "
+        "volume: a NIfTI file (.nii, .nii.gz) or a DICOM series folder",
+    )
     p.add_argument(
         "--index",
         type=int,
         nargs="+",
         default=[0, 1, 2, 3],
-        help="which images of the dataset (default 0 1 2 3)",
+        help="which images of the dataset (default 0 1 2 3; not used for volumes)",
     )
     p.add_argument(
         "--layer",
         type=_layer_ref,
         default=None,
         help="the conv layer for Grad-CAM: its index in a Sequential model or its dotted module "
-        "name, e.g. layer4 or layer2.0.conv1 (default: the last one)",
+        "name, e.g. layer4, layer2.0.conv1 or, in a U-Net, skip.down (default: the last one; in "
+        "a U-Net the last decoder block, upcat)",
     )
     p.add_argument(
-        "--target", type=int, default=None, help="class to explain (default: the predicted class)"
+        "--target",
+        type=int,
+        default=None,
+        help="class to explain (default: the predicted class; for a segmentation model the "
+        "foreground class predicted on most voxels, explained over those voxels)",
+    )
+    p.add_argument(
+        "--method",
+        choices=["gradcam", "saliency"],
+        default=None,
+        help="3-D models: which map to make (default both); 2-D models always get both",
     )
     p.add_argument("--out", default="explain", help="output folder (default explain)")
     p.set_defaults(func=_cmd_explain)
@@ -374,11 +391,56 @@ def _add_explain(sub) -> None:
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     from engine import workflow
+    from engine.checkpoint import load_model
+    from engine.data.volumes import is_nifti
+    from engine.errors import ArgumentError
+    from engine.explain import spatial_dims
 
+    model, ckpt = load_model(args.model)
+    if spatial_dims(model) == 3:
+        _explain_volume(args, model, ckpt)
+        return 0
+    if args.method is not None:
+        raise ArgumentError(f"--method {args.method}: 2-D models always get both maps")
+    if is_nifti(args.data):
+        raise ArgumentError(f"{args.data}: a volume, but {args.model} is not a 3-D model")
     workflow.explain(
         args.model, args.data, args.index, args.out, layer=args.layer, target=args.target
     )
     return 0
+
+
+def _explain_volume(args: argparse.Namespace, model, ckpt) -> None:
+    """`medgrad explain` for a 3-D model: one volume, read and prepared as the model file says
+    (its preprocessing: "window", "normalize", "spacing"; engine.explain.prepare_volume)."""
+    from pathlib import Path
+
+    from engine.data.volumes import case_name, read_volume
+    from engine.errors import ArgumentError
+    from engine.explain import explain_volume, grad_cam_layer
+    from engine.workflow import check_out_folder
+
+    methods = (args.method,) if args.method else ("gradcam", "saliency")
+    if "gradcam" in methods:
+        try:
+            grad_cam_layer(model, args.layer)
+        except ArgumentError as exc:
+            raise ArgumentError(f"--layer {args.layer}: {exc}") from None
+    volume, meta = read_volume(args.data)
+    check_out_folder(Path(args.out))
+    paths = explain_volume(
+        model,
+        volume,
+        meta,
+        args.out,
+        preprocessing=ckpt.preprocessing,
+        methods=methods,
+        target=args.target,
+        layer=args.layer,
+        classes=ckpt.classes,
+        name=case_name(args.data),
+    )
+    print(f"{len(paths)} files -> {args.out}")
 
 
 def _add_bench(sub) -> None:
