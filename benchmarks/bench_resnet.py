@@ -2,7 +2,10 @@
 and PyTorch eager (torch.set_num_threads(2)) in one process, interleaved round by round, so a
 neighbour's load hits every contender alike. First losses are checked to agree before timing.
 
-    python -m benchmarks.bench_resnet [--width 64] [--batch 32] [--size 64] [--rounds 5]
+    python -m benchmarks.bench_resnet [--width 64] [--batch 32] [--size 64] [--rounds 5] [--before]
+
+--before adds "numba_dense": the numba flavour with its Winograd conv path switched off
+(kernels/numba_cpu/conv.py WINOGRAD_MAX_PIXELS = 0), the tree before issue 12's change, interleaved.
 
 One step = zero_grad, forward (training-mode batch norm), cross-entropy, backward, SGD update
 (lr 0: every timed step does the same work on the same weights; see benchmarks/seed_step.py).
@@ -37,6 +40,19 @@ class EngineResNet(EngineStep):
         self.x, self.t = _data(batch, size)
 
 
+class DenseNumbaResNet(EngineResNet):
+    """The numba flavour with every conv on its chunked GEMM / direct paths (no Winograd)."""
+
+    def train_step(self) -> float:
+        from kernels.numba_cpu import conv
+
+        saved, conv.WINOGRAD_MAX_PIXELS = conv.WINOGRAD_MAX_PIXELS, 0
+        try:
+            return super().train_step()
+        finally:
+            conv.WINOGRAD_MAX_PIXELS = saved
+
+
 class TorchResNet(TorchStep):
     """The same network and weights in PyTorch eager, float32; the step is the seed CNN's."""
 
@@ -58,12 +74,15 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--before", action="store_true", help="add numba without Winograd")
     args = p.parse_args(argv)
     for key, value in harness.environment().items():
         print(f"{key}: {value}")
     print(f"load: {os.getloadavg()} (1, 5, 15 min) on {os.cpu_count()} CPUs")
     shape = (args.width, args.batch, args.size)
     steps = {f: EngineResNet(f, *shape) for f in harness.cpu_flavours()}
+    if args.before and "numba" in steps:
+        steps["numba_dense"] = DenseNumbaResNet("numba", *shape)
     torch = harness.import_torch()
     if torch is not None:
         steps["torch"] = TorchResNet(torch, *shape)
@@ -76,7 +95,7 @@ def main(argv=None) -> None:
     for who, t in times.items():
         p10, p90 = np.percentile(t, [10, 90])
         print(
-            f"  {who:6s} median {median[who]:.3f} s/step (p10 {p10:.3f}, p90 {p90:.3f}), "
+            f"  {who:11s} median {median[who]:.3f} s/step (p10 {p10:.3f}, p90 {p90:.3f}), "
             f"{args.batch / median[who]:.1f} img/s"
         )
     if "numba" in median:

@@ -34,6 +34,12 @@ from .window import out_size, windows_inside
 
 JIT = dict(cache=True, fastmath=False, nogil=True)
 DIRECT_MAX_K = 32  # c*kh*kw up to which the direct loop beats im2col + GEMM (measured, see above)
+# Winograd F(2x2, 3x3) (conv_winograd.py) for 3x3 stride-1 convs on maps of up to this many
+# output pixels. Measured on resnet18_2d's convs (b32, 2 cores, interleaved, benchmarks/README):
+# 1.1-1.9x faster than the chunked GEMM at 4x4 and 2x2 (256-512 channels: the chunks' GEMMs are
+# thin there), 0.5-0.7x at 16x16 and 8x8 (64-128 channels: the chunked GEMM runs near the BLAS
+# rate and the memory-bound transforms cost more than the 2.25x fewer multiply-adds save).
+WINOGRAD_MAX_PIXELS = 16
 
 
 # ---------------------------------------------------------------- bodies ----
@@ -382,6 +388,16 @@ def _wide_grad_weight_body(gy, xpad, kh, kw, chunk, partial, lo, hi):
 
 
 @njit(**JIT)
+def _finite_body(a):
+    """Whether the flat array a holds only finite values: sum(a * 0) is 0 exactly then, and NaN
+    if any element is inf or NaN (a vectorised reduction, no early-exit branch)."""
+    acc = a.dtype.type(0)
+    for k in range(a.size):
+        acc += a[k] * 0
+    return acc == 0
+
+
+@njit(**JIT)
 def _im2col_body(x, kh, kw, sh, sw, ph, pw, cols):
     """Row-major im2col (the contract's layout): cols[(b*oh + i)*ow + j, (ch*kh + u)*kw + v] =
     x[b, ch, i*sh + u - ph, j*sw + v - pw], or 0 in the padding. Serial: the conv kernels use
@@ -430,6 +446,26 @@ def contiguous(a):
     return np.ascontiguousarray(a)
 
 
+def winograd_ok(c, kernel_size, stride, padding, out_pixels, *arrays) -> bool:
+    """Whether a conv takes conv_winograd: 3x3 at stride 1, padding <= 2 (its gx is then a
+    conv too), thick enough for a GEMM (c*9 > DIRECT_MAX_K), a small output map (oh*ow <=
+    WINOGRAD_MAX_PIXELS), and finite inputs (the transforms' inf - inf would give NaN where the
+    dense sum gives inf)."""
+    if tuple(kernel_size) != (3, 3) or tuple(stride) != (1, 1) or max(padding) > 2:
+        return False
+    if c * 9 <= DIRECT_MAX_K or not 0 < out_pixels <= WINOGRAD_MAX_PIXELS:
+        return False
+    return all(_finite_body(contiguous(a).reshape(-1)) for a in arrays)
+
+
+def _winograd():
+    """conv_winograd, imported on first use: it builds on conv_relu_pool.winograd, whose package
+    imports this module (a top-level import would be circular)."""
+    from . import conv_winograd
+
+    return conv_winograd
+
+
 def padded(x, ph, pw):
     """x (n, c, h, w) zero-padded to (n, c, h + 2 ph, w + 2 pw), C-contiguous (x itself if no
     padding and already contiguous)."""
@@ -467,6 +503,8 @@ def conv2d_forward(x, W, b, stride, padding):
     oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
     bias = np.zeros(oc, dtype=x.dtype) if b is None else contiguous(b)
     y = np.empty((n, oc, oh, ow), dtype=x.dtype)
+    if winograd_ok(c, (kh, kw), stride, padding, oh * ow, x, W):
+        return _winograd().forward(contiguous(x), contiguous(W), bias, padding, oh, ow)
     if c * kh * kw <= DIRECT_MAX_K:
         run_tasks(_conv_direct_body, n * oc, padded(x, ph, pw), contiguous(W), bias, sh, sw, y)
     elif sh == 1 and sw == 1:
@@ -486,6 +524,8 @@ def conv2d_backward_input(gy, W, x_shape, stride, padding):
     (sh, sw), (ph, pw) = stride, padding
     oc, c, kh, kw = W.shape
     n, _, oh, ow = gy.shape
+    if winograd_ok(c, (kh, kw), stride, padding, oh * ow, gy, W):
+        return _winograd().backward_input(contiguous(gy), W, x_shape, padding)
     gx = np.empty(tuple(x_shape), dtype=gy.dtype)
     chunk = images_per_task(n, c * kh * kw * oh * ow)
     WmT = contiguous(W.reshape(oc, -1).T)
@@ -503,6 +543,8 @@ def conv2d_backward_weight(gy, x, kernel_size, stride, padding):
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     n, oc, oh, ow = gy.shape
     c = x.shape[1]
+    if winograd_ok(c, kernel_size, stride, padding, oh * ow, gy, x):
+        return _winograd().backward_weight(contiguous(gy), contiguous(x), padding)
     if c * kh * kw <= DIRECT_MAX_K:
         gW = np.empty((oc, c, kh, kw), dtype=gy.dtype)
         run_tasks(_conv_direct_grad_weight_body, oc, contiguous(gy), padded(x, ph, pw), sh, sw, gW)

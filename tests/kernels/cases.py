@@ -51,6 +51,11 @@ CONV = [
     ("batch17_thin_pad1", (17, 1, 9, 8), (3, 1, 3, 3), (1, 1), (1, 1)),
     ("batch17_wino", (17, 5, 7, 9), (4, 5, 3, 3), (1, 1), (0, 0)),
     ("pad_past_reach", (1, 1, 4, 6), (2, 1, 3, 3), (1, 1), (1, 4)),  # the crop ends in padding
+    # 3x3 stride-1 convs on small maps (oh*ow <= 16): numba_cpu's plain Winograd conv, all passes
+    ("wino_map4x4_pad1", (3, 8, 4, 4), (6, 8, 3, 3), (1, 1), (1, 1)),  # a ResNet stage-3 block
+    ("wino_map2x2_pad1", (2, 12, 2, 2), (5, 12, 3, 3), (1, 1), (1, 1)),  # stage 4: one tile
+    ("wino_odd_map_pad2", (2, 5, 3, 4), (4, 5, 3, 3), (1, 1), (2, 0)),  # 5x2: odd rows, gx pad 0
+    ("wino_odd_nopad", (2, 6, 5, 5), (3, 6, 3, 3), (1, 1), (0, 0)),  # 3x3: odd rows and columns
 ]
 CONV_TINY = [  # small enough for the simulator too
     ("tiny_thin", (2, 2, 4, 4), (3, 2, 3, 3), (1, 1), (0, 0)),  # pool output 1x1 (thin path)

@@ -1,0 +1,135 @@
+"""numba_cpu's plain Winograd conv (kernels/numba_cpu/conv_winograd.py): which convs take it, that
+all three passes equal the numpy_cpu reference also when the batch is cut into several chunks, and
+that inputs with NaN or infinities get the reference's (dense) results.
+
+The kernels' general parity is tests/kernels/test_parity.py (the wino_* cases of cases.CONV); this
+module checks what that one cannot see: the path taken, the chunk loop, the non-finite rule.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import backend
+from kernels.numpy_cpu import REFERENCE
+from tests.conftest import TOL
+
+pytestmark = pytest.mark.skipif(
+    "cpu:numba" not in backend.available(), reason="Numba is not installed"
+)
+
+SMALL_MAP = ((3, 8, 4, 4), (6, 8, 3, 3), (1, 1))  # x shape, W shape, padding: 4x4 output
+PASSES = ("forward", "backward_input", "backward_weight")
+
+
+def _conv():
+    from kernels.numba_cpu import conv
+
+    return conv
+
+
+def _winograd():
+    from kernels.numba_cpu import conv_winograd
+
+    return conv_winograd
+
+
+def _arguments(rng, dtype, xs, ws, padding):
+    """Each pass's kernel name and positional arguments for one stride-1 geometry."""
+    x, W = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype)
+    oh, ow = xs[2] + 2 * padding[0] - 2, xs[3] + 2 * padding[1] - 2
+    gy = rng.standard_normal((xs[0], ws[0], oh, ow)).astype(dtype)
+    s = (1, 1)
+    return {
+        "forward": ("conv2d_forward", (x, W, b, s, padding)),
+        "backward_input": ("conv2d_backward_input", (gy, W, xs, s, padding)),
+        "backward_weight": ("conv2d_backward_weight", (gy, x, (3, 3), s, padding)),
+    }
+
+
+def _check(name, args, dtype):
+    from kernels.numba_cpu import KERNELS
+
+    tol = TOL[f"parity{np.dtype(dtype).itemsize * 8}"]
+    np.testing.assert_allclose(KERNELS[name](*args), REFERENCE[name](*args), **tol, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "c,kernel,stride,padding,pixels,takes",
+    [
+        (8, (3, 3), (1, 1), (1, 1), 16, True),  # ResNet stage 3 at 4x4
+        (512, (3, 3), (1, 1), (1, 1), 4, True),  # stage 4 at 2x2
+        (64, (3, 3), (1, 1), (1, 1), 256, False),  # stage 1 at 16x16: the chunked GEMM wins
+        (3, (3, 3), (1, 1), (1, 1), 16, False),  # thin: the direct loop (c*9 <= DIRECT_MAX_K)
+        (64, (3, 3), (2, 2), (1, 1), 16, False),  # stride 2
+        (64, (1, 1), (1, 1), (0, 0), 16, False),  # 1x1
+        (64, (3, 3), (1, 1), (3, 3), 16, False),  # padding 3: gx would need a negative one
+    ],
+)
+def test_winograd_ok_takes_small_3x3_stride1_maps(c, kernel, stride, padding, pixels, takes):
+    x = np.ones((1, c, 4, 4), np.float32)
+    assert _conv().winograd_ok(c, kernel, stride, padding, pixels, x) is takes
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_map_passes_run_winograd_and_match_reference(rng, monkeypatch, dtype):
+    calls = []
+    wino = _winograd()
+    for fn in PASSES:
+        real = getattr(wino, fn)
+        monkeypatch.setattr(
+            wino, fn, lambda *a, _f=real, _n=fn, **k: calls.append(_n) or _f(*a, **k)
+        )
+    for name, args in _arguments(rng, dtype, *SMALL_MAP[:2], SMALL_MAP[2]).values():
+        _check(name, args, dtype)
+    # backward_input runs the forward with the flipped filter, so forward is called twice
+    assert sorted(calls) == ["backward_input", "backward_weight", "forward", "forward"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_winograd_chunks_of_images_match_reference(rng, monkeypatch, dtype):
+    # CHUNK_ELEMS small enough for one image per chunk: 5 chunks, the weight gradient summed
+    xs, ws, padding = (5, 6, 3, 4), (7, 6, 3, 3), (1, 1)
+    monkeypatch.setattr(_winograd(), "CHUNK_ELEMS", 16 * 7 * 4)
+    assert _winograd()._images_per_chunk(5, 7, 4) == 1
+    for name, args in _arguments(rng, dtype, xs, ws, padding).values():
+        _check(name, args, dtype)
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("where", [0, 1])  # which array of the pass holds the value
+@pytest.mark.parametrize("pass_", PASSES)
+def test_non_finite_inputs_take_the_dense_path(rng, monkeypatch, value, where, pass_):
+    # Winograd's inf - inf would give NaN where a dense sum gives inf: such inputs must get
+    # exactly what the dense (chunked GEMM) path gives
+    from kernels.numba_cpu import KERNELS
+
+    name, args = _arguments(rng, np.float32, *SMALL_MAP[:2], SMALL_MAP[2])[pass_]
+    args = list(args)
+    args[where] = args[where].copy()
+    args[where].flat[5] = value
+    got = KERNELS[name](*args)
+    monkeypatch.setattr(_conv(), "WINOGRAD_MAX_PIXELS", 0)  # the dense path for every map
+    np.testing.assert_array_equal(got, KERNELS[name](*args))
+    assert not np.isfinite(got).all()
+
+
+def test_winograd_conv2d_gradcheck_float64(rng, monkeypatch):
+    # the op's gradient through the numba flavour on a map that takes Winograd (3x3 output)
+    import engine.functional as F
+    from engine.gradcheck import check_grad
+
+    calls = []
+    wino = _winograd()
+    for fn in PASSES:
+        real = getattr(wino, fn)
+        monkeypatch.setattr(
+            wino, fn, lambda *a, _f=real, _n=fn, **k: calls.append(_n) or _f(*a, **k)
+        )
+    x, W = rng.standard_normal((2, 4, 3, 3)), rng.standard_normal((3, 4, 3, 3))
+    b = rng.standard_normal(3)
+    with backend.use_kernels("numba"):
+        check_grad(lambda x, W, b: F.conv2d(x, W, b, 1, 1), [x, W, b], **TOL["gradcheck"])
+    assert {"forward", "backward_input", "backward_weight"} <= set(calls)
