@@ -8,7 +8,11 @@ This module imports NumPy, the file reader (engine.checkpoint, engine.safeio, en
 NumPy reference kernels (kernels.numpy_cpu) only: no autograd, no engine.nn, no kernel backend, so
 neither Numba nor CuPy nor pydicom is ever loaded. It runs the layer spec the model file stores
 (engine.nn's `model.spec()`) through one table, FORWARD: spec type -> NumPy forward function, using
-the same kernels the engine's numpy flavour uses (im2col + one matrix product per conv).
+the same kernels the engine's numpy flavour uses (im2col + one matrix product per conv): the
+interpreter. The usual deployed CNN (a Sequential of Conv2d / Linear with ReLU, tiled MaxPool2d,
+Flatten) runs instead as a compiled plan (_Plan, below): channels-last buffers made once per input
+shape and a flat list of NumPy calls, 2-5x faster; its float outputs equal the interpreter's to
+float32 rounding (another summation order, not to the bit), its int8 outputs to the bit.
 Int8 files (engine.quantize) add the Quant* types: their int32-accumulating product is Numba's
 kernel when Numba imports (loaded on the first int8 layer only), NumPy's int32 matmul otherwise.
 """
