@@ -6,6 +6,8 @@ Without --model it trains seed_cnn on the demo's lesion phantoms (engine.demo's 
 4,000 training, 1,000 held-out images), quantizes it (128 training images, max calibration) and
 exports it. Latencies (single image, batch 32) are interleaved in this one process; import time
 and peak memory come from a fresh child process per runtime (import, load, one batch of 32).
+The "interpreter" rows run the same files with compiled=False (engine.deploy's layer-by-layer
+NCHW path, what deploy ran before its compiled plan).
 """
 
 from __future__ import annotations
@@ -43,6 +45,14 @@ print(t1 - t0, int(hwm[0].split()[1]) * 1024)
 RUNTIMES = {
     "engine.deploy float32": ("from engine import deploy", "deploy.load({path!r})(x)"),
     "engine.deploy int8": ("from engine import deploy", "deploy.load({path!r})(x)"),
+    "engine.deploy float32, interpreter": (
+        "from engine import deploy",
+        "deploy.load({path!r}, compiled=False)(x)",
+    ),
+    "engine.deploy int8, interpreter": (
+        "from engine import deploy",
+        "deploy.load({path!r}, compiled=False)(x)",
+    ),
     "ONNX Runtime": (
         "import onnxruntime as ort",
         "o = ort.SessionOptions(); o.intra_op_num_threads = o.inter_op_num_threads = 1\n"
@@ -126,9 +136,13 @@ def main(argv=None) -> None:
     nets = {
         "engine.deploy float32": deploy.load(path),
         "engine.deploy int8": deploy.load(qpath),
+        "engine.deploy float32, interpreter": deploy.load(path, compiled=False),
+        "engine.deploy int8, interpreter": deploy.load(qpath, compiled=False),
         "ONNX Runtime": lambda a: session.run(["logits"], {"input": a})[0],
     }
     files = {"engine.deploy float32": path, "engine.deploy int8": qpath, "ONNX Runtime": opath}
+    files["engine.deploy float32, interpreter"] = path
+    files["engine.deploy int8, interpreter"] = qpath
     logits = {
         name: np.concatenate([net(x[i : i + 256]) for i in range(0, len(x), 256)])
         for name, net in nets.items()
@@ -153,14 +167,17 @@ def main(argv=None) -> None:
     print(f"machine: {cpu_model()} ({os.cpu_count()} logical CPUs), 1 thread; uptime: {uptime}")
     print(f"held-out images: {len(x)}, input {tuple(x.shape[1:])}; ONNX Runtime {ort.__version__}")
     print(
-        "| runtime | 1 image (ms) | batch 32 (ms) | import (s) | peak RSS (MiB) | file (KiB) |"
-        " held-out accuracy |"
+        "| runtime | 1 image (ms) | batch 32 (ms) | / ORT (1, 32) | import (s) | peak RSS (MiB) |"
+        " file (KiB) | held-out accuracy |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
+    ort_median = next(median for name, median, *_ in rows if name == "ONNX Runtime")
     for name, median, seconds, peak, size, accuracy in rows:
+        one, batch = (median[b] / ort_median[b] for b in batches)
         print(
             f"| {name} | {1e3 * median['1 image']:.3f} | {1e3 * median['batch 32']:.2f} | "
-            f"{seconds:.2f} | {peak / 2**20:.0f} | {size / 1024:.0f} | {accuracy:.4f} |"
+            f"{one:.2f}x, {batch:.2f}x | {seconds:.2f} | {peak / 2**20:.0f} | "
+            f"{size / 1024:.0f} | {accuracy:.4f} |"
         )
 
 

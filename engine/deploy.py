@@ -8,7 +8,11 @@ This module imports NumPy, the file reader (engine.checkpoint, engine.safeio, en
 NumPy reference kernels (kernels.numpy_cpu) only: no autograd, no engine.nn, no kernel backend, so
 neither Numba nor CuPy nor pydicom is ever loaded. It runs the layer spec the model file stores
 (engine.nn's `model.spec()`) through one table, FORWARD: spec type -> NumPy forward function, using
-the same kernels the engine's numpy flavour uses (im2col + one matrix product per conv).
+the same kernels the engine's numpy flavour uses (im2col + one matrix product per conv): the
+interpreter. The usual deployed CNN (a Sequential of Conv2d / Linear with ReLU, tiled MaxPool2d,
+Flatten) runs instead as a compiled plan (_Plan, below): channels-last buffers made once per input
+shape and a flat list of NumPy calls (seed_cnn: 2.6-6x faster); its float outputs equal the
+interpreter's to float32 rounding (another summation order, not to the bit), int8 to the bit.
 Int8 files (engine.quantize) add the Quant* types: their int32-accumulating product is Numba's
 kernel when Numba imports (loaded on the first int8 layer only), NumPy's int32 matmul otherwise.
 """
@@ -17,7 +21,9 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -222,24 +228,26 @@ def _sigmoid(x, *_):
 
 # ---- int8 layers (engine.quantize writes them): int8 weights per output channel, int32 sums ----
 
-_INT8_MATMUL: list = []  # the chosen kernel, filled on first use
+_INT8: list = []  # the chosen int8 kernel module, filled on first use
+
+
+def _int8_module():
+    """kernels.numba_cpu.int8 when Numba imports (and MEDGRAD_INT8_KERNEL is not "numpy"),
+    else kernels.numpy_cpu.int8: exact too, but its int32 products have no BLAS (slower)."""
+    if not _INT8:
+        module = int8
+        if os.environ.get("MEDGRAD_INT8_KERNEL", "numba") != "numpy":
+            try:
+                from kernels.numba_cpu import int8 as module
+            except ImportError:
+                pass
+        _INT8.append(module)
+    return _INT8[0]
 
 
 def _int8_kernels() -> tuple:
-    """(int8_matmul, int8_matmul_nt): Numba's int32-accumulating kernels when Numba imports
-    (and MEDGRAD_INT8_KERNEL is not "numpy"), else NumPy's int32 matmul, exact but without BLAS
-    (slower)."""
-    if not _INT8_MATMUL:
-        kernels = int8.int8_matmul, int8.int8_matmul_nt
-        if os.environ.get("MEDGRAD_INT8_KERNEL", "numba") != "numpy":
-            try:
-                from kernels.numba_cpu import int8 as fast
-
-                kernels = fast.int8_matmul, fast.int8_matmul_nt
-            except ImportError:
-                pass
-        _INT8_MATMUL.append(kernels)
-    return _INT8_MATMUL[0]
+    """(int8_matmul, int8_matmul_nt) of _int8_module()."""
+    return _int8_module().int8_matmul, _int8_module().int8_matmul_nt
 
 
 def _dequantize(acc, spec: dict, arrays: _Arrays, prefix: str) -> np.ndarray:
@@ -330,6 +338,307 @@ FORWARD: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
+# ---- the compiled plan: a Sequential of conv / dense blocks as a flat list of NumPy calls ----
+#
+# The interpreter above walks the spec on every call and keeps NCHW, so each conv pays im2col
+# into a fresh array, a (positions, channels) -> NCHW transpose and a dozen Python calls. For the
+# usual deployed CNN (Conv2d or Linear, each followed by ReLU, a tiled MaxPool2d, Flatten)
+# NumpyModel compiles instead: the weights are laid out once for the matrix product, activations
+# stay channels-last (NHWC) so that a product's (positions, channels) output is already the next
+# layer's layout, and for each input shape the buffers and the strided views into them are made
+# once, so that a call is a list of ufunc calls, per block:
+#   conv:   copyto(columns, windows of the NHWC input)  (im2col; the bias is a column of ones)
+#           matmul(columns, [W as (kh*kw*c, oc); b], out)
+#           maximum of the pool's taps into the next block's input, ReLU there in place
+#           (max-pool and ReLU commute: both are non-decreasing)
+#   linear: matmul([x, 1], [W^T; b], out), ReLU into the next block's input
+# The dense layer after Flatten gets its weight columns permuted once to the NHWC order. The
+# sums run in another order than the interpreter's: equal to float32 rounding, not to the bit.
+# Int8 blocks run the same plan on int8 buffers with the int8 kernels (numba_cpu's, else
+# numpy_cpu's): quantize the input into NHWC, the int8 x int8 -> int32 product, and one
+# epilogue that pools the int32 sums, rescales, adds the bias, applies ReLU and quantizes for the
+# next block. Integer sums are exact in any order and the float steps are the interpreter's, so
+# int8 outputs equal the interpreter's to the bit (pooling the sums before the rescale is exact:
+# the rescale, bias, ReLU and quantization are all non-decreasing).
+
+CHUNK_BYTES = 1 << 18  # a conv's im2col chunk (whole images): fits a 512 KiB L2 with its product
+_BLOCK_TYPES = {"Conv2d", "Linear", "QuantConv2d", "QuantLinear"}
+
+
+def _plan_blocks(spec: dict) -> tuple[bool, list[dict]] | None:
+    """(flatten first, blocks): a block is a Conv2d or Linear (all float, or all int8) with the
+    ReLU, tiled MaxPool2d (stride = kernel, square, no padding; convs only) and Flatten after it;
+    Dropout and Identity vanish. None when the network has any other layer or order."""
+    if spec.get("type") != "Sequential":
+        return None
+    names = spec.get("names") or [str(i) for i in range(len(spec["layers"]))]
+    flatten_first, blocks = False, []
+    for name, child in zip(names, spec["layers"], strict=True):
+        kind, last = child["type"], blocks[-1] if blocks else None
+        if kind in _BLOCK_TYPES:
+            dense = kind.endswith("Linear")
+            if last is not None and last["flat"] != dense:
+                return None  # a conv after Flatten or a dense layer; a dense layer on 4-D
+            if last is None and flatten_first and not dense:
+                return None
+            blocks.append({"kind": kind, "spec": child, "prefix": f"{name}."})
+            blocks[-1].update(dense=dense, flat=dense, relu=False, pool=1)
+        elif kind in ("Dropout", "Identity"):
+            continue
+        elif kind == "Flatten":
+            if last is None:
+                flatten_first = True
+            else:
+                last["flat"] = True
+        elif kind == "ReLU" and last is not None:
+            last["relu"] = True
+        elif kind == "MaxPool2d" and last is not None and last["pool"] == 1 and not last["flat"]:
+            k, stride, padding = _pool_args(child)
+            if k != stride or any(padding) or k[0] != k[1]:
+                return None
+            last["pool"] = k[0]
+        else:
+            return None
+    if not blocks or len({b["kind"].startswith("Quant") for b in blocks}) > 1:
+        return None
+    return flatten_first, blocks
+
+
+def _view(a: np.ndarray, shape: tuple) -> np.ndarray:
+    """a reshaped without a copy (AttributeError if that would need one)."""
+    v = a.view()
+    v.shape = shape
+    return v
+
+
+def _windows(x: np.ndarray, kernel: tuple, stride: tuple, pool: int, out: tuple) -> np.ndarray:
+    """The read-only strided view (p, p, n, oh, ow, kh, kw, c) of x (n, h, w, c), p = pool and
+    (oh, ow) = the pooled output size: [u, v, b, i, j] is the window under conv output
+    (i p + u, j p + v). Its rows are the im2col matrix, ordered so that the pool's p^2 taps are
+    p^2 contiguous blocks of the product; conv outputs that fill no pool tile are left out."""
+    s0, s1, s2, s3 = x.strides
+    (sh, sw), p = stride, pool
+    shape = (p, p, len(x), *out, *kernel, x.shape[3])
+    strides = (s1 * sh, s2 * sw, s0, s1 * sh * p, s2 * sw * p, s1, s2, s3)
+    return np.lib.stride_tricks.as_strided(x, shape, strides, writeable=False)
+
+
+class _Plan:
+    """A compiled Sequential. Calling it binds buffers, views and the step list for the input's
+    shape once (per thread; the last four shapes are kept), then runs the steps; None for an
+    input shape the network does not take (the interpreter then raises its own error)."""
+
+    def __init__(self, flatten_first: bool, blocks: list[dict], weights, dtype):
+        self.flatten_first, self.blocks, self.weights = flatten_first, blocks, weights
+        self.quant = blocks[0]["kind"].startswith("Quant")
+        self.float = np.dtype(np.float32) if self.quant else np.dtype(dtype)
+        self.local = threading.local()
+
+    def __call__(self, x: np.ndarray):
+        bound = getattr(self.local, "bound", None)
+        if bound is None:
+            bound = self.local.bound = {}
+        run = bound.get(x.shape, False)
+        if run is False:
+            if len(bound) >= 4:
+                bound.clear()
+            run = bound[x.shape] = self._bind(x.shape)
+        return None if run is None else run(x)
+
+    def _shapes(self, xshape: tuple) -> list[tuple] | None:
+        """Per block (input shape, conv output (oh, ow) or None, output shape) without the
+        batch axis; shapes are (h, w, c) or (features,), a conv block's output the pooled
+        (h, w, c) even before Flatten. None if xshape does not fit."""
+        if self.blocks[0]["dense"]:
+            if len(xshape) != 2 and not (self.flatten_first and len(xshape) > 2):
+                return None
+            shape = (math.prod(xshape[1:]),)
+        elif len(xshape) == 4:
+            shape = (*xshape[2:], xshape[1])
+        else:
+            return None
+        shapes = []
+        for block in self.blocks:
+            spec = block["spec"]
+            if block["dense"]:
+                if shape != (spec["in_features"],):
+                    return None
+                conv, out = None, (spec["out_features"],)
+            else:
+                h, w, c = shape
+                if c != spec["in_channels"]:
+                    return None
+                geometry = zip(
+                    (h, w), spec["kernel_size"], spec["stride"], spec["padding"], strict=True
+                )
+                conv = tuple((a + 2 * p - k) // s + 1 for a, k, s, p in geometry)
+                out = (conv[0] // block["pool"], conv[1] // block["pool"], spec["out_channels"])
+                if min(out) < 1:
+                    return None
+            shapes.append((shape, conv, out))
+            shape = (math.prod(out),) if block["flat"] else out
+        return shapes
+
+    def _input(self, block: dict, n: int, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """(buffer, the view its producer writes): NHWC with a zero border of the conv's
+        padding (int8 0 is quantized 0), or (n, features) with a column of ones for the float
+        dense layer's bias."""
+        spec, dtype = block["spec"], np.int8 if self.quant else self.float
+        if not block["dense"]:
+            (h, w, c), (ph, pw) = shape, spec["padding"]
+            buf = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype)
+            return buf, buf[:, ph : ph + h, pw : pw + w]
+        ones = int(spec["bias"] and not self.quant)
+        buf = np.empty((n, shape[0] + ones), dtype)
+        buf[:, shape[0] :] = 1
+        return buf, buf[:, : shape[0]]
+
+    def _bind(self, xshape: tuple):
+        """The run(x) function for inputs of shape xshape, or None."""
+        shapes = self._shapes(xshape)
+        if shapes is None:
+            return None
+        n, blocks = xshape[0], self.blocks
+        inputs = [self._input(b, n, s[0]) for b, s in zip(blocks, shapes, strict=True)]
+        steps: list[tuple] = []
+        for i, (block, (_, conv, out)) in enumerate(zip(blocks, shapes, strict=True)):
+            last = i + 1 == len(blocks)
+            # the next block's input seen as this block's output (pooled NHWC, or features)
+            dst = np.empty((n, *out), self.float) if last else _view(inputs[i + 1][1], (n, *out))
+            after_conv = block["dense"] and i and not blocks[i - 1]["dense"]
+            flat_from = shapes[i - 1][2] if after_conv else None
+            nxt = None if last else blocks[i + 1]
+            build = self._quant_steps if self.quant else self._float_steps
+            build(block, conv, inputs[i][0], flat_from, dst, nxt, steps)
+        load = self._loader(inputs[0][1], n)
+
+        flatten = blocks[-1]["flat"]  # a conv block last: NCHW out, flattened in its order
+
+        def run(x):
+            load(x)
+            for step in steps:
+                step()
+            if dst.ndim == 2:
+                return dst.copy()
+            y = np.ascontiguousarray(dst.transpose(0, 3, 1, 2))
+            return y.reshape(n, -1) if flatten else y
+
+        return run
+
+    def _loader(self, first: np.ndarray, n: int) -> Callable:
+        """x (n, c, h, w) or (n, features) -> the first block's input (NHWC or flat)."""
+        nhwc = first.ndim == 4
+        if not self.quant:
+            if nhwc:
+                return lambda x: np.copyto(first, x.transpose(0, 2, 3, 1))
+            return lambda x: np.copyto(first, x.reshape(n, -1))
+        quantize = _int8_module().quantize_nhwc
+        scale = np.float32(self.blocks[0]["spec"]["input_scale"])
+        if nhwc:
+            return lambda x: quantize(x.transpose(0, 2, 3, 1), scale, first)
+        first4 = _view(first, (n, 1, 1, first.shape[1]))
+        return lambda x: quantize(x.reshape(n, 1, 1, -1), scale, first4)
+
+    def _dense_weight(self, W: np.ndarray, flat_from) -> np.ndarray:
+        """W (out, features), its columns permuted from NCHW's flatten order (c, h, w) to the
+        plan's NHWC order (h, w, c) when the features come from a conv block."""
+        if flat_from is None:
+            return W
+        h, w, c = flat_from
+        return W.reshape(len(W), c, h, w).transpose(0, 2, 3, 1).reshape(len(W), -1)
+
+    def _columns(self, block, conv, buf, dtype, ones: bool) -> tuple[list, np.ndarray]:
+        """A conv block's im2col in chunks of whole images, each small enough for the cache:
+        ([(copy step of chunk i, its image slice)], cols (p^2 g oh ow, kh kw c [+ 1])) with
+        g images per chunk, the cols buffer shared by the chunks. With few channels (float
+        only) cols is the transpose of a (K, positions) buffer, so that the copy runs along
+        output rows (ow) instead of along kw * c."""
+        spec, (n, _, _, c) = block["spec"], buf.shape
+        (kh, kw), p = spec["kernel_size"], block["pool"]
+        out = tuple(o // p for o in conv)
+        windows = _windows(buf, (kh, kw), tuple(spec["stride"]), p, out)
+        K, per_image = kh * kw * c, p * p * out[0] * out[1]
+        g = max(1, min(n, CHUNK_BYTES // (per_image * (K + ones) * np.dtype(dtype).itemsize)))
+        kmajor = dtype != np.int8 and out[1] > kw * c
+        shape = (K + ones, p * p * g * out[0] * out[1])
+        cols = np.empty(shape if kmajor else shape[::-1], dtype)
+        if kmajor:
+            cols[K:] = 1
+        else:
+            cols[:, K:] = 1
+        copies = []
+        for start in range(0, n, g):
+            part = slice(start, min(n, start + g))
+            size = part.stop - part.start
+            rows = p * p * size * out[0] * out[1]
+            if kmajor:
+                view = _view(cols[:K, :rows], (kh, kw, c, p, p, size, *out))
+                src = windows[:, :, part].transpose(5, 6, 7, 0, 1, 2, 3, 4)
+            else:
+                view, src = (
+                    _view(cols[:rows, :K], (p, p, size, *out, kh, kw, c)),
+                    windows[:, :, part],
+                )
+            copies.append((partial(np.copyto, view, src), part, rows))
+        return copies, cols.T if kmajor else cols
+
+    def _float_steps(self, block, conv, buf, flat_from, dst, nxt, steps) -> None:
+        spec, arrays, prefix = block["spec"], self.weights, block["prefix"]
+        W = arrays[prefix + "weight"].astype(self.float, copy=False)
+        if block["dense"]:
+            Wk, taps = self._dense_weight(W, flat_from).T, 1
+            chunks = [(None, slice(0, len(buf)), len(buf))]
+            cols = buf
+        else:
+            Wk, taps = W.transpose(2, 3, 1, 0).reshape(-1, len(W)), block["pool"] ** 2
+            chunks, cols = self._columns(block, conv, buf, self.float, bool(spec["bias"]))
+        if spec["bias"]:
+            Wk = np.vstack([Wk, arrays[prefix + "bias"].astype(self.float)[None]])
+        Wk = np.ascontiguousarray(Wk, self.float)
+        y = np.empty((len(cols), len(W)), self.float)
+        zero = self.float.type(0)
+        for copy, part, rows in chunks:
+            if copy is not None:
+                steps.append(copy)
+            steps.append(partial(np.matmul, cols[:rows], Wk, out=y[:rows]))
+            src, to = _view(y[:rows], (taps, part.stop - part.start, *dst.shape[1:])), dst[part]
+            if taps > 1:  # the pool's taps are contiguous blocks of the product
+                steps.append(partial(np.maximum, src[0], src[1], out=to))
+                steps.extend(partial(np.maximum, to, t, out=to) for t in src[2:])
+                if block["relu"]:
+                    steps.append(partial(np.maximum, to, zero, out=to))
+            elif block["relu"]:
+                steps.append(partial(np.maximum, src[0], zero, out=to))
+            else:
+                steps.append(partial(np.copyto, to, src[0]))
+
+    def _quant_steps(self, block, conv, buf, flat_from, dst, nxt, steps) -> None:
+        spec, arrays, prefix = block["spec"], self.weights, block["prefix"]
+        k, Wq = _int8_module(), arrays[prefix + "weight"]
+        if block["dense"]:
+            Wk, taps = self._dense_weight(Wq, flat_from), 1
+            chunks, cols = [(None, slice(0, len(buf)), len(buf))], buf
+            dst = _view(dst, (len(dst), 1, 1, len(Wq)))
+        else:
+            Wk, taps = Wq.transpose(0, 2, 3, 1).reshape(len(Wq), -1), block["pool"] ** 2
+            chunks, cols = self._columns(block, conv, buf, np.int8, False)
+        Wk = np.ascontiguousarray(Wk)  # (oc, kh kw c): the product reads rows of both
+        acc = np.empty((len(cols), len(Wq)), np.int32)
+        scale = np.float32(spec["input_scale"]) * arrays[prefix + "weight_scale"]  # _dequantize's
+        bias = arrays[prefix + "bias"] if spec["bias"] else None
+        for copy, part, rows in chunks:
+            if copy is not None:
+                steps.append(copy)
+            steps.append(partial(k.int8_gemm_nt, cols[:rows], Wk, acc[:rows]))
+            sums = _view(acc[:rows], (taps, part.stop - part.start, *dst.shape[1:]))
+            args = (sums, scale, bias, block["relu"])
+            if nxt is None:
+                steps.append(partial(k.dequantize, *args, dst[part]))
+            else:
+                out_scale = np.float32(nxt["spec"]["input_scale"])
+                steps.append(partial(k.requantize, *args, out_scale, dst[part]))
+
+
 def _check_types(spec: dict, path) -> None:
     """SerializationError naming the file and the first layer type FORWARD does not know."""
     kind = spec.get("type") if isinstance(spec, dict) else type(spec).__name__
@@ -342,9 +651,16 @@ def _check_types(spec: dict, path) -> None:
 
 
 class NumpyModel:
-    """A model file's network as plain NumPy functions. Call it on float (n, c, h, w) -> logits."""
+    """A model file's network as plain NumPy functions. Call it on float (n, c, h, w) -> logits.
 
-    def __init__(self, ckpt: Checkpoint):
+    A Sequential of Conv2d / Linear blocks (with ReLU, tiled MaxPool2d, Flatten, Dropout), float
+    or int8, runs as a compiled plan (_Plan: preallocated NHWC buffers, one matrix product per
+    layer); any other network, or compiled=False, runs through the interpreter (FORWARD). A
+    float plan equals the interpreter to float32 rounding (another summation order), an int8
+    plan equals it to the bit. One NumpyModel may be called from several threads (buffers are
+    per thread)."""
+
+    def __init__(self, ckpt: Checkpoint, compiled: bool = True):
         if not ckpt.spec:
             raise SerializationError(
                 f"{ckpt.path}: holds no layer spec (a custom Module); use the engine"
@@ -356,12 +672,22 @@ class NumpyModel:
         self.preprocessing = ckpt.preprocessing
         floats = [a.dtype for a in ckpt.weights.values() if a.dtype.kind == "f"]
         self.dtype = floats[0] if floats else np.dtype(np.float32)
+        self.plan = None
+        try:
+            parsed = _plan_blocks(ckpt.spec) if compiled else None
+        except KeyError as exc:  # a spec without an argument its layer needs
+            raise SerializationError(f"{ckpt.path}: layer spec lacks {exc}") from exc
+        if parsed is not None:
+            self.plan = _Plan(*parsed, self.weights, self.dtype)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Logits (n, k) for x (n, c, h, w), computed in the weights' dtype (float32)."""
         x = np.asarray(x, dtype=self.dtype)
         try:
-            return FORWARD[self.spec["type"]](x, self.spec, self.weights, "")
+            y = None if self.plan is None else self.plan(x)
+            if y is None:
+                y = FORWARD[self.spec["type"]](x, self.spec, self.weights, "")
+            return y
         except KeyError as exc:  # a spec without an argument its layer needs
             raise SerializationError(f"{self.checkpoint.path}: layer spec lacks {exc}") from exc
 
@@ -375,6 +701,6 @@ class NumpyModel:
         return np.concatenate(out)
 
 
-def load(path: str | os.PathLike) -> NumpyModel:
-    """Read and verify a model file and return its NumPy-only network."""
-    return NumpyModel(load_checkpoint(path))
+def load(path: str | os.PathLike, compiled: bool = True) -> NumpyModel:
+    """Read and verify a model file and return its NumPy-only network (NumpyModel's compiled)."""
+    return NumpyModel(load_checkpoint(path), compiled)

@@ -1,10 +1,15 @@
-"""Int8 x int8 -> int32 matrix product for quantized inference, compiled by Numba (the fast path
-engine.deploy picks when Numba imports; kernels/numpy_cpu/int8.py is the reference)."""
+"""Int8 kernels for quantized inference, compiled by Numba: the fast path engine.deploy picks when
+Numba imports (kernels/numpy_cpu/int8.py is the reference and documents each kernel).
+
+Numba types int32 * int32 as int64; every sum below is truncated back to int32 (np.int32(...))
+at each step, which is exact (|sum| < 2^31 for k < 133,000) and lets LLVM keep 32-bit lanes."""
 
 from __future__ import annotations
 
 import numba
 import numpy as np
+
+I32 = np.int32
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
@@ -28,20 +33,105 @@ def int8_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return c
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
-def _int8_matmul_nt(a, bt, c):  # pragma: no cover - compiled
+@numba.njit(cache=True, boundscheck=False, error_model="numpy")
+def _gemm_nt(a, bt, c):  # pragma: no cover - compiled
+    """c[i, j] = sum_t a[i, t] bt[j, t], blocked 2 rows x 4 columns: each of a's rows is read
+    once per 4 output columns, each bt row once per 2 rows; the t loop is contiguous in both,
+    and LLVM vectorises its 8 int32 reductions (8 lanes each)."""
     m, k = a.shape
     n = bt.shape[0]
-    for task in numba.prange(m * n):  # one output element per task: a dot product
-        i, j = task // n, task % n
-        acc = np.int32(0)
-        for t in range(k):  # both rows contiguous: an integer reduction LLVM vectorises
-            acc += np.int32(a[i, t]) * np.int32(bt[j, t])
-        c[i, j] = acc
+    m2, n4 = m - m % 2, n - n % 4
+    for i in range(0, m2, 2):
+        for j in range(0, n4, 4):
+            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = I32(0)
+            for t in range(k):
+                a0, a1 = I32(a[i, t]), I32(a[i + 1, t])
+                b0, b1, b2, b3 = (
+                    I32(bt[j, t]),
+                    I32(bt[j + 1, t]),
+                    I32(bt[j + 2, t]),
+                    I32(bt[j + 3, t]),
+                )
+                s00, s01 = I32(s00 + I32(a0 * b0)), I32(s01 + I32(a0 * b1))
+                s02, s03 = I32(s02 + I32(a0 * b2)), I32(s03 + I32(a0 * b3))
+                s10, s11 = I32(s10 + I32(a1 * b0)), I32(s11 + I32(a1 * b1))
+                s12, s13 = I32(s12 + I32(a1 * b2)), I32(s13 + I32(a1 * b3))
+            c[i, j], c[i, j + 1], c[i, j + 2], c[i, j + 3] = s00, s01, s02, s03
+            c[i + 1, j], c[i + 1, j + 1], c[i + 1, j + 2], c[i + 1, j + 3] = s10, s11, s12, s13
+    for i in range(m):  # the edges: the last row (odd m), the last n % 4 columns
+        for j in range(0 if i >= m2 else n4, n):
+            s = I32(0)
+            for t in range(k):
+                s = I32(s + I32(I32(a[i, t]) * I32(bt[j, t])))
+            c[i, j] = s
 
 
 def int8_matmul_nt(a: np.ndarray, bt: np.ndarray) -> np.ndarray:
     """a int8 (m, k), bt int8 (n, k) -> int32 (m, n) = a @ bt^T (numpy_cpu's doc)."""
     c = np.empty((a.shape[0], bt.shape[0]), np.int32)
-    _int8_matmul_nt(np.ascontiguousarray(a), np.ascontiguousarray(bt), c)
+    _gemm_nt(np.ascontiguousarray(a), np.ascontiguousarray(bt), c)
     return c
+
+
+def int8_gemm_nt(a: np.ndarray, bt: np.ndarray, out: np.ndarray) -> None:
+    """out int32 (m, n) = a @ bt^T; a, bt int8 C-contiguous, out C-contiguous (numpy_cpu's doc)."""
+    _gemm_nt(a, bt, out)
+
+
+@numba.njit(cache=True, boundscheck=False, error_model="numpy")
+def quantize_nhwc(x, scale, out):  # pragma: no cover - compiled
+    """out int8 = clip(rint(x / scale), -127, 127), x float32 (n, h, w, c) (numpy_cpu's doc)."""
+    n, h, w, c = out.shape
+    for b in range(n):
+        for i in range(h):
+            for j in range(w):
+                for o in range(c):
+                    q = np.rint(x[b, i, j, o] / scale)
+                    out[b, i, j, o] = np.int8(min(max(q, np.float32(-127)), np.float32(127)))
+
+
+@numba.njit(cache=True, boundscheck=False, error_model="numpy")
+def _epilogue(acc, scale, bias, has_bias, relu, out_scale, out, qout):  # pragma: no cover
+    """numpy_cpu's requantize (into qout, out_scale > 0) or dequantize (into out) in one pass:
+    per output, the max of the int32 sums over the taps first (exact: the rescale, bias, ReLU
+    and quantization are non-decreasing, as scale >= 0), then float32 steps as the reference's.
+    acc (taps, n, h, w, c); out / qout (n, h, w, c), any strides; the unused one is (1,1,1,1)."""
+    taps, n, h, w, c = acc.shape
+    quantize = out_scale > 0
+    m, f = np.empty(c, np.int32), np.empty(c, np.float32)
+    for b in range(n):
+        for i in range(h):
+            for j in range(w):
+                for o in range(c):  # full indices (no slices: no reference counting)
+                    m[o] = acc[0, b, i, j, o]
+                for t in range(1, taps):  # tap by tap: contiguous rows, vectorised over o
+                    for o in range(c):
+                        m[o] = max(m[o], acc[t, b, i, j, o])
+                for o in range(c):  # rescale, bias, ReLU: float32, as the reference
+                    y = np.float32(m[o]) * scale[o]
+                    y = y + bias[o] if has_bias else y
+                    f[o] = max(y, np.float32(0)) if relu else y
+                if quantize:
+                    for o in range(c):
+                        q = min(max(np.rint(f[o] / out_scale), np.float32(-127)), np.float32(127))
+                        qout[b, i, j, o] = np.int8(q)
+                else:
+                    for o in range(c):
+                        out[b, i, j, o] = f[o]
+
+
+_NO_BIAS = np.zeros(1, np.float32)
+
+
+def requantize(acc, scale, bias, relu, out_scale, out) -> None:
+    """numpy_cpu's requantize in one compiled pass over the output."""
+    unused = np.empty((1, 1, 1, 1), np.float32)
+    has_bias = bias is not None
+    _epilogue(acc, scale, bias if has_bias else _NO_BIAS, has_bias, relu, out_scale, unused, out)
+
+
+def dequantize(acc, scale, bias, relu, out) -> None:
+    """numpy_cpu's dequantize in one compiled pass over the output."""
+    unused = np.empty((1, 1, 1, 1), np.int8)
+    has_bias, zero = bias is not None, np.float32(0)
+    _epilogue(acc, scale, bias if has_bias else _NO_BIAS, has_bias, relu, zero, out, unused)

@@ -21,3 +21,41 @@ def int8_matmul_nt(a: np.ndarray, bt: np.ndarray) -> np.ndarray:
     """a int8 (m, k), bt int8 (n, k) -> int32 (m, n) = a @ bt^T in int32 (Linear's weight
     layout (out, in), read as it is stored)."""
     return a.astype(np.int32) @ bt.astype(np.int32).T
+
+
+# ---- engine.deploy's compiled int8 plan (NHWC buffers, preallocated outputs) ----
+
+
+def quantize_nhwc(x: np.ndarray, scale: np.float32, out: np.ndarray) -> None:
+    """out int8 (n, h, w, c) = quantize_int8(x, scale), x float (n, h, w, c), any strides (the
+    plan passes an NCHW input transposed, and writes inside a padded buffer)."""
+    out[...] = quantize_int8(x, scale)
+
+
+def int8_gemm_nt(a: np.ndarray, bt: np.ndarray, out: np.ndarray) -> None:
+    """out int32 (m, n) = a int8 (m, k) @ bt int8 (n, k)^T, summed in int32 (as int8_matmul)."""
+    np.matmul(a.astype(np.int32), bt.astype(np.int32).T, out=out)
+
+
+def _rescaled(acc, scale, bias, relu: bool) -> np.ndarray:
+    """float32 acc * scale[o] (+ bias[o]), then ReLU, then the max over the taps axis 0:
+    engine.deploy's float layers (rescale, bias, ReLU, max-pool) in their order."""
+    y = acc.astype(np.float32) * scale
+    if bias is not None:
+        y = y + bias
+    if relu:
+        y = np.maximum(y, 0)
+    return y.max(axis=0)
+
+
+def requantize(acc, scale, bias, relu: bool, out_scale, out: np.ndarray) -> None:
+    """The epilogue of an int8 layer that feeds another: acc int32 (taps, n, h, w, c) (taps:
+    the positions of each max-pool tile, 1 without a pool) rescaled by scale (c,) float32, plus
+    bias (c,) float32 or None, ReLU if relu, max over the taps, then quantized with out_scale
+    into out int8 (n, h, w, c), any strides."""
+    out[...] = quantize_int8(_rescaled(acc, scale, bias, relu), out_scale)
+
+
+def dequantize(acc, scale, bias, relu: bool, out: np.ndarray) -> None:
+    """requantize's steps without the quantization: out float32 (the network's last layer)."""
+    out[...] = _rescaled(acc, scale, bias, relu)

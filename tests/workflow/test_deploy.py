@@ -71,7 +71,8 @@ def test_numpy_only_inference_equals_the_engine(tmp_path):
             text=True,
         )
         assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
-        # same im2col + GEMM arithmetic: equal up to float32 summation order (tanh/avg in lenet5)
+        # seed_cnn and mlp run as deploy's compiled plan, lenet5 (tanh, avg) interpreted: equal
+        # to float32 rounding (other summation orders)
         np.testing.assert_allclose(
             np.load(out), predict_logits(model, x), rtol=1e-5, atol=1e-6, err_msg=name
         )
@@ -126,3 +127,97 @@ def test_unknown_layer_type_in_a_file_is_refused(tmp_path, rng, monkeypatch):
     path = save_checkpoint(tmp_path / "swish.npz", model)
     with pytest.raises(SerializationError, match=r"swish.npz: unknown layer type 'Swish'"):
         deploy.load(path)
+
+
+# ---- the compiled plan (NumpyModel.plan): NHWC buffers, one product per layer ----
+
+
+def _ckpt(model):
+    from engine.checkpoint import Checkpoint
+
+    return Checkpoint(
+        path=Path("mem"), model_config=None, spec=model.spec(), weights=model.state_dict()
+    )
+
+
+PLANNED = [  # (network, input shape): padding, stride, 3x3 pools, odd sizes, no bias, Flatten first
+    (
+        lambda rng: nn.Sequential(
+            nn.Conv2d(2, 5, 3, padding=1, rng=rng),
+            nn.MaxPool2d(3),
+            nn.ReLU(),
+            nn.Conv2d(5, 4, (2, 3), stride=(2, 1), padding=(1, 0), bias=False, rng=rng),
+            nn.ReLU(),
+            nn.Dropout(0.5, rng=rng),
+            nn.Flatten(),
+            nn.Linear(4 * 2 * 1, 7, rng=rng),
+            nn.ReLU(),
+            nn.Linear(7, 3, bias=False, rng=rng),
+        ),
+        (2, 11, 10),
+    ),
+    (
+        lambda rng: nn.Sequential(nn.Conv2d(3, 40, 1, rng=rng), nn.ReLU(), nn.MaxPool2d(2)),
+        (3, 5, 7),
+    ),
+    (lambda rng: nn.Sequential(nn.Conv2d(1, 2, 3, rng=rng), nn.Flatten()), (1, 6, 5)),
+    (lambda rng: models.get("mlp", hidden=9, num_classes=3, rng=rng), (1, 28, 28)),
+]
+
+
+@pytest.mark.parametrize("case", range(len(PLANNED)))
+def test_compiled_plan_equals_the_interpreter(rng, case):
+    """Every batch size (buffers bound per shape, rebound after others) to float32 rounding,
+    the same argmax; the engine itself agrees."""
+    build, shape = PLANNED[case]
+    model = build(rng).eval()
+    net, interpreted = deploy.NumpyModel(_ckpt(model)), deploy.NumpyModel(_ckpt(model), False)
+    assert net.plan is not None and interpreted.plan is None
+    for n in (1, 5, 32, 1, 5):
+        x = rng.standard_normal((n, *shape)).astype(np.float32)
+        got, expected = net(x), interpreted(x)
+        assert got.shape == expected.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got, predict_logits(model, x), rtol=1e-5, atol=1e-5)
+        if got.ndim == 2 and got.shape[1] > 1:
+            np.testing.assert_array_equal(got.argmax(1), expected.argmax(1))
+
+
+def test_plan_float64_and_threads(rng):
+    """A float64 model runs in float64 (to 1e-12); threads get their own buffers."""
+    import threading
+
+    model = PLANNED[0][0](rng).eval().astype(np.float64)
+    net = deploy.NumpyModel(_ckpt(model))
+    xs = [rng.standard_normal((3, 2, 11, 10)) for _ in range(4)]
+    expected = [deploy.NumpyModel(_ckpt(model), False)(x) for x in xs]
+    assert net(xs[0]).dtype == np.float64
+    np.testing.assert_allclose(net(xs[0]), expected[0], rtol=1e-12, atol=1e-12)
+    got = [None] * len(xs)
+
+    def work(i):
+        for _ in range(20):
+            got[i] = net(xs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12)
+
+
+def test_networks_outside_the_plan_are_interpreted(rng):
+    """lenet5 (Tanh, AvgPool), an overlapping max-pool, a conv after Flatten: no plan, the
+    interpreter's outputs; an input the plan cannot take falls back to the interpreter too."""
+    for model in (
+        models.get("lenet5", num_classes=3, rng=rng),
+        nn.Sequential(nn.Conv2d(1, 2, 3, rng=rng), nn.MaxPool2d(3, stride=2)),
+        nn.Sequential(nn.Residual(nn.Sequential(nn.Conv2d(1, 1, 3, padding=1, rng=rng)))),
+    ):
+        assert deploy.NumpyModel(_ckpt(model)).plan is None
+    net = deploy.NumpyModel(_ckpt(models.get("seed_cnn", num_classes=2, rng=rng)))
+    x = rng.standard_normal((2, 1, 30, 30)).astype(np.float32)  # not the Linear's 28 x 28
+    with pytest.raises(ValueError):
+        net(x)
