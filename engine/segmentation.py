@@ -256,12 +256,27 @@ def _build(s: SegmentationSettings, in_channels: int, num_classes: int):
         norm=s.norm,
         rng=np.random.default_rng(s.seed),
     )
+    _neutral_head(model)
     model.to(s.device)
     if s.optimizer == "sgd":
         opt = optim.SGD(model.parameters(), lr=s.lr, momentum=0.9, weight_decay=s.weight_decay)
     else:
         opt = optim.Adam(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     return model, opt
+
+
+def _neutral_head(model) -> None:
+    """Zero the U-Net's 1x1x1 head, so the untrained network's logits favour no class.
+
+    A random head can make it call most voxels foreground: with a foreground of under 1 % of
+    the voxels, the first steps then learn "background everywhere", which the Dice term leaves
+    slowly or not at all (the demo's seed 2 ended at held-out Dice 0.00 after 150 steps with a
+    random head, 0.91 with a zero one; a background prior in the bias gave 0.89). The gradient
+    reaches the layers below from the second step on, once the head's weights have moved.
+    """
+    head = model.layers[-1]  # final_conv: the 1x1x1 conv to class logits
+    head.weight.data[...] = 0
+    head.bias.data[...] = 0
 
 
 def fit_patches(model, opt, cases, s: SegmentationSettings, *, progress: bool = True) -> dict:
