@@ -588,7 +588,7 @@ def train_segmentation(
             rows,
             summary,
             shown_settings,
-            [out / f.relative_to(tmp) for f in figures],
+            figures,  # linked relative to the report: the same once renamed
             classes,
         )
     _print_summary("held-out", summary)
@@ -644,7 +644,7 @@ def evaluate_segmentation(
                 rows,
                 summary,
                 shown_settings,
-                [out / f.relative_to(tmp) for f in figures],
+                figures,  # linked relative to the report: the same once renamed
                 classes,
             )
         print(f"wrote {out}/metrics.json, per_case.csv, report.md")

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -60,6 +62,11 @@ def test_train_evaluate_predict_through_the_cli(tmp_path, capsys, msd):
     assert saved["preprocessing"]["window"] == [-300.0, 1400.0]
     assert saved["preprocessing"]["patch_size"] == [8, 16, 16]
     assert [r["case"] for r in saved["per_case"]] == saved["held_out_cases"]
+
+    report = (run / "report.md").read_text()
+    for link in re.findall(r"\]\(([^)]+\.png)\)", report):  # figures, if engine.seg_report is there
+        assert (run / link).is_file(), link
+    assert all(case in report for case in saved["held_out_cases"])
 
     # an earlier run is never replaced without --overwrite
     _fails(capsys, argv, str(run), "--overwrite")
@@ -178,3 +185,21 @@ def test_a_label_outside_the_classes_of_a_dataset_json(tmp_path, capsys, msd):
     run = tmp_path / "run"
     argv = ["train", "--task", "segmentation", "--data", str(root), "--out", str(run), *TINY]
     _fails(capsys, argv, "case_002.nii.gz", "outside the classes 0..1")
+
+
+def test_report_without_engine_seg_report(tmp_path, capsys, msd, monkeypatch):
+    """Without engine.seg_report (its figures), report.md still holds the per-case table."""
+    import engine
+
+    monkeypatch.setitem(sys.modules, "engine.seg_report", None)  # its import raises ImportError
+    monkeypatch.delattr(engine, "seg_report", raising=False)  # set once it was imported
+    run = tmp_path / "run"
+    argv = ["train", "--task", "segmentation", "--data", str(msd), "--out", str(run), *TINY]
+    assert main(argv) == 0
+    saved = json.loads((run / "metrics.json").read_text())
+    report = (run / "report.md").read_text()
+    assert "| case | dice (nodule) | iou (nodule)" in report
+    (case,) = saved["held_out_cases"]
+    dice = saved["per_case"][0]["dice"][0]
+    assert f"| {case} | {dice:.4g} |" in report
+    assert not (run / "figures").exists()
