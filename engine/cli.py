@@ -234,12 +234,134 @@ def _add_train(sub) -> None:
         help="data-parallel over the ranks of `mpiexec -n N medgrad train ...` (MPI on cpu, "
         "NCCL on cuda); --batch-size stays the global batch; rank 0 writes the run",
     )
-    p.set_defaults(func=_cmd_train)
+    _segmentation_options(p)
+    # None: "not given", so that --task segmentation can tell its own defaults apart
+    p.set_defaults(func=_cmd_train, model=None, epochs=None, batch_size=None, schedule=None)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    """An argparse type: "8,16,32" -> (8, 16, 32), positive ints."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of ints"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text}: every value must be >= 1")
+    return values
+
+
+def _float_list(n: int, *, positive: bool = False, none: bool = False):
+    """An argparse type: n comma-separated numbers ("-300,1400"), or "none" when allowed."""
+
+    def parse(text: str):
+        if none and text.lower() == "none":
+            return None
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {n} comma-separated numbers"
+            ) from None
+        if len(values) != n or (positive and min(values) <= 0):
+            kind = "positive numbers" if positive else "numbers"
+            raise argparse.ArgumentTypeError(f"{text}: expected {n} comma-separated {kind}")
+        return values
+
+    parse.__name__ = "list"
+    return parse
+
+
+def _segmentation_options(p: argparse.ArgumentParser) -> None:
+    """`train --task segmentation`: a 3-D U-Net on volumes (engine/segmentation.py)."""
+    g = p.add_argument_group(
+        "segmentation (--task segmentation)",
+        "a 3-D U-Net trained on random crops of the volumes of --data (a dataset.json or "
+        "images/ + labels/ folder); defaults there: --model unet3d, --batch-size 2, --lr 0.003, "
+        "--schedule cosine, 400 iterations",
+    )
+    g.add_argument(
+        "--task",
+        choices=("classification", "segmentation"),
+        default="classification",
+        help="classification (default): one label per image; segmentation: a label per voxel",
+    )
+    g.add_argument(
+        "--features",
+        type=_int_list,
+        default=(8, 16, 32),
+        help="channels per U-Net level, comma-separated (default 8,16,32)",
+    )
+    g.add_argument(
+        "--patch",
+        type=_int_list,
+        default=(32, 48, 48),
+        help="training crop and sliding window D,H,W in voxels; each must divide by 2 ** (levels "
+        "- 1) (default 32,48,48)",
+    )
+    g.add_argument(
+        "--iterations",
+        type=POSITIVE_INT,
+        default=None,
+        help="optimizer steps (default 400; --epochs E instead: E passes over the training "
+        "volumes, one crop each)",
+    )
+    g.add_argument(
+        "--pos-neg",
+        type=_float_list(2),
+        default=(1.0, 1.0),
+        help="odds of crops centred on foreground vs background, POS,NEG (default 1,1)",
+    )
+    g.add_argument(
+        "--window",
+        type=_float_list(2, none=True),
+        default=(-300.0, 1400.0),
+        help="CT window CENTER,WIDTH in HU mapped to [0, 1] (default -300,1400: -1000..400 HU); "
+        "'none' with --normalize zscore for MRI",
+    )
+    g.add_argument(
+        "--normalize",
+        choices=("zscore",),
+        default=None,
+        help="z-score each volume instead of a window (MRI); needs --window none",
+    )
+    g.add_argument(
+        "--target-spacing",
+        type=_float_list(3, positive=True),
+        default=None,
+        help="resample every volume to D,H,W mm first (default: keep each volume's spacing)",
+    )
+    g.add_argument(
+        "--num-classes",
+        type=_number(int, 2, inclusive=True),
+        default=None,
+        help="classes of an images/ + labels/ folder, background included (default 2; a "
+        "dataset.json lists its own): a label at or above it is an error naming the file",
+    )
+    g.add_argument(
+        "--overlap",
+        type=_number(float, 0, inclusive=True, high=1),
+        default=0.25,
+        help="sliding-window overlap when evaluating (default 0.25)",
+    )
+    g.add_argument(
+        "--no-augment",
+        action="store_true",
+        help="segmentation crops are augmented by default (flips, quarter turns, small affine, "
+        "intensity); this turns it off",
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from engine import workflow
 
+    if args.task == "segmentation":
+        return _train_segmentation(args)
+    for name, default in (("model", "seed_cnn"), ("epochs", 8), ("batch_size", 64)):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    args.schedule = args.schedule or "constant"
     settings = _settings(args, val_split=args.val_split, patience=args.patience)
     comm, together = None, contextlib.nullcontext()
     if args.distributed:
@@ -268,6 +390,68 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_segmentation(args: argparse.Namespace) -> int:
+    """`train --task segmentation`: check the options that do not apply, then
+    engine.segmentation.train_segmentation."""
+    from engine.errors import ArgumentError
+    from engine.segmentation import SegmentationSettings, train_segmentation
+
+    if args.data == "phantoms":
+        raise ArgumentError(
+            "--task segmentation needs --data DIR: a dataset.json or an images/ + labels/ folder "
+            "(medgrad make-demo-data --task segmentation DIR writes one)"
+        )
+    unsupported = [
+        flag
+        for flag, given in (
+            ("--resume", args.resume),
+            ("--distributed", args.distributed),
+            ("--patience", args.patience is not None),
+            ("--classes", args.classes is not None),
+            ("--on-error skip", args.on_error == "skip"),
+        )
+        if given
+    ]
+    if unsupported:
+        raise ArgumentError(f"--task segmentation does not support {', '.join(unsupported)}")
+    settings = SegmentationSettings(
+        model=args.model or "unet3d",
+        features=tuple(args.features),
+        patch_size=tuple(args.patch),
+        iterations=args.iterations or 400,
+        epochs=args.epochs if args.iterations is None else None,
+        batch_size=args.batch_size or 2,
+        optimizer=args.optimizer,
+        lr=args.lr if args.lr is not None else 3e-3,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule or "cosine",
+        pos=args.pos_neg[0],
+        neg=args.pos_neg[1],
+        augment=not args.no_augment,
+        val_split=args.val_split,
+        window=None if args.normalize else args.window,
+        normalize=args.normalize,
+        target_spacing=args.target_spacing,
+        num_classes=args.num_classes,
+        overlap=args.overlap,
+        seed=args.seed,
+        device=args.device,
+        kernels=args.kernels,
+    )
+    train_segmentation(
+        args.data, args.out, settings, overwrite=args.overwrite, progress=not args.quiet
+    )
+    return 0
+
+
+def _segmentation_model(path: str) -> bool:
+    """Whether `path` (a model file or a run directory) holds a segmentation model; a file that
+    does not load raises its one-line SerializationError."""
+    from engine.segmentation import is_segmentation_model
+
+    return is_segmentation_model(path)
+
+
 def _add_evaluate(sub) -> None:
     p = sub.add_parser(
         "evaluate",
@@ -275,9 +459,22 @@ def _add_evaluate(sub) -> None:
         description="Accuracy, balanced accuracy, precision, recall, specificity, "
         "F1 and ROC-AUC of a model file on a dataset.",
     )
-    p.add_argument("model", help="model file (model.npz from a run directory)")
-    p.add_argument("data", help="dataset: 'phantoms' or a path engine.data.datasets reads")
-    p.add_argument("--out", default=None, help="also write the metrics to this JSON file")
+    p.add_argument(
+        "model",
+        help="model file (model.npz from a run directory; for segmentation the run "
+        "directory itself will do)",
+    )
+    p.add_argument(
+        "data",
+        help="dataset: 'phantoms' or a path engine.data.datasets reads; for a segmentation "
+        "model a dataset.json or images/ + labels/ folder of volumes",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="also write the metrics to this JSON file; for a segmentation model a folder for "
+        "metrics.json, per_case.csv, report.md and figures",
+    )
     _on_error_option(p, "raise", "in the output and the JSON")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -285,6 +482,11 @@ def _add_evaluate(sub) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from engine import workflow
 
+    if _segmentation_model(args.model):  # found from the model file: no flag needed
+        from engine.segmentation import evaluate_segmentation
+
+        evaluate_segmentation(args.model, args.data, args.out)
+        return 0
     workflow.evaluate(args.model, args.data, out=args.out, on_error=args.on_error)
     return 0
 
@@ -297,9 +499,18 @@ def _add_predict(sub) -> None:
         "prepared as at training time; write one CSV row per image.",
     )
     p.add_argument("model", help="model file (model.npz from a run directory)")
-    p.add_argument("inputs", nargs="+", help="image files and/or folders")
     p.add_argument(
-        "--out", default="predictions.csv", help="CSV to write (default predictions.csv)"
+        "inputs",
+        nargs="+",
+        help="image files and/or folders; for a segmentation model NIfTI volumes and/or DICOM "
+        "series folders",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="CSV to write (default predictions.csv); for a segmentation model the folder for "
+        "one CASE_mask.nii.gz per input, in the input's own voxel grid and affine, and "
+        "predictions.csv (default predictions)",
     )
     _on_error_option(p, "skip", "in the CSV with its reason")
     p.set_defaults(func=_cmd_predict)
@@ -308,7 +519,12 @@ def _add_predict(sub) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from engine import workflow
 
-    workflow.predict(args.model, args.inputs, args.out, on_error=args.on_error)
+    if _segmentation_model(args.model):
+        from engine.segmentation import predict_segmentation
+
+        predict_segmentation(args.model, args.inputs, args.out or "predictions")
+        return 0
+    workflow.predict(args.model, args.inputs, args.out or "predictions.csv", on_error=args.on_error)
     return 0
 
 
@@ -473,13 +689,13 @@ def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
         help="the whole story: seed CNN with SGD and Adam, then DICOM "
-        "data -> train -> evaluate -> explain -> report",
+        "data -> train -> evaluate -> explain -> report, then a 3-D U-Net on CT volumes",
         description="What `make demo` runs; see engine/demo.py.",
     )
     p.add_argument(
         "--data-dir",
         default="demo-data",
-        help="where the synthetic DICOM data is generated (default demo-data)",
+        help="where the synthetic DICOM data and CT volumes are generated (default demo-data)",
     )
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument("--seed", type=int, default=0, help="seed for data and training (default 0)")

@@ -383,3 +383,112 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray, affine: np.ndarray) ->
         raise DataError(f"{path}: mask values must be in 0..32767")
     dtype = np.uint8 if not mask.size or mask.max() <= 255 else np.int16
     return write_volume(path, mask, affine, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- back to a file's grid
+
+
+def file_orientation(affine: np.ndarray) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
+    """How canonicalize(array, affine) reorders a file's array -> (axes, flipped).
+
+    axes[t]: the file's array axis that becomes canonical axis t; flipped[t]: whether it was
+    reversed. Found by canonicalizing a 2x2x2 probe whose voxels number their own index, so it
+    is exactly canonicalize's choice (oblique affines included), with no second copy of its rule.
+    """
+    probe = np.arange(8, dtype=np.int64).reshape(2, 2, 2)  # value 4 i + 2 j + k at (i, j, k)
+    moved, _ = canonicalize(probe, affine)
+    axes, flipped = [], []
+    for t in range(3):
+        unit = [0, 0, 0]
+        unit[t] = 1
+        step = int(moved[tuple(unit)] - moved[0, 0, 0])  # +-4, +-2 or +-1: which axis, which way
+        axes.append({4: 0, 2: 1, 1: 2}[abs(step)])
+        flipped.append(step < 0)
+    return tuple(axes), tuple(flipped)
+
+
+def to_file_grid(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Undo canonicalize: a canonical (D, H, W) array -> the file's own (i, j, k) voxel grid,
+    `affine` being the FILE's affine (index (i, j, k, 1) -> RAS+). A permutation and flips only,
+    so labels are kept exactly; to_file_grid(canonicalize(x, A)[0], A) == x."""
+    axes, flipped = file_orientation(affine)
+    out = np.transpose(array, np.argsort(axes))  # canonical axis t goes back to file axis axes[t]
+    for t, flip in enumerate(flipped):
+        if flip:
+            out = np.flip(out, axis=axes[t])
+    return np.ascontiguousarray(out)
+
+
+def _nifti_header(path: Path, max_bytes: int):
+    """The checked header of a NIfTI file (engine's bounded reader; no voxel data decoded)."""
+    try:
+        with open(path, "rb") as f:
+            head = _BoundedReader(f).read(540)
+    except zlib.error as exc:
+        raise DataError(f"{path}: corrupt gzip stream ({exc})") from exc
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from exc
+    hdr, expected = _header(path, head)
+    if expected > max_bytes:
+        raise DataError(f"{path}: header promises {expected} bytes, over the limit of {max_bytes}")
+    return hdr
+
+
+def write_mask_like(
+    path: str | os.PathLike,
+    mask: np.ndarray,
+    reference: str | os.PathLike,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Path:
+    """Write a canonical (D, H, W) integer mask in the voxel grid of the volume it was predicted
+    from, atomically, as NIfTI (.nii or .nii.gz) -> path.
+
+    reference: the input as read_volume read it. A NIfTI file: the mask is put back into the
+    file's own (i, j, k) order (to_file_grid) and written with a copy of its header, so qform,
+    sform and their codes, hence the affine nibabel (ITK-SNAP, 3D Slicer) derives, are the
+    input's exactly; the data type becomes uint8 (int16 past 255), without scaling. A DICOM
+    series folder: written canonical with the series' affine (write_mask).
+    """
+    import nibabel as nib
+
+    from engine.checkpoint import atomic_write
+
+    path, reference = Path(path), Path(reference)
+    mask = np.asarray(mask)
+    if not is_nifti(path):
+        raise DataError(f"{path}: write_mask_like writes .nii or .nii.gz files")
+    if mask.ndim != 3 or not np.issubdtype(mask.dtype, np.integer):
+        raise DataError(
+            f"{path}: expected an integer (D, H, W) mask, got {mask.dtype} {mask.shape}"
+        )
+    if mask.size and (mask.min() < 0 or mask.max() > 32767):
+        raise DataError(f"{path}: mask values must be in 0..32767")
+    if reference.is_dir():
+        _, meta = _read(reference, max_bytes)
+        return write_mask(path, mask, meta["affine"])
+    if not is_nifti(reference):
+        raise DataError(f"{reference}: not a NIfTI file (.nii, .nii.gz) or a DICOM series folder")
+    hdr = _nifti_header(reference, max_bytes)
+    affine = hdr.get_best_affine()
+    stored = to_file_grid(mask, affine)
+    shape = tuple(int(n) for n in hdr.get_data_shape()[:3])
+    if stored.shape != shape:
+        raise DataError(
+            f"{path}: mask of shape {mask.shape} does not fit {reference} (voxel grid {shape})"
+        )
+    dtype = np.uint8 if not mask.size or mask.max() <= 255 else np.int16
+    header = hdr.copy()
+    header.set_data_dtype(dtype)
+    header.set_slope_inter(1.0, 0.0)  # labels as stored, whatever the image's scaling was
+    header["cal_min"], header["cal_max"] = 0, 0
+    klass = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
+    img = klass(stored.astype(dtype), None, header=header)
+    # nibabel rebuilds the header from the image: put the reference's orientation back exactly
+    img.set_qform(hdr.get_qform(), code=int(hdr["qform_code"]))
+    img.set_sform(hdr.get_sform(), code=int(hdr["sform_code"]))
+    blob = img.to_bytes()
+    if path.name.lower().endswith(".gz"):
+        blob = gzip.compress(blob, compresslevel=6, mtime=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda f: f.write(blob))
