@@ -628,7 +628,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 def _explain_volume(args: argparse.Namespace, model, ckpt) -> None:
     """`medgrad explain` for a 3-D model: one volume, read and prepared as the model file says
-    (its preprocessing: "window", "normalize", "spacing"; engine.explain.prepare_volume)."""
+    (its preprocessing, as training did: engine.segmentation.prepare_volume)."""
     from pathlib import Path
 
     from engine.data.volumes import case_name, read_volume

@@ -442,48 +442,6 @@ def explain_images(
 # ---- volumes: a 3-D model on one NIfTI file or DICOM series (`medgrad explain` for 3-D) ----
 
 
-def prepare_volume(
-    volume: np.ndarray, meta: dict, preprocessing: dict | None = None
-) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """A volume as engine.data.read_volume returns it ((D, H, W) or (C, D, H, W), meta with
-    "affine" and "spacing") -> (x float32 (C, D', H', W'), affine, spacing) of the grid the
-    model sees, prepared as the model file's preprocessing dict says. Keys read (each optional,
-    absent or null = skipped, other keys ignored), in this order:
-      "spacing"    target voxel size in mm, 3 numbers (d, h, w) or one: trilinear resampling;
-      "window"     [lo, hi]: intensities clipped to lo..hi (e.g. HU -1000..400);
-      "normalize"  "zscore" ((x - mean) / std per channel over all voxels) or "minmax"
-                   ((x - min) / (max - min) per channel, after the window; a constant channel -> 0).
-    """
-    from engine.data.volume_transforms import clip_intensity, resample_to_spacing, zscore
-
-    p = preprocessing or {}
-    x = np.asarray(volume, dtype=np.float32)
-    x = x[None] if x.ndim == 3 else x
-    affine, spacing = np.asarray(meta["affine"], np.float64), tuple(meta["spacing"])
-    target = p.get("spacing")
-    if target is not None:
-        target = tuple(float(v) for v in np.broadcast_to(np.asarray(target, np.float64), (3,)))
-        x, affine = resample_to_spacing(x, affine, spacing, target, order=1)
-        spacing = target
-    window = p.get("window")
-    if window is not None:
-        if len(window) != 2:
-            raise ArgumentError(f"preprocessing 'window' must be [lo, hi], got {window!r}")
-        x = clip_intensity(x, float(window[0]), float(window[1]))
-    normalize = p.get("normalize")
-    if normalize == "zscore":
-        x = zscore(x)
-    elif normalize == "minmax":
-        lo = x.min(axis=(1, 2, 3), keepdims=True)
-        span = x.max(axis=(1, 2, 3), keepdims=True) - lo
-        x = np.divide(x - lo, span, out=np.zeros_like(x), where=span > 0)
-    elif normalize is not None:
-        raise ArgumentError(
-            f"preprocessing 'normalize' is {normalize!r}: expected 'zscore', 'minmax' or null"
-        )
-    return x.astype(np.float32, copy=False), affine, spacing
-
-
 def _input_channels(model: nn.Module) -> int | None:
     """in_channels of the model's first (forward) convolution, None when it has none."""
     for _, m in model.named_modules():
@@ -532,7 +490,9 @@ def explain_volume(
     the heat map as NIfTI (float32 in [0, 1], on the volume's own grid and affine, so it
     overlays the input in a viewer), named NAME_METHOD.png / .nii.gz in out_dir.
 
-    The volume is prepared with prepare_volume(preprocessing), edge-padded up to a size every
+    The volume is prepared as at training time (engine.segmentation.prepare_volume with the
+    model file's preprocessing: "target_spacing", "window" (center, width), "normalize"; none
+    stored = the voxels as read), edge-padded up to a size every
     downsampling layer divides (then the maps are cropped back), and explained for `target`
     (default: the foreground class predicted on most voxels) over the voxels predicted as it;
     maps made on a resampled grid are resampled back onto the volume's. Returns the paths.
@@ -546,7 +506,9 @@ def explain_volume(
     name = name or "volume"
     if spatial_dims(model) != 3:
         raise ArgumentError(f"{path}: the model is not a 3-D model (its layers are not 3-D)")
-    x, affine, spacing = prepare_volume(volume, meta, preprocessing)
+    from engine.segmentation import prepare_volume
+
+    x, affine, spacing = prepare_volume(volume, meta, preprocessing or {})
     expected = _input_channels(model)
     if expected is not None and len(x) != expected:
         raise DataError(f"{path}: the volume has {len(x)} channel(s), the model expects {expected}")

@@ -668,12 +668,21 @@ def prepare_volume(volume: np.ndarray, meta: dict, prep: dict):
     does at training time."""
     from engine.data.volume_transforms import hu_window, resample_to_spacing, zscore
 
+    if prep.get("normalize") not in (None, "zscore"):
+        raise ArgumentError(
+            f"preprocessing 'normalize' is {prep['normalize']!r}: expected 'zscore' or null"
+        )
+    volume = np.asarray(volume, dtype=np.float32)
     image = volume[None] if volume.ndim == 3 else volume
-    affine, spacing = meta["affine"], tuple(meta["spacing"])
+    affine, spacing = np.asarray(meta["affine"], np.float64), tuple(meta["spacing"])
     if prep.get("target_spacing") is not None:
         image, affine = resample_to_spacing(image, affine, spacing, prep["target_spacing"])
         spacing = tuple(float(v) for v in prep["target_spacing"])
     if prep.get("window") is not None:
+        if len(prep["window"]) != 2:
+            raise ArgumentError(
+                f"preprocessing 'window' must be (center, width), got {prep['window']!r}"
+            )
         image = hu_window(image, *prep["window"])
     elif prep.get("normalize") == "zscore":
         image = zscore(image)

@@ -16,7 +16,6 @@ from engine.explain import (
     class_score,
     grad_cam,
     grad_cam_layer,
-    prepare_volume,
     saliency,
     score_weights,
 )
@@ -186,24 +185,29 @@ def test_unet3d_grad_cam_layers(rng):
         grad_cam_layer(model, "nope")
 
 
-def test_prepare_volume_reads_window_normalize_spacing(rng):
+def test_explain_prepares_a_volume_as_training_did(rng):
+    """One preprocessing for training, evaluation, prediction and explanation:
+    engine.segmentation.prepare_volume (CT window (center, width) to [0, 1], or z-score, after
+    an optional target spacing); nothing stored = the voxels as read; unknown values refused."""
+    from engine.segmentation import prepare_volume
+
     volume = rng.uniform(-1200, 600, (4, 6, 8)).astype(np.float32)
     affine = np.diag([-1.0, -1.0, 2.0, 1.0])[:, [2, 1, 0, 3]]
     meta = {"affine": affine, "spacing": (2.0, 1.0, 1.0)}
-    x, a, s = prepare_volume(volume, meta, None)  # no preprocessing stored: the voxels as read
+    x, a, s = prepare_volume(volume, meta, {})
     np.testing.assert_array_equal(x, volume[None])
     assert s == (2.0, 1.0, 1.0) and np.array_equal(a, affine)
-    x, _, _ = prepare_volume(volume, meta, {"window": [-1000, 400], "normalize": "minmax"})
-    clipped = np.clip(volume, -1000, 400)
-    expected = (clipped - clipped.min()) / (clipped.max() - clipped.min())
-    np.testing.assert_allclose(x[0], expected, rtol=1e-6, atol=1e-6)
+    x, _, _ = prepare_volume(volume, meta, {"window": [-300, 1400]})  # lo -1000, hi 400
+    np.testing.assert_allclose(x[0], (np.clip(volume, -1000, 400) + 1000) / 1400, atol=1e-6)
     x, _, _ = prepare_volume(volume, meta, {"normalize": "zscore", "input_size": 28})
     np.testing.assert_allclose(x[0], (volume - volume.mean()) / volume.std(), atol=1e-4)
-    x, a, s = prepare_volume(volume, meta, {"spacing": [1.0, 1.0, 2.0]})
+    x, a, s = prepare_volume(volume, meta, {"target_spacing": [1.0, 1.0, 2.0]})
     assert x.shape == (1, 8, 6, 4) and s == (1.0, 1.0, 2.0)
     np.testing.assert_allclose(np.linalg.norm(a[:3, :3], axis=0), [1.0, 1.0, 2.0])
     with pytest.raises(ArgumentError, match="normalize"):
         prepare_volume(volume, meta, {"normalize": "percentile"})
+    with pytest.raises(ArgumentError, match="window"):
+        prepare_volume(volume, meta, {"window": [-1000]})
 
 
 # ---- medgrad explain on a 3-D model file ----
@@ -222,7 +226,7 @@ def volume_model(tmp_path_factory):
     model = models.get(
         "unet3d", in_channels=1, num_classes=2, features=(2, 4), rng=np.random.default_rng(3)
     )
-    prep = {"window": [-1000, 400], "normalize": "minmax", "spacing": None}
+    prep = {"window": [-300.0, 1400.0], "normalize": None, "target_spacing": None}
     path = save_checkpoint(
         root / "model.npz", model, preprocessing=prep, classes=["background", "nodule"]
     )
