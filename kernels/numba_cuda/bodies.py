@@ -4,8 +4,11 @@ Every body runs on a 1-D grid with one thread per element of the array it writes
 returns at once when the thread index is past the end. Arrays may be NumPy (under
 NUMBA_ENABLE_CUDASIM=1, the CI tests) or CuPy (on a GPU, through the CUDA array interface); Numba
 compiles one specialisation per dtype, so float32 and float64 both work. Sums accumulate in float64.
-Window geometry (shared by conv and pool): output pixel (oi, oj), tap (u, v) reads input row
-hh = oi*sh + u - ph and column ww = oj*sw + v - pw; taps outside [0, h) x [0, w) are padding.
+Window geometry (shared by conv and pool), on volumes (n, c, d, h, w): a 2-D op is the 3-D one
+at depth 1 (the launchers pass (n, c, 1, h, w) views, kd = sd = 1, pd = 0). Output voxel
+(oa, oi, oj), tap (t, u, v) reads input depth dd = oa*sd + t - pd, row hh = oi*sh + u - ph and
+column ww = oj*sw + v - pw; taps outside [0, d) x [0, h) x [0, w) are padding. Taps are numbered
+row-major, (t*kh + u)*kw + v (u*kw + v at depth 1, the 2-D numbering).
 Backward passes gather (one thread per input element, looping over the windows that cover it)
 instead of scattering with atomics: deterministic, and the same summation order as numpy_cpu.
 """
@@ -41,129 +44,192 @@ def window_of(index, tap, stride, pad, n_out):
     return top // stride
 
 
+@cuda.jit(device=True)
+def unravel(i, shape):
+    """The row-major position (b, ch, a, u, v) of flat index i in a 5-D array of `shape`."""
+    v, rest = i % shape[4], i // shape[4]
+    u, rest = rest % shape[3], rest // shape[3]
+    a, rest = rest % shape[2], rest // shape[2]
+    return rest // shape[1], rest % shape[1], a, u, v
+
+
 @cuda.jit
-def im2col(x, cols, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow):
-    """x (n, c, h, w) -> cols (n*oh*ow, c*kh*kw); padding reads as 0."""
-    # thread i -> cols[row, col]: row = (b, oi, oj) row-major, col = (ch, u, v) row-major
+def vol2col(x, cols, kd, kh, kw, sd, sh, sw, pd, ph, pw, od, oh, ow):
+    """x (n, c, d, h, w) -> cols (n*od*oh*ow, c*kd*kh*kw); padding reads as 0."""
+    # thread i -> cols[row, col]: row = (b, oa, oi, oj) row-major, col = (ch, tap) with tap the
+    # row-major number of (t, u, v)
     i = cuda.grid(1)
-    k = c * kh * kw
-    if i >= cols.shape[0] * k:
+    if i >= cols.size:
         return
-    row, col = i // k, i % k
-    b, pix = row // (oh * ow), row % (oh * ow)
-    oi, oj = pix // ow, pix % ow
-    ch, tap = col // (kh * kw), col % (kh * kw)
-    hh = oi * sh + tap // kw - ph  # input row of tap u = tap // kw
+    d, h, w = x.shape[2], x.shape[3], x.shape[4]
+    row, col = i // cols.shape[1], i % cols.shape[1]
+    oj, rest = row % ow, row // ow
+    oi, rest = rest % oh, rest // oh
+    oa, b = rest % od, rest // od
+    ch, tap = col // (kd * kh * kw), col % (kd * kh * kw)
+    dd = oa * sd + tap // (kh * kw) - pd  # input depth of tap t = tap // (kh*kw)
+    hh = oi * sh + tap // kw % kh - ph  # input row of tap u = tap // kw % kh
     ww = oj * sw + tap % kw - pw  # input column of tap v = tap % kw
-    if 0 <= hh < h and 0 <= ww < w:
-        cols[row, col] = x[b, ch, hh, ww]
+    if 0 <= dd < d and 0 <= hh < h and 0 <= ww < w:
+        cols[row, col] = x[b, ch, dd, hh, ww]
     else:
         cols[row, col] = 0
 
 
 @cuda.jit
-def col2im(cols, x, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow):
-    """cols (n*oh*ow, c*kh*kw) -> x (n, c, h, w): each input element sums the taps that read it."""
-    # thread i -> x[b, ch, hh, ww] in row-major order; it gathers over the (oi, oj, u, v) with
-    # oi*sh + u - ph == hh and oj*sw + v - pw == ww
+def col2vol(cols, x, kd, kh, kw, sd, sh, sw, pd, ph, pw, od, oh, ow):
+    """cols (n*od*oh*ow, c*kd*kh*kw) -> x (n, c, d, h, w): each input element sums the taps that
+    read it (the adjoint of vol2col)."""
+    # thread i -> x[b, ch, dd, hh, ww] row-major; it gathers over the (oa, oi, oj, t, u, v) with
+    # oa*sd + t - pd == dd, oi*sh + u - ph == hh and oj*sw + v - pw == ww, taps in row-major order
     i = cuda.grid(1)
     if i >= x.size:
         return
-    ww, rest = i % w, i // w
-    hh, rest = rest % h, rest // h
-    ch, b = rest % c, rest // c
+    b, ch, dd, hh, ww = unravel(i, x.shape)
     acc = 0.0
-    for u in range(kh):
-        oi = window_of(hh, u, sh, ph, oh)
-        if oi < 0:
+    for t in range(kd):
+        oa = window_of(dd, t, sd, pd, od)
+        if oa < 0:
             continue
-        for v in range(kw):
-            oj = window_of(ww, v, sw, pw, ow)
-            if oj < 0:
+        for u in range(kh):
+            oi = window_of(hh, u, sh, ph, oh)
+            if oi < 0:
                 continue
-            acc += cols[(b * oh + oi) * ow + oj, (ch * kh + u) * kw + v]
-    x[b, ch, hh, ww] = acc
+            for v in range(kw):
+                oj = window_of(ww, v, sw, pw, ow)
+                if oj < 0:
+                    continue
+                row = ((b * od + oa) * oh + oi) * ow + oj
+                acc += cols[row, ((ch * kd + t) * kh + u) * kw + v]
+    x[b, ch, dd, hh, ww] = acc
 
 
 @cuda.jit
-def rows_to_nchw(rows, bias, has_bias, y):
-    """rows (n*oh*ow, oc), the GEMM's output -> y (n, oc, oh, ow), plus bias[o] if has_bias."""
-    # thread i -> y[b, o, oi, oj] row-major; it reads rows[(b, oi, oj), o]
+def rows_to_channels(rows, bias, has_bias, y):
+    """rows (n*s, oc), the GEMM's output -> y (n, oc, s), plus bias[o] if has_bias; s is the
+    output's spatial size (oh*ow or od*oh*ow), flattened."""
+    # thread i -> y[b, o, pix] row-major; it reads rows[b*s + pix, o]
     i = cuda.grid(1)
     if i >= y.size:
         return
-    oc, oh, ow = y.shape[1], y.shape[2], y.shape[3]
-    pix, rest = i % (oh * ow), i // (oh * ow)
+    oc, s = y.shape[1], y.shape[2]
+    pix, rest = i % s, i // s
     o, b = rest % oc, rest // oc
-    value = rows[b * oh * ow + pix, o]
+    value = rows[b * s + pix, o]
     if has_bias:
         value += bias[o]
-    y[b, o, pix // ow, pix % ow] = value
+    y[b, o, pix] = value
 
 
 @cuda.jit
-def nchw_to_rows(y, rows):
-    """y (n, oc, oh, ow) -> rows (n*oh*ow, oc): the layout the GEMMs of the backward passes need."""
-    # thread i -> rows[r, o] row-major, r = (b, oi, oj); it reads y[b, o, oi, oj]
+def channels_to_rows(y, rows):
+    """y (n, oc, s) -> rows (n*s, oc): the layout the GEMMs of the backward passes need."""
+    # thread i -> rows[r, o] row-major, r = b*s + pix; it reads y[b, o, pix]
     i = cuda.grid(1)
     if i >= rows.size:
         return
-    oc, oh, ow = y.shape[1], y.shape[2], y.shape[3]
+    oc, s = y.shape[1], y.shape[2]
     r, o = i // oc, i % oc
-    b, pix = r // (oh * ow), r % (oh * ow)
-    rows[r, o] = y[b, o, pix // ow, pix % ow]
+    rows[r, o] = y[r // s, o, r % s]
 
 
 @cuda.jit
-def max_pool2d_forward(x, y, argmax, kh, kw, sh, sw, ph, pw):
-    """x (n, c, h, w) -> y, argmax (n, c, oh, ow); padding is -inf; the tie rule of offer_max."""
-    # thread i -> output window (b, ch, oi, oj) row-major; taps offered in row-major order
+def max_pool_forward(x, y, argmax, kd, kh, kw, sd, sh, sw, pd, ph, pw):
+    """x (n, c, d, h, w) -> y, argmax (n, c, od, oh, ow); padding is -inf; the tie rule of
+    offer_max; argmax is the winning tap's number."""
+    # thread i -> output window (b, ch, oa, oi, oj) row-major; taps offered in row-major order
     i = cuda.grid(1)
     if i >= y.size:
         return
-    c, oh, ow = y.shape[1], y.shape[2], y.shape[3]
-    h, w = x.shape[2], x.shape[3]
-    oj, rest = i % ow, i // ow
-    oi, rest = rest % oh, rest // oh
-    ch, b = rest % c, rest // c
+    d, h, w = x.shape[2], x.shape[3], x.shape[4]
+    b, ch, oa, oi, oj = unravel(i, y.shape)
     best = -math.inf
     best_tap = 0
-    for u in range(kh):
-        hh = oi * sh + u - ph
-        for v in range(kw):
-            ww = oj * sw + v - pw
-            value = -math.inf
-            if 0 <= hh < h and 0 <= ww < w:
-                value = x[b, ch, hh, ww]
-            best, best_tap = offer_max(value, u * kw + v, best, best_tap)
-    y[b, ch, oi, oj] = best
-    argmax[b, ch, oi, oj] = best_tap
+    for t in range(kd):
+        dd = oa * sd + t - pd
+        for u in range(kh):
+            hh = oi * sh + u - ph
+            for v in range(kw):
+                ww = oj * sw + v - pw
+                value = -math.inf
+                if 0 <= dd < d and 0 <= hh < h and 0 <= ww < w:
+                    value = x[b, ch, dd, hh, ww]
+                best, best_tap = offer_max(value, (t * kh + u) * kw + v, best, best_tap)
+    y[b, ch, oa, oi, oj] = best
+    argmax[b, ch, oa, oi, oj] = best_tap
 
 
 @cuda.jit
-def max_pool2d_backward(gy, argmax, gx, kh, kw, sh, sw, ph, pw):
-    """gy, argmax (n, c, oh, ow) -> gx (n, c, h, w): the sum of gy over windows whose argmax is here."""
-    # thread i -> gx[b, ch, hh, ww] row-major; windows covering it are gathered in tap order
+def max_pool_backward(gy, argmax, gx, kd, kh, kw, sd, sh, sw, pd, ph, pw):
+    """gy, argmax (n, c, od, oh, ow) -> gx (n, c, d, h, w): the sum of gy over the windows whose
+    argmax is here."""
+    # thread i -> gx[b, ch, dd, hh, ww] row-major; windows covering it gathered in tap order
     i = cuda.grid(1)
     if i >= gx.size:
         return
-    c, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
-    oh, ow = gy.shape[2], gy.shape[3]
-    ww, rest = i % w, i // w
-    hh, rest = rest % h, rest // h
-    ch, b = rest % c, rest // c
+    od, oh, ow = gy.shape[2], gy.shape[3], gy.shape[4]
+    b, ch, dd, hh, ww = unravel(i, gx.shape)
     acc = 0.0
-    for u in range(kh):
-        oi = window_of(hh, u, sh, ph, oh)
-        if oi < 0:
+    for t in range(kd):
+        oa = window_of(dd, t, sd, pd, od)
+        if oa < 0:
             continue
-        for v in range(kw):
-            oj = window_of(ww, v, sw, pw, ow)
-            if oj < 0:
+        for u in range(kh):
+            oi = window_of(hh, u, sh, ph, oh)
+            if oi < 0:
                 continue
-            if argmax[b, ch, oi, oj] == u * kw + v:
-                acc += gy[b, ch, oi, oj]
-    gx[b, ch, hh, ww] = acc
+            for v in range(kw):
+                oj = window_of(ww, v, sw, pw, ow)
+                if oj >= 0 and argmax[b, ch, oa, oi, oj] == (t * kh + u) * kw + v:
+                    acc += gy[b, ch, oa, oi, oj]
+    gx[b, ch, dd, hh, ww] = acc
+
+
+@cuda.jit
+def avg_pool_forward(x, y, kd, kh, kw, sd, sh, sw, pd, ph, pw):
+    """x (n, c, d, h, w) -> y (n, c, od, oh, ow): window sum / (kd*kh*kw), padded zeros counted."""
+    # thread i -> output window (b, ch, oa, oi, oj) row-major; taps summed in row-major order
+    i = cuda.grid(1)
+    if i >= y.size:
+        return
+    d, h, w = x.shape[2], x.shape[3], x.shape[4]
+    b, ch, oa, oi, oj = unravel(i, y.shape)
+    acc = 0.0
+    for t in range(kd):
+        dd = oa * sd + t - pd
+        for u in range(kh):
+            hh = oi * sh + u - ph
+            for v in range(kw):
+                ww = oj * sw + v - pw
+                if 0 <= dd < d and 0 <= hh < h and 0 <= ww < w:
+                    acc += x[b, ch, dd, hh, ww]
+    y[b, ch, oa, oi, oj] = acc / (kd * kh * kw)
+
+
+@cuda.jit
+def avg_pool_backward(gy, gx, kd, kh, kw, sd, sh, sw, pd, ph, pw):
+    """gy (n, c, od, oh, ow) -> gx (n, c, d, h, w): every window covering an element adds
+    gy / (kd*kh*kw)."""
+    # thread i -> gx[b, ch, dd, hh, ww] row-major; windows covering it gathered in tap order
+    i = cuda.grid(1)
+    if i >= gx.size:
+        return
+    od, oh, ow = gy.shape[2], gy.shape[3], gy.shape[4]
+    b, ch, dd, hh, ww = unravel(i, gx.shape)
+    acc = 0.0
+    for t in range(kd):
+        oa = window_of(dd, t, sd, pd, od)
+        if oa < 0:
+            continue
+        for u in range(kh):
+            oi = window_of(hh, u, sh, ph, oh)
+            if oi < 0:
+                continue
+            for v in range(kw):
+                oj = window_of(ww, v, sw, pw, ow)
+                if oj >= 0:
+                    acc += gy[b, ch, oa, oi, oj] / (kd * kh * kw)
+    gx[b, ch, dd, hh, ww] = acc
 
 
 @cuda.jit
@@ -222,53 +288,6 @@ def relu_max_pool2d_backward(gy, y, argmax, gz, kh, kw, sh, sw, ph, pw):
             if argmax[b, ch, oi, oj] == u * kw + v and y[b, ch, oi, oj] > 0:
                 acc += gy[b, ch, oi, oj]
     gz[ch, b, hh, ww] = acc
-
-
-@cuda.jit
-def avg_pool2d_forward(x, y, kh, kw, sh, sw, ph, pw):
-    """x (n, c, h, w) -> y (n, c, oh, ow): window sum / (kh*kw), padded zeros counted."""
-    # thread i -> output window (b, ch, oi, oj) row-major; taps summed in row-major order
-    i = cuda.grid(1)
-    if i >= y.size:
-        return
-    c, oh, ow = y.shape[1], y.shape[2], y.shape[3]
-    h, w = x.shape[2], x.shape[3]
-    oj, rest = i % ow, i // ow
-    oi, rest = rest % oh, rest // oh
-    ch, b = rest % c, rest // c
-    acc = 0.0
-    for u in range(kh):
-        hh = oi * sh + u - ph
-        for v in range(kw):
-            ww = oj * sw + v - pw
-            if 0 <= hh < h and 0 <= ww < w:
-                acc += x[b, ch, hh, ww]
-    y[b, ch, oi, oj] = acc / (kh * kw)
-
-
-@cuda.jit
-def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, ph, pw):
-    """gy (n, c, oh, ow) -> gx (n, c, h, w): every window covering an element adds gy / (kh*kw)."""
-    # thread i -> gx[b, ch, hh, ww] row-major; windows covering it gathered in tap order
-    i = cuda.grid(1)
-    if i >= gx.size:
-        return
-    c, h, w = gx.shape[1], gx.shape[2], gx.shape[3]
-    oh, ow = gy.shape[2], gy.shape[3]
-    ww, rest = i % w, i // w
-    hh, rest = rest % h, rest // h
-    ch, b = rest % c, rest // c
-    acc = 0.0
-    for u in range(kh):
-        oi = window_of(hh, u, sh, ph, oh)
-        if oi < 0:
-            continue
-        for v in range(kw):
-            oj = window_of(ww, v, sw, pw, ow)
-            if oj < 0:
-                continue
-            acc += gy[b, ch, oi, oj] / (kh * kw)
-    gx[b, ch, hh, ww] = acc
 
 
 @cuda.jit

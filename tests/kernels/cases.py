@@ -376,6 +376,7 @@ ADAPTIVE = [
     ("overlap_3d", (2, 3, 7, 6, 5), (3, 4, 2)),
     ("tiny_2d", (1, 2, 5, 4), (3, 3)),
     ("tiny_3d", (1, 2, 3, 4, 5), (2, 3, 2)),
+    ("tiny_up_3d", (1, 1, 2, 3, 2), (3, 4, 5)),  # more outputs than inputs: overlapping windows
 ]
 # interpolate: x shape, size, mode, align_corners, scales (the user's scale factors or None)
 INTERPOLATE = [
@@ -388,6 +389,10 @@ INTERPOLATE = [
     ("tiny_bilinear_ac", (2, 1, 4, 5), (3, 8), "bilinear", True, (None,) * 2),
     ("tiny_nearest_3d", (1, 2, 3, 3, 4), (6, 2, 5), "nearest", False, (None,) * 3),
     ("tiny_nearest_2d", (1, 2, 4, 5), (8, 10), "nearest", False, (2.0, 2.0)),
+    ("tiny_trilinear_ac_down", (1, 1, 5, 4, 6), (3, 4, 4), "trilinear", True, (None,) * 3),
+    ("tiny_bilinear_frac", (1, 2, 5, 6), (7, 4), "bilinear", False, (1.5, 0.7)),
+    # column 37 of 40: floor(37 * (1 / 3.7)) is 10 in float32 (PyTorch's index), 9 in float64
+    ("tiny_nearest_f32_index", (1, 1, 3, 11), (11, 40), "nearest", False, (3.7, 3.7)),
 ]
 
 
@@ -503,6 +508,13 @@ def _norm_activation_cases():
     # a mean offset of 1e4 over unit variance: E[x^2] - E[x]^2 in float32 would keep no digit
     offset = lambda r, d: ((_normal(r, (3, 2, 40), np.float64) + 1e4).astype(d),)  # noqa: E731
     cases["norm_moments"].append(Case("tiny_offset_1e4", offset, True))
+    def offset(r, d):  # a mean offset of 1e4: one-pass E[x^2] - E[x]^2 loses the variance
+        return ((_normal(r, (2, 2, 40), np.float64) + 1e4).astype(d),)
+
+    # slices longer than a warp, and one long enough for numba_cuda's full reduction block
+    cases["norm_moments"].append(Case("tiny_offset_1e4", offset, True))
+    cases["norm_moments"].append(Case("tiny_long_slice", moments((1, 1, 1100)), True))
+    cases["norm_backward"].append(Case("tiny_long_slice", backward((1, 1, 1100), True), True))
 
     def pair(shape, slope=None):
         extra = () if slope is None else (slope,)

@@ -8,6 +8,8 @@ on the tiny cases of tests/kernels/cases.py (the simulator runs every thread as 
 float32 and float64. The launchers are the real ones from kernels/numba_cuda/launchers.py: written
 against `xp`, they take NumPy arrays here. Names without a Numba launcher fall back to cupy_cuda's
 (checked by test_cupy_sources.py); the child prints the coverage report, and the parent repeats it.
+The simulator spends its time starting a Python thread per GPU thread, on one core, so the parent
+runs SHARDS children side by side, each on every SHARDS-th parity case (SIM_SHARD="k/SHARDS").
 """
 
 from __future__ import annotations
@@ -30,14 +32,15 @@ from tests.kernels.cases import (
 
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 ROOT = Path(__file__).resolve().parents[2]
-CHILD_TIMEOUT_S = 240  # the child takes ~20 s on 2 cores; a hang must fail, not stall CI
+SHARDS = 2  # children run side by side (the CI machine has 2 cores)
+CHILD_TIMEOUT_S = 300  # both took ~76 s side by side on the 2-core dev box (load 4-5); a hang fails
 
 
 if not SIMULATED:
 
     def test_numba_cuda_kernels_under_simulator():
-        """Run this file again with the simulator on; every parity case must pass there."""
-        env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+        """Run this file again with the simulator on, in SHARDS children that split the parity
+        cases; every case must pass there."""
         cmd = [
             sys.executable,
             "-m",
@@ -48,22 +51,48 @@ if not SIMULATED:
             "-p",
             "no:cacheprovider",
         ]
-        done = subprocess.run(
-            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S
-        )
-        out = done.stdout + done.stderr
-        assert done.returncode == 0, f"simulator tests failed:\n{out[-6000:]}"
-        passed = re.search(r"(\d+) passed", out)
-        assert passed and int(passed.group(1)) >= 100, (
-            f"too few simulator tests ran:\n{out[-3000:]}"
-        )
-        assert "failed" not in out and "skipped" not in out, out[-3000:]
-        print(re.search(r"numba_cuda: own launchers .*", out).group(0))  # the child's report
+        children = []
+        for shard in range(SHARDS):
+            env = {
+                **os.environ,
+                "NUMBA_ENABLE_CUDASIM": "1",
+                "PYTHONDONTWRITEBYTECODE": "1",
+                "SIM_SHARD": f"{shard}/{SHARDS}",
+            }
+            children.append(
+                subprocess.Popen(
+                    cmd,
+                    cwd=ROOT,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
+        outs = []
+        try:
+            for child in children:
+                outs.append(child.communicate(timeout=CHILD_TIMEOUT_S)[0])
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+        passed = 0
+        for child, out in zip(children, outs, strict=True):
+            assert child.returncode == 0, f"simulator tests failed:\n{out[-6000:]}"
+            assert "failed" not in out and "skipped" not in out, out[-3000:]
+            found = re.search(r"(\d+) passed", out)
+            assert found, f"no simulator test ran:\n{out[-3000:]}"
+            passed += int(found.group(1))
+        assert passed >= 100, f"too few simulator tests ran ({passed}):\n{outs[0][-3000:]}"
+        print(re.search(r"numba_cuda: own launchers .*", outs[0]).group(0))  # the child's report
+
 
 else:
     from kernels.numba_cuda import launchers
 
-    OWN = tiny_params(launchers.KERNELS)
+    SHARD, _, OF = os.environ.get("SIM_SHARD", "0/1").partition("/")
+    OWN = tiny_params(launchers.KERNELS)[int(SHARD) :: int(OF)]
 
     @pytest.mark.parametrize("dtype", DTYPES)
     @pytest.mark.parametrize("name,case", OWN)

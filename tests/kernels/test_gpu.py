@@ -51,6 +51,20 @@ def test_gpu_kernels_run_on_cupys_current_stream(gpu):
     np.testing.assert_array_equal(got, x[:, :, :8, :8].reshape(4, 3, 4, 2, 4, 2).max(axis=(3, 5)))
 
 
+def test_gpu_slice_reductions_run_on_cupys_current_stream(gpu):
+    """The normalisation statistics (on numba_cuda a block per slice, its own launch path) are
+    ordered with a non-default CuPy stream too: long slices and short ones, offset means."""
+    cp = gpu.xp
+    rng = np.random.default_rng(0)
+    for shape in [(8, 16, 4096), (1, 300, 20)]:
+        x = rng.standard_normal(shape) * 2 + 100
+        with cp.cuda.Stream(non_blocking=True):
+            mean, var = gpu.k.norm_moments(cp.asarray(x))
+            got_mean, got_var = cp.asnumpy(mean), cp.asnumpy(var)
+        np.testing.assert_allclose(got_mean, x.mean(axis=(0, 2)), **TOL["parity64"])
+        np.testing.assert_allclose(got_var, x.var(axis=(0, 2)), **TOL["parity64"])
+
+
 # ---- devices ----
 def test_tensor_and_module_move_between_devices(gpu):
     cp = gpu.xp
