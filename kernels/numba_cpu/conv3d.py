@@ -13,6 +13,8 @@ u)*kw + v (numpy_cpu's column order), so y's chunk is Wm @ cols with Wm = W.resh
 - input gradient: for stride 1 and p <= k - 1 it is a forward conv of gy with the flipped,
   channel-swapped weight and padding k - 1 - p (row-parallel); otherwise col2im of WmT @ gy_rows,
   one task per image (images never share gx; rows within one image do).
+choose_path() says which forward runs: the register-blocked direct kernel (conv3d_direct.py) at
+stride 1, this module's im2col + GEMM otherwise.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .conv3d_direct import conv3d_backward_weight_direct, conv3d_forward_direct, lanes
 from .tasks import run_tasks
 
 JIT = dict(cache=True, fastmath=False, nogil=True)
@@ -178,11 +181,30 @@ def _rows_per_chunk(K: int, ow: int) -> int:
     return max(1, CHUNK_ELEMS // max(1, K * ow))
 
 
+DIRECT_MIN_TAPS = 8  # below c*kd*kh*kw = 8 (a 1x1x1 conv of few channels) the GEMM path wins
+
+
+def choose_path(c: int, kernel_size, stride, ow: int, dtype) -> str:
+    """Which kernel computes a conv3d pass over c input channels, kernel_size (kd, kh, kw),
+    stride, output width ow: the forward, the stride-1 input gradient (a forward conv of gy with
+    the flipped kernel) and the weight gradient.
+    "direct"  stride 1, float32/float64, c*kd*kh*kw >= DIRECT_MIN_TAPS and ow at least half a
+              vector: conv3d_direct.py, 12 vector accumulators in registers per block
+    "gemm"    the rest (strides > 1, thin 1x1x1 convs): chunked im2col + BLAS GEMM."""
+    taps = c * int(np.prod(kernel_size))
+    direct = tuple(stride) == (1, 1, 1) and np.dtype(dtype) in (np.float32, np.float64)
+    if direct and taps >= DIRECT_MIN_TAPS and 2 * ow >= lanes(dtype):
+        return "direct"
+    return "gemm"
+
+
 def conv3d_forward(x, W, b, stride, padding):
     """See kernels.numpy_cpu.conv.conv_forward: x (n, c, d, h, w), W (oc, c, kd, kh, kw),
     b (oc,) or None -> y (n, oc, od, oh, ow), C-contiguous."""
     oc, k = W.shape[0], tuple(W.shape[2:])
     out = _sizes(x.shape[2:], k, stride, padding)
+    if choose_path(x.shape[1], k, stride, out[2], x.dtype) == "direct":
+        return conv3d_forward_direct(x, W, b, padding)
     y = np.empty((x.shape[0], oc, *out), dtype=x.dtype)
     bias = np.zeros(oc, dtype=x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype)
     Wm = np.ascontiguousarray(W).reshape(oc, -1)
@@ -195,6 +217,8 @@ def conv3d_forward(x, W, b, stride, padding):
 
 def conv3d_backward_weight(gy, x, kernel_size, stride, padding):
     """See kernels.numpy_cpu.conv.conv_backward_weight: gW (oc, c, kd, kh, kw)."""
+    if choose_path(x.shape[1], kernel_size, stride, gy.shape[4], gy.dtype) == "direct":
+        return conv3d_backward_weight_direct(gy, x, kernel_size, padding)
     gy, k = np.ascontiguousarray(gy), tuple(kernel_size)
     n, oc, od, oh, ow = gy.shape
     K = x.shape[1] * k[0] * k[1] * k[2]
