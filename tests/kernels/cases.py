@@ -513,6 +513,7 @@ def _norm_activation_cases():
     # a mean offset of 1e4 over unit variance: E[x^2] - E[x]^2 in float32 would keep no digit
     offset = lambda r, d: ((_normal(r, (3, 2, 40), np.float64) + 1e4).astype(d),)  # noqa: E731
     cases["norm_moments"].append(Case("tiny_offset_1e4", offset, True))
+
     def offset(r, d):  # a mean offset of 1e4: one-pass E[x^2] - E[x]^2 loses the variance
         return ((_normal(r, (2, 2, 40), np.float64) + 1e4).astype(d),)
 
