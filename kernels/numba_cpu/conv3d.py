@@ -22,27 +22,17 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .conv3d_direct import conv3d_backward_weight_direct, conv3d_forward_direct, lanes
+from .conv3d_direct import (
+    GROUPS,
+    conv3d_backward_weight_direct,
+    conv3d_forward_direct,
+    lanes,
+    pad_body,
+)
 from .tasks import run_tasks
 
 JIT = dict(cache=True, fastmath=False, nogil=True)
 CHUNK_ELEMS = 1 << 17  # elements of one chunk's columns: 512 KiB in float32 (L2 holds it)
-GROUPS = 16  # fixed partial sums of the weight gradient (deterministic for any thread count)
-
-
-@njit(**JIT)
-def _pad_body(x, p, xpad, lo, hi):
-    """xpad[b, ch, pd + z, ph + y, pw + l] = x[b, ch, z, y, l], zero border; task = one (b, ch)
-    volume."""
-    c, d, h, w = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
-    for q in range(lo, hi):
-        b, ch = q // c, q % c
-        xpad[b, ch] = 0
-        for z in range(d):
-            for yy in range(h):
-                src, dst = x[b, ch, z, yy], xpad[b, ch, p[0] + z, p[1] + yy, p[2] :]
-                for col in range(w):
-                    dst[col] = src[col]
 
 
 @njit(**JIT)
@@ -173,7 +163,7 @@ def _padded(x, p):
         return x
     n, c, d, h, w = x.shape
     xpad = np.empty((n, c, d + 2 * p[0], h + 2 * p[1], w + 2 * p[2]), dtype=x.dtype)
-    run_tasks(_pad_body, n * c, x, tuple(p), xpad)
+    run_tasks(pad_body, n * c, x, tuple(p), xpad)
     return xpad
 
 

@@ -29,11 +29,12 @@ from .tasks import run_tasks
 JIT = dict(cache=True, fastmath=False, nogil=True)
 OB = 4  # output channels per block (with 3 slots: 12 accumulators + 3 x + 1 weight = 16 registers)
 CHUNK_SLOTS = 256  # weight gradient: slots summed in registers before each lane sum (about 7%)
-GROUPS = 16  # weight gradient: fixed partial sums, added in order (deterministic for any threads)
+GROUPS = 16  # weight gradients (here and conv3d.py): fixed partial sums added in order, so the
+# result does not depend on the thread count
 
 
 @njit(**JIT)
-def _pad_body(x, p, xpad, lo, hi):
+def pad_body(x, p, xpad, lo, hi):
     """xpad[b, ch, pd + z, ph + r, pw + l] = x[b, ch, z, r, l], zeros elsewhere; task = one (b, ch)
     volume."""
     c, d, h, w = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
@@ -128,7 +129,7 @@ def conv3d_forward_direct(x, W, b, padding):
     od, oh, ow = (x.shape[2 + a] + 2 * p[a] - k[a] + 1 for a in range(3))
     owq = -(-ow // lanes(dt)) * lanes(dt)
     xpad = np.empty((n, c, d + 2 * p[0], h + 2 * p[1], owq + k[2] - 1), dtype=dt)
-    run_tasks(_pad_body, n * c, x, p, xpad)
+    run_tasks(pad_body, n * c, x, p, xpad)
     ocq = -(-oc // OB) * OB  # zero weights for the padding channels
     Wq = np.zeros((ocq, c, *k), dtype=dt)
     Wq[:oc] = W
@@ -242,7 +243,7 @@ def conv3d_backward_weight_direct(gy, x, kernel_size, padding):
     gyq = np.zeros((n, oc, od, oh, owq), dtype=dt)  # zero columns past ow: they add nothing
     gyq[..., :ow] = gy
     xpad = np.empty((n, c, x.shape[2] + 2 * p[0], x.shape[3] + 2 * p[1], owq + k[2] - 1), dtype=dt)
-    run_tasks(_pad_body, n * c, x, p, xpad)
+    run_tasks(pad_body, n * c, x, p, xpad)
     dp, hp, wq = xpad.shape[2:]
     ch, t, u, v = np.meshgrid(*(np.arange(s) for s in (c, *k)), indexing="ij")
     offs = (((ch * dp + t) * hp + u) * wq + v).reshape(-1).astype(np.int64)
