@@ -2,7 +2,11 @@
 batch 2 of 1x64x64x64 patches, and sliding-window inference over a 128^3 volume, for the numpy and
 numba flavours and PyTorch eager (a replica built here from the engine's spec, same weights).
 
-    python -m benchmarks.bench_unet3d [--patch 64] [--volume 128] [--rounds 3] [--skip-infer]
+    python -m benchmarks.bench_unet3d [--model unet3d|blocks] [--patch 64] [--volume 128]
+        [--rounds 3] [--skip-infer]
+
+--model blocks times issue 12's block stack instead (two levels of conv3d 3x3x3 + instance norm +
+ReLU at 32 and 64 channels, a max pool between, a transposed conv back up).
 
 Training contenders run interleaved round by round in one process (a neighbour's load hits all
 alike), after checking that their first losses agree. Each inference runs in its own subprocess:
@@ -35,8 +39,30 @@ from engine.tensor import Tensor
 FEATURES = (16, 32, 64, 128)
 
 
-def _model():
-    return models.get("unet3d", features=FEATURES, num_classes=2, rng=np.random.default_rng(0))
+def _blocks(rng):
+    """Issue 12's block stack: two levels of (3x3x3 conv, instance norm, ReLU) x 2 at 32 and 64
+    channels with a 2x2x2 max pool between, and a stride-2 transposed conv back to the input grid
+    (2 classes), so the same Dice + CE step applies."""
+    from engine import nn
+    from models.unet import two_conv
+
+    opts = {"norm": "instance", "act": "relu", "negative_slope": 0.0, "groups": 8, "bias": True}
+    return nn.Sequential(
+        {
+            "level1": two_conv(1, 32, 3, opts, rng),
+            "down": nn.MaxPool3d(2),
+            "level2": two_conv(32, 64, 3, opts, rng),
+            "up": nn.ConvTranspose3d(64, 2, 2, stride=2, rng=rng),
+        }
+    )
+
+
+def _model(name: str = "unet3d"):
+    """The benchmarked network: "unet3d" (features FEATURES) or "blocks" (_blocks)."""
+    rng = np.random.default_rng(0)
+    if name == "blocks":
+        return _blocks(rng)
+    return models.get("unet3d", features=FEATURES, num_classes=2, rng=rng)
 
 
 def _data(batch: int, size: int):
@@ -52,8 +78,8 @@ def _data(batch: int, size: int):
 class EngineUNet:
     """The engine's unet3d on one kernel flavour; SGD at lr 0 (every step the same work)."""
 
-    def __init__(self, flavour: str, batch: int, size: int):
-        self.flavour, self.model = flavour, _model()
+    def __init__(self, flavour: str, batch: int, size: int, name: str = "unet3d"):
+        self.flavour, self.model = flavour, _model(name)
         self.opt = optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.opt.lr = 0.0  # the optimizer refuses lr 0 when built
         self.x, self.t = _data(batch, size)
@@ -98,6 +124,8 @@ def torch_from_spec(torch, spec: dict):
         return nn.InstanceNorm3d(spec["num_features"], spec["eps"], affine=spec["affine"])
     if kind == "LeakyReLU":
         return nn.LeakyReLU(spec["negative_slope"])
+    if kind == "ReLU":
+        return nn.ReLU()
     if kind == "MaxPool3d":
         return nn.MaxPool3d(spec["kernel_size"], spec["stride"], spec["padding"])
     raise ValueError(f"torch_from_spec: no torch layer for {kind}")
@@ -116,9 +144,9 @@ def torch_dice_ce(torch, logits, t, smooth: float = 1e-5):
 class TorchUNet:
     """The same network and weights in PyTorch eager, float32, torch.set_num_threads(2)."""
 
-    def __init__(self, torch, batch: int, size: int):
+    def __init__(self, torch, batch: int, size: int, name: str = "unet3d"):
         self.torch = torch
-        engine_model = _model()
+        engine_model = _model(name)
         self.model = torch_from_spec(torch, engine_model.spec())
         state = {k: torch.from_numpy(np.array(v)) for k, v in engine_model.state_dict().items()}
         self.model.load_state_dict(state)
@@ -139,14 +167,15 @@ def _memory_kib(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def infer_once(who: str, patch: int, volume: int) -> dict:
+def infer_once(who: str, patch: int, volume: int, name: str = "unet3d") -> dict:
     """Warm up on one window, reset the peak, time sliding_window_inference over volume^3."""
     x = np.random.default_rng(1).standard_normal((1, volume, volume, volume)).astype(np.float32)
     if who == "torch":
         torch = harness.import_torch()
-        net = torch_from_spec(torch, _model().spec())
+        engine_model = _model(name)
+        net = torch_from_spec(torch, engine_model.spec())
         net.load_state_dict(
-            {k: torch.from_numpy(np.array(v)) for k, v in _model().state_dict().items()}
+            {k: torch.from_numpy(np.array(v)) for k, v in engine_model.state_dict().items()}
         )
         net.eval()
 
@@ -156,7 +185,7 @@ def infer_once(who: str, patch: int, volume: int) -> dict:
 
         context = contextlib.nullcontext()
     else:
-        model, context = _model(), backend.use_kernels(who)
+        model, context = _model(name), backend.use_kernels(who)
     with context, blas_threads(who):
         sliding_window_inference(model, x[:, :patch, :patch, :patch], patch)  # compile, warm up
         with open("/proc/self/clear_refs", "w") as f:
@@ -176,6 +205,7 @@ def infer_once(who: str, patch: int, volume: int) -> dict:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=("unet3d", "blocks"), default="unet3d")
     p.add_argument("--patch", type=int, default=64)
     p.add_argument("--volume", type=int, default=128)
     p.add_argument("--batch", type=int, default=2)
@@ -184,18 +214,18 @@ def main(argv=None) -> None:
     p.add_argument("--infer-only", help=argparse.SUPPRESS)  # a subprocess: one contender
     args = p.parse_args(argv)
     if args.infer_only:
-        print(json.dumps(infer_once(args.infer_only, args.patch, args.volume)))
+        print(json.dumps(infer_once(args.infer_only, args.patch, args.volume, args.model)))
         return
     for key, value in harness.environment().items():
         print(f"{key}: {value}")
     print(f"load: {os.getloadavg()} (1, 5, 15 min) on {os.cpu_count()} CPUs")
-    steps = {f: EngineUNet(f, args.batch, args.patch) for f in harness.cpu_flavours()}
+    steps = {f: EngineUNet(f, args.batch, args.patch, args.model) for f in harness.cpu_flavours()}
     torch = harness.import_torch()
     if torch is not None:
-        steps["torch"] = TorchUNet(torch, args.batch, args.patch)
+        steps["torch"] = TorchUNet(torch, args.batch, args.patch, args.model)
     first, times = harness.interleaved_steps(steps, args.rounds)
     print(
-        f"unet3d {FEATURES}, training step, batch {args.batch} x 1x{args.patch}^3, "
+        f"{args.model if args.model == 'blocks' else f'unet3d {FEATURES}'}, training step, batch {args.batch} x 1x{args.patch}^3, "
         f"{args.rounds} interleaved rounds, first loss {first['numpy']:.5f}"
     )
     median = {who: float(np.median(t)) for who, t in times.items()}
@@ -215,7 +245,7 @@ def main(argv=None) -> None:
     results = {}
     for who in steps:
         cmd = [sys.executable, "-m", "benchmarks.bench_unet3d", "--infer-only", who]
-        cmd += ["--patch", str(args.patch), "--volume", str(args.volume)]
+        cmd += ["--patch", str(args.patch), "--volume", str(args.volume), "--model", args.model]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         results[who] = json.loads(out.strip().splitlines()[-1])
         r = results[who]
