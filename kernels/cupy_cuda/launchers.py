@@ -3,7 +3,10 @@
 Same signatures and semantics as the kernels/numpy_cpu kernels (their docstrings are the reference).
 Each ElementwiseKernel is built from kernels/cupy_cuda/sources.py on first use; CuPy compiles it at
 its first call (per dtype) and caches the binary, and it sizes the grid at one thread per element
-of the non-raw output. GEMMs go through `xp.matmul` (cuBLAS); cuDNN is never used. The launchers
+of the non-raw output. GEMMs go through `xp.matmul` (cuBLAS) by default, or, with
+gemm.GEMM = "own" (env MEDGRAD_CUPY_GEMM=own), through the flavour's own tiled kernels
+(kernels/cupy_cuda/gemm.py: dense products and implicit-GEMM conv2d, which CUDA graphs can
+capture); cuDNN is never used. The launchers
 are written against `xp` read off the inputs and every output is allocated here and passed in, so
 the tests can drive them with NumPy arrays and a g++ build of the same sources (no GPU needed).
 """
@@ -20,6 +23,7 @@ import numpy as np
 from kernels.numpy_cpu import GENERIC, compose, resample
 from kernels.numpy_cpu.xp import array_module, conv_pool_shapes, out_size
 
+from . import gemm
 from .sources import SOURCES
 
 _kernels: dict = {}  # name -> the built kernel
@@ -64,7 +68,19 @@ def _geometry32(kernel_size, stride, padding) -> tuple[int, ...]:
     return (*kernel_size, *_divisor(stride[0]), *_divisor(stride[1]), *padding)
 
 
-# ---- convolution: im2col / col2im around a cuBLAS GEMM ----
+def _matmul(a, b):
+    """a @ b of 2-D arrays: the own GEMM when gemm.use_own(dtype), else xp.matmul (cuBLAS)."""
+    if gemm.use_own(a.dtype):
+        return gemm.matmul(a, b)
+    return array_module(a).matmul(a, b)
+
+
+def _own_conv(x_shape, W_shape, stride, padding, dtype) -> bool:
+    """The implicit-GEMM conv2d kernels run this layer (selected, and within their 32-bit indices)."""
+    return gemm.use_own(dtype) and gemm.fits(x_shape, W_shape, stride, padding)
+
+
+# ---- convolution: im2col / col2im around a cuBLAS GEMM, or the own implicit GEMM ----
 def im2col(x, kernel_size, stride, padding):
     xp = array_module(x)
     n, c, h, w = x.shape
@@ -94,6 +110,8 @@ def _rows(gy):
 
 
 def conv2d_forward(x, W, b, stride, padding):
+    if _own_conv(x.shape, W.shape, stride, padding, x.dtype):
+        return gemm.conv2d_forward(x, W, b, stride, padding)
     xp = array_module(x)
     oc, _, kh, kw = W.shape
     n, _, h, w = x.shape
@@ -108,12 +126,18 @@ def conv2d_forward(x, W, b, stride, padding):
 
 def conv2d_backward_input(gy, W, x_shape, stride, padding):
     oc, _, kh, kw = W.shape
-    gcols = array_module(gy).matmul(_rows(gy), W.reshape(oc, -1))  # (n*oh*ow, c*kh*kw)
+    if _own_conv(x_shape, W.shape, stride, padding, gy.dtype):
+        gcols = gemm.conv2d_input_columns(gy, W)  # gy read NCHW: no _rows transpose
+    else:
+        gcols = array_module(gy).matmul(_rows(gy), W.reshape(oc, -1))  # (n*oh*ow, c*kh*kw)
     return col2im(gcols, x_shape, (kh, kw), stride, padding)
 
 
 def conv2d_backward_weight(gy, x, kernel_size, stride, padding):
     oc = gy.shape[1]
+    W_shape = (oc, x.shape[1], *kernel_size)
+    if _own_conv(x.shape, W_shape, stride, padding, gy.dtype):
+        return gemm.conv2d_weight_grad(gy, x, kernel_size, stride, padding)
     gW = array_module(gy).matmul(_rows(gy).T, im2col(x, kernel_size, stride, padding))
     return gW.reshape(oc, x.shape[1], *kernel_size)
 
@@ -214,7 +238,10 @@ def conv2d_relu_max_pool2d_forward(x, W, b, stride, padding, pool_size, pool_str
     oh, ow, qh, qw = conv_pool_shapes(x.shape, W.shape, stride, padding, *pool)
     if not _fused_fits32(x.shape, W.shape, oh, ow):
         return compose.conv2d_relu_max_pool2d_forward(_PRIMITIVES, x, W, b, stride, padding, *pool)
-    z = xp.matmul(W.reshape(oc, -1), _im2col_t(x, (kh, kw), stride, padding, False))
+    if _own_conv(x.shape, W.shape, stride, padding, x.dtype):  # columns never materialised
+        z = gemm.conv_columns_product(W.reshape(oc, -1), x, (kh, kw), stride, padding)
+    else:
+        z = xp.matmul(W.reshape(oc, -1), _im2col_t(x, (kh, kw), stride, padding, False))
     y = xp.empty((n, oc, qh, qw), dtype=x.dtype)
     argmax = xp.empty((n, oc, qh, qw), dtype=xp.int32)
     bias = b if b is not None else z  # without a bias a dummy is never read
@@ -267,11 +294,14 @@ def conv2d_relu_max_pool2d_backward(
         gz,
     )
     k = c * kh * kw
-    G = xp.matmul(gz, _im2col_t(x, (kh, kw), stride, padding, True).T)  # (oc, k + 1)
+    if _own_conv(x.shape, W.shape, stride, padding, gy.dtype):  # columns never materialised
+        G = gemm.conv_columns_product(gz, x, (kh, kw), stride, padding, ones_row=True, trans=True)
+    else:
+        G = xp.matmul(gz, _im2col_t(x, (kh, kw), stride, padding, True).T)  # (oc, k + 1)
     gW, gb = G[:, :k].reshape(W.shape), G[:, k]
     gx = None
     if need_gx:
-        gcols = xp.matmul(W.reshape(oc, k).T, gz)  # (k, n*oh*ow), channel-major
+        gcols = _matmul(W.reshape(oc, k).T, gz)  # (k, n*oh*ow), channel-major
         gx = xp.empty(x.shape, dtype=gy.dtype)
         _kernel("col2im_t")(
             gcols,
@@ -390,7 +420,7 @@ def conv3d_forward(x, W, b, stride, padding):
     y = xp.empty((n, oc, *out), dtype=x.dtype)
     W_mat = W.reshape(oc, -1).T
     for b0, b1 in _image_chunks(n, opix * c * math.prod(k)):
-        rows = xp.matmul(vol2col(x[b0:b1], k, stride, padding), W_mat)  # (images*opix, oc)
+        rows = _matmul(vol2col(x[b0:b1], k, stride, padding), W_mat)  # (images*opix, oc)
         bias = b if b is not None else rows  # without a bias a dummy is never read
         _kernel("rows_to_nchw")(rows, bias, b is not None, oc, opix, y[b0:b1])
     return y
@@ -404,19 +434,18 @@ def conv3d_backward_input(gy, W, x_shape, stride, padding):
     gx = xp.empty(x_shape, dtype=gy.dtype)
     W_mat = W.reshape(oc, -1)
     for b0, b1 in _image_chunks(n, math.prod(gy.shape[2:]) * c * math.prod(k)):
-        gcols = xp.matmul(_rows3(gy[b0:b1]), W_mat)
+        gcols = _matmul(_rows3(gy[b0:b1]), W_mat)
         col2vol(gcols, (b1 - b0, *x_shape[1:]), k, stride, padding, out=gx[b0:b1])
     return gx
 
 
 def conv3d_backward_weight(gy, x, kernel_size, stride, padding):
     # gW = sum over chunks of images of gy_rows^T @ vol2col(x) (cuBLAS), chunks in batch order
-    xp = array_module(gy)
     n, c = x.shape[:2]
     oc = gy.shape[1]
     gW = None
     for b0, b1 in _image_chunks(n, math.prod(gy.shape[2:]) * c * math.prod(kernel_size)):
-        part = xp.matmul(_rows3(gy[b0:b1]).T, vol2col(x[b0:b1], kernel_size, stride, padding))
+        part = _matmul(_rows3(gy[b0:b1]).T, vol2col(x[b0:b1], kernel_size, stride, padding))
         gW = part if gW is None else gW + part
     return gW.reshape(oc, c, *kernel_size)
 
