@@ -30,6 +30,10 @@ from . import gemm_sources as src
 GEMM = os.environ.get("MEDGRAD_CUPY_GEMM", "cublas")  # "cublas" | "own"
 MMA = os.environ.get("MEDGRAD_CUPY_GEMM_MMA", "")  # "" | "tf32" | "fp16" | "bf16"
 _MMA_MODES = {"fp16": src.MMA_F16, "bf16": src.MMA_BF16, "tf32": src.MMA_TF32}
+# split-K: a product with fewer C tiles than SPLIT_TARGET_BLOCKS (about two blocks per SM of an
+# H200's 132) splits K into ranges of at least MIN_SPLIT_K, partials summed by mg_splitk_sum
+SPLIT_TARGET_BLOCKS = 264
+MIN_SPLIT_K = 4 * src.BK
 INDEX_LIMIT = 2**31 - 1  # pixel indices (n*oh*ow) and ktab offsets (c*h*w) stay below this
 _C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
@@ -48,7 +52,7 @@ def _module(kind: str, dtype_str: str):
     cupy = sys.modules["cupy"]
     if kind == "gemm":
         code = f"typedef {_C_TYPES[np.dtype(dtype_str)]} T;\n{src.GEMM_SOURCE}"
-        names = [src.gemm_name(i) for i in src.GEMM_INSTANCES]
+        names = [src.gemm_name(i) for i in src.GEMM_INSTANCES] + ["mg_splitk_sum"]
     else:
         ts = "unsigned short" if np.dtype(dtype_str) == np.float16 else "float"  # fp16 as bits
         code = f"typedef {ts} TS;\ntypedef {ts} TC;\n{src.MMA_SOURCE}"
@@ -138,13 +142,36 @@ def _run_gemm(instance, M, N, K, A, lda, B, ldb, C, ldc, dtype, **extra) -> None
         "pw": 0,
         "KROWS": 0,
         "ktab": _dummy(xp),
+        "k_split": K,
+        "split_stride": 0,
     }
     unknown = set(extra) - set(values)
     assert not unknown, f"unknown mg_gemm parameters {sorted(unknown)}"
     values.update(extra)
+    tiles = _blocks(M, N, src.BM, src.BN)
+    splits, k_split = _split_k(tiles, K) if instance[2] == src.DENSE else (1, K)
+    work = None
+    if splits > 1:  # partials into work (splits, M, N), then C = alpha sum + beta C
+        work = xp.empty((splits, M, N), dtype=dtype)
+        values.update(C=work, ldc=N, alpha=1.0, beta=0.0, k_split=k_split, split_stride=M * N)
     args = _pack(src.GEMM_PARAMS, [values[name] for _, name in src.GEMM_PARAMS], dtype)
-    blocks = _blocks(M, N, src.BM, src.BN)
-    _launch("gemm", src.gemm_name(instance), dtype, blocks, src.THREADS, args)
+    _launch("gemm", src.gemm_name(instance), dtype, tiles * splits, src.THREADS, args)
+    if work is not None:
+        alpha, beta = extra.get("alpha", 1.0), extra.get("beta", 0.0)
+        args = _pack(src.SPLITK_PARAMS, [work, splits, M, N, C, ldc, alpha, beta], dtype)
+        blocks = -(-M * N // src.SPLITK_THREADS)
+        _launch("gemm", "mg_splitk_sum", dtype, blocks, src.SPLITK_THREADS, args)
+
+
+def _split_k(tiles: int, K: int) -> tuple[int, int]:
+    """(splits, K per split, a multiple of BK): enough splits for about SPLIT_TARGET_BLOCKS
+    blocks, each over at least MIN_SPLIT_K; (1, K) when the tiles alone fill the GPU."""
+    splits = min(-(-SPLIT_TARGET_BLOCKS // tiles), K // max(MIN_SPLIT_K, 1))
+    if splits <= 1:
+        return 1, K
+    k_split = -(-K // splits)
+    k_split = -(-k_split // src.BK) * src.BK
+    return -(-K // k_split), k_split
 
 
 # ---- dense products ----

@@ -72,7 +72,24 @@ GEMM_PARAMS: list[tuple[str, str]] = [
     ("int", "pw"),
     ("int", "KROWS"),
     ("const int*", "ktab"),
+    # split-K: block b works on K range [s k_split, (s + 1) k_split) with s = b / (tiles of C),
+    # writing its partial product to C + s split_stride (a workspace; mg_splitk_sum adds them)
+    ("int", "k_split"),
+    ("long long", "split_stride"),
 ]
+
+# (C type, name) of mg_splitk_sum: C[m, n] = alpha sum_s work[s, m, n] + beta C[m, n]
+SPLITK_PARAMS: list[tuple[str, str]] = [
+    ("const T*", "work"),
+    ("int", "splits"),
+    ("int", "M"),
+    ("int", "N"),
+    ("T*", "C"),
+    ("long long", "ldc"),
+    ("T", "alpha"),
+    ("T", "beta"),
+]
+SPLITK_THREADS = 256
 
 # (C type, name) of mg_gemm_mma's parameters: TS is the operands' storage type, TC the output's
 MMA_PARAMS: list[tuple[str, str]] = [
@@ -141,11 +158,16 @@ __global__ void __launch_bounds__(MG_THREADS) mg_gemm(%(PARAMS)s) {
     __shared__ T Bs[MG_BK][MG_BN + 1];  // op(B) tile: Bs[k][n]
     const int tid = threadIdx.x;
     const int tx = tid % (MG_BN / MG_TN), ty = tid / (MG_BN / MG_TN);
-    const long long tiles_m = (M + MG_BM - 1) / MG_BM;
-    const long long m0 = ((long long)blockIdx.x % tiles_m) * MG_BM;
-    const long long n0 = ((long long)blockIdx.x / tiles_m) * MG_BN;
-    const int a_rows = TRANS_A ? K : M, a_cols = TRANS_A ? M : K;  // A as stored
-    const int b_rows = TRANS_B ? N : K, b_cols = TRANS_B ? K : N;  // B as stored
+    const long long tiles_m = (M + MG_BM - 1) / MG_BM, tiles_n = (N + MG_BN - 1) / MG_BN;
+    const long long tile = blockIdx.x % (tiles_m * tiles_n), split = blockIdx.x / (tiles_m * tiles_n);
+    const long long m0 = (tile % tiles_m) * MG_BM, n0 = (tile / tiles_m) * MG_BN;
+    const long long k_begin = split * k_split;
+    const long long k_end = min((long long)K, k_begin + k_split);  // this block's K range
+    C += split * split_stride;
+    const int a_rows = TRANS_A ? K : M, b_rows = TRANS_B ? N : K;  // as stored (NCHW channels)
+    // the bounds of the stored coordinates (r, c) within this block's K range
+    const long long a_r_end = TRANS_A ? k_end : M, a_c_end = TRANS_A ? M : k_end;
+    const long long b_r_end = TRANS_B ? N : k_end, b_c_end = TRANS_B ? k_end : N;
     const int LA = MG_BM * MG_BK / MG_THREADS, LB = MG_BN * MG_BK / MG_THREADS;
     T ra[LA], rb[LB];  // the next tile, staged in registers while the current one is used
 
@@ -157,14 +179,14 @@ __global__ void __launch_bounds__(MG_THREADS) mg_gemm(%(PARAMS)s) {
             long long r, c;  // stored coordinates
             if (TRANS_A) { r = k0 + e / MG_BM; c = m0 + e % MG_BM; }
             else { r = m0 + e / MG_BK; c = k0 + e % MG_BK; }
-            ra[l] = (r < a_rows && c < a_cols) ? MG_FETCH(A_KIND, A, lda, a_rows, r, c) : (T)0;
+            ra[l] = (r < a_r_end && c < a_c_end) ? MG_FETCH(A_KIND, A, lda, a_rows, r, c) : (T)0;
         }
         for (int l = 0; l < LB; ++l) {
             const int e = tid + l * MG_THREADS;
             long long r, c;
             if (TRANS_B) { r = n0 + e / MG_BK; c = k0 + e % MG_BK; }
             else { r = k0 + e / MG_BN; c = n0 + e % MG_BN; }
-            rb[l] = (r < b_rows && c < b_cols) ? MG_FETCH(B_KIND, B, ldb, b_rows, r, c) : (T)0;
+            rb[l] = (r < b_r_end && c < b_c_end) ? MG_FETCH(B_KIND, B, ldb, b_rows, r, c) : (T)0;
         }
     };
     // Write the staged tile into As, Bs (same element order as load).
@@ -184,11 +206,11 @@ __global__ void __launch_bounds__(MG_THREADS) mg_gemm(%(PARAMS)s) {
     T acc[MG_TM][MG_TN];
     for (int i = 0; i < MG_TM; ++i)
         for (int j = 0; j < MG_TN; ++j) acc[i][j] = (T)0;
-    load(0);
+    load(k_begin);
     store();
     __syncthreads();
-    for (long long k0 = 0; k0 < K; k0 += MG_BK) {
-        const bool more = k0 + MG_BK < K;
+    for (long long k0 = k_begin; k0 < k_end; k0 += MG_BK) {
+        const bool more = k0 + MG_BK < k_end;
         if (more) load(k0 + MG_BK);  // global reads in flight during the products below
 #pragma unroll
         for (int k = 0; k < MG_BK; ++k) {
@@ -227,6 +249,17 @@ __global__ void __launch_bounds__(MG_THREADS) mg_gemm(%(PARAMS)s) {
         }
     }
 }
+
+__global__ void mg_splitk_sum(%(SPLITK_PARAMS)s) {
+    // thread i -> element (m, n) = (i / N, i % N) of C: the split partials added in split order
+    // (deterministic), then alpha and beta
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)M * N) return;
+    T s = work[i];
+    for (int k = 1; k < splits; ++k) s += work[k * (long long)M * N + i];
+    const long long at = (i / N) * ldc + i % N;
+    C[at] = alpha * s + (beta != (T)0 ? beta * C[at] : (T)0);
+}
 """
 # filled in by name (not %-formatting: the C source has its own % operators)
 for _key, _value in {
@@ -239,6 +272,7 @@ for _key, _value in {
 }.items():
     GEMM_SOURCE = GEMM_SOURCE.replace(f"%({_key})d", str(_value))
 GEMM_SOURCE = GEMM_SOURCE.replace("%(PARAMS)s", signature(GEMM_PARAMS))
+GEMM_SOURCE = GEMM_SOURCE.replace("%(SPLITK_PARAMS)s", signature(SPLITK_PARAMS))
 
 
 # The instances the launchers use: (A_KIND, B_KIND, OUT_KIND, TRANS_A, TRANS_B)
@@ -367,8 +401,11 @@ __global__ void __launch_bounds__(MG_MMA_THREADS) mg_gemm_mma(%(PARAMS)s) {
     const int warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
     const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
     float acc[2][4][4];
+    #pragma unroll
     for (int i = 0; i < 2; ++i)
+        #pragma unroll
         for (int j = 0; j < 4; ++j)
+            #pragma unroll
             for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
     for (long long k0 = 0; k0 < K; k0 += MG_MMA_BK) {
         // fill the tiles (zeros past the edges), rounding to the MMA's type; consecutive
@@ -393,8 +430,10 @@ __global__ void __launch_bounds__(MG_MMA_THREADS) mg_gemm_mma(%(PARAMS)s) {
         }
         __syncthreads();
         if (MMA == MG_MMA_TF32) {
+            #pragma unroll
             for (int kf = 0; kf < MG_MMA_BK; kf += 8) {  // m16n8k8: a (g|g+8, t|t+4), b (t|t+4, g)
                 unsigned int a[2][4], b[4][2];
+                #pragma unroll
                 for (int i = 0; i < 2; ++i) {
                     const int r = wm + 16 * i + g;
                     a[i][0] = (unsigned int)As[r][kf + t];
@@ -402,15 +441,19 @@ __global__ void __launch_bounds__(MG_MMA_THREADS) mg_gemm_mma(%(PARAMS)s) {
                     a[i][2] = (unsigned int)As[r][kf + t + 4];
                     a[i][3] = (unsigned int)As[r + 8][kf + t + 4];
                 }
+                #pragma unroll
                 for (int j = 0; j < 4; ++j) {
                     b[j][0] = (unsigned int)Bs[wn + 8 * j + g][kf + t];
                     b[j][1] = (unsigned int)Bs[wn + 8 * j + g][kf + t + 4];
                 }
+                #pragma unroll
                 for (int i = 0; i < 2; ++i)
+                    #pragma unroll
                     for (int j = 0; j < 4; ++j) mg_mma_tf32(acc[i][j], a[i], b[j]);
             }
         } else {  // m16n8k16: a pairs (g|g+8, 2t|2t+8), b pairs (2t|2t+8, g)
             unsigned int a[2][4], b[4][2];
+            #pragma unroll
             for (int i = 0; i < 2; ++i) {
                 const int r = wm + 16 * i + g;
                 a[i][0] = mg_pair((const unsigned short*)&As[r][2 * t]);
@@ -418,11 +461,14 @@ __global__ void __launch_bounds__(MG_MMA_THREADS) mg_gemm_mma(%(PARAMS)s) {
                 a[i][2] = mg_pair((const unsigned short*)&As[r][2 * t + 8]);
                 a[i][3] = mg_pair((const unsigned short*)&As[r + 8][2 * t + 8]);
             }
+            #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 b[j][0] = mg_pair((const unsigned short*)&Bs[wn + 8 * j + g][2 * t]);
                 b[j][1] = mg_pair((const unsigned short*)&Bs[wn + 8 * j + g][2 * t + 8]);
             }
+            #pragma unroll
             for (int i = 0; i < 2; ++i)
+                #pragma unroll
                 for (int j = 0; j < 4; ++j) {
                     if (MMA == MG_MMA_F16) mg_mma_f16(acc[i][j], a[i], b[j]);
                     else mg_mma_bf16(acc[i][j], a[i], b[j]);
@@ -430,8 +476,11 @@ __global__ void __launch_bounds__(MG_MMA_THREADS) mg_gemm_mma(%(PARAMS)s) {
         }
         __syncthreads();
     }
+    #pragma unroll
     for (int i = 0; i < 2; ++i)
+        #pragma unroll
         for (int j = 0; j < 4; ++j)
+            #pragma unroll
             for (int r = 0; r < 4; ++r) {
                 const long long m = m0 + wm + 16 * i + g + 8 * (r / 2);
                 const long long n = n0 + wn + 8 * j + 2 * t + (r % 2);

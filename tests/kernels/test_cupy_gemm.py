@@ -174,6 +174,7 @@ def _cpu_source() -> str:
         for index, instance in enumerate(src.GEMM_INSTANCES):
             symbol = f"gemm_{dtype}_{index}"
             lines.append(_launcher(symbol, src.gemm_name(instance), src.GEMM_PARAMS))
+        lines.append(_launcher(f"splitk_{dtype}", "mg_splitk_sum", src.SPLITK_PARAMS))
         lines.append("}")
     for prefix, has_mma in (("m", True), ("f", False)):
         lines.append("#define MG_HAS_MMA 1" if has_mma else "#undef MG_HAS_MMA")
@@ -210,7 +211,9 @@ class CpuGemm:
 
     def __call__(self, kind, name, dtype, blocks, threads, args):
         dtype = np.dtype(dtype)
-        if kind == "gemm":
+        if name == "mg_splitk_sum":
+            params, symbol = src.SPLITK_PARAMS, f"splitk_{dtype}"
+        elif kind == "gemm":
             params = src.GEMM_PARAMS
             symbol = f"gemm_{dtype}_{[src.gemm_name(i) for i in src.GEMM_INSTANCES].index(name)}"
         else:
@@ -297,6 +300,33 @@ def test_own_matmul_alpha_beta_and_strided_views(own_gemm, dtype):
     np.testing.assert_allclose(out, expected, **tol)
     nan_out = np.full((45, 66), np.nan, dtype)  # beta == 0: out is never read
     np.testing.assert_allclose(gemm.matmul(a, b, out=nan_out), a.astype(np.float64) @ b, **tol)
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_own_matmul_split_k(own_gemm, monkeypatch, trans_a, trans_b):
+    """Split-K (forced: every 16 of K may be a split): each block's K range, its partial in the
+    workspace and the ordered sum with alpha/beta give the same exact products."""
+    monkeypatch.setattr(gemm, "MIN_SPLIT_K", src.BK)
+    rng = np.random.default_rng(11)
+    for M, N, K in [(37, 29, 70), (5, 131, 40), (70, 65, 33)]:
+        a = (
+            _stored(rng, K, M, np.float32, True).T
+            if trans_a
+            else _stored(rng, M, K, np.float32, True)
+        )
+        b = (
+            _stored(rng, N, K, np.float32, True).T
+            if trans_b
+            else _stored(rng, K, N, np.float32, True)
+        )
+        c0 = _stored(rng, M, N, np.float32, True)
+        out = c0.copy()
+        gemm.matmul(a, b, out=out, alpha=2.0, beta=-1.0)
+        np.testing.assert_array_equal(
+            out, 2 * (a.astype(np.float64) @ b) - c0, err_msg=f"{M, N, K}"
+        )
+    assert own_gemm.launches.count("mg_splitk_sum") == 3
+    assert gemm._split_k(1, 70) == (3, 32) and gemm._split_k(1000, 70) == (1, 70)
 
 
 def test_own_matmul_bad_arguments(own_gemm):
@@ -420,6 +450,23 @@ def test_own_gemm_conv_parity_on_cpu(cpu_launchers, own_gemm, name, case, dtype)
     assert own_gemm.launches, f"{name} did not run the own GEMM"
 
 
+_SPLIT_CONV = [
+    p
+    for p in tiny_params(launchers.KERNELS)
+    if p.values[0] in ("conv2d_backward_weight", "conv2d_relu_max_pool2d_backward")
+]
+
+
+def test_own_gemm_weight_gradients_split_k(cpu_launchers, own_gemm, monkeypatch):  # noqa: F811
+    """The weight gradients (K = n*oh*ow pixels, the products split-K is for) with splits forced
+    down to one tile of K: the implicit-GEMM loaders start mid-K, the same results (the cases
+    with at least two tiles of pixels split)."""
+    monkeypatch.setattr(gemm, "MIN_SPLIT_K", src.BK)
+    for param in _SPLIT_CONV:
+        check_parity(cpu_launchers.KERNELS, *param.values, np.float64)
+    assert own_gemm.launches.count("mg_splitk_sum") >= 5  # 9 of the 21 cases today
+
+
 def test_im2col_operand_table_matches_im2col():
     """ktab row r = (ci*h*w, u, v) in numpy_cpu's im2col column order (c, kh, kw)."""
     tab = gemm._ktab_host(2, 3, 2, 5, 7)
@@ -481,8 +528,9 @@ def test_sources_compile_to_ptx_with_nvrtc(arch):
     nvrtc, include = found
     for c_type in ("float", "double"):
         code = f"typedef {c_type} T;\n{src.GEMM_SOURCE}"
-        ptx = _to_ptx(nvrtc, include, code, [src.gemm_name(i) for i in src.GEMM_INSTANCES], arch)
-        assert ptx.count(".entry") == len(src.GEMM_INSTANCES)
+        names = [src.gemm_name(i) for i in src.GEMM_INSTANCES] + ["mg_splitk_sum"]
+        ptx = _to_ptx(nvrtc, include, code, names, arch)
+        assert ptx.count(".entry") == len(names)
     for ts in ("float", "unsigned short"):
         code = f"typedef {ts} TS;\ntypedef {ts} TC;\n{src.MMA_SOURCE}"
         names = [src.mma_name(*i) for i in src.MMA_INSTANCES]
