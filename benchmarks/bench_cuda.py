@@ -88,6 +88,128 @@ def gemm_ceiling(size: int) -> float:
     return tflops
 
 
+# ---- the cupy flavour's own GEMM (kernels/cupy_cuda/gemm.py) against cuBLAS ----
+def _step_gemms(batch: int) -> list[tuple[str, int, int, int, bool, bool]]:
+    """The seed CNN training step's products at `batch` as (label, M, N, K, trans_a, trans_b),
+    in the layouts the cupy launchers use: the fused conv blocks channel-major (conv1 needs no
+    input gradient), the dense layers as LinearFn runs them."""
+    p1, p2 = batch * 26 * 26, batch * 11 * 11
+    return [
+        ("conv1_fwd", 32, p1, 9, False, False),
+        ("conv1_wgrad", 32, 10, p1, False, True),
+        ("conv2_fwd", 64, p2, 288, False, False),
+        ("conv2_wgrad", 64, 289, p2, False, True),
+        ("conv2_dgrad", 288, p2, 64, True, False),
+        ("fc1_fwd", batch, 64, 1600, False, True),
+        ("fc1_wgrad", 64, 1600, batch, True, False),
+        ("fc1_dgrad", batch, 1600, 64, False, False),
+        ("fc2_fwd", batch, 10, 64, False, True),
+    ]
+
+
+def bench_gemm(batches: list[int], repeat: int) -> None:
+    """Own dense GEMM (CUDA cores, in the array's float32) and cuBLAS (cupy.matmul, no TF32) on
+    the step's products, interleaved per shape; pct_cublas = 100 cuBLAS time / own time (100:
+    as fast). Also the implicit-GEMM conv launchers (no im2col) against the cuBLAS path, and
+    the tensor-core kernel in TF32 for information (not comparable: TF32 rounds the operands).
+    Each own product is checked against cuBLAS first."""
+    from kernels.cupy_cuda import gemm, launchers
+
+    cp = _cupy()
+    saved = gemm.GEMM, gemm.MMA
+    rng = np.random.default_rng(0)
+    try:
+        for batch in batches:
+            total = {"own": 0.0, "cublas": 0.0}
+            for label, M, N, K, ta, tb in _step_gemms(batch):
+                a = cp.asarray(rng.standard_normal((K, M) if ta else (M, K)).astype(np.float32))
+                b = cp.asarray(rng.standard_normal((N, K) if tb else (K, N)).astype(np.float32))
+                a, b = (a.T if ta else a), (b.T if tb else b)
+                gemm.GEMM, gemm.MMA = "own", ""
+                np.testing.assert_allclose(
+                    cp.asnumpy(gemm.matmul(a, b)),
+                    cp.asnumpy(cp.matmul(a, b)),
+                    rtol=1e-4,
+                    atol=1e-4 * K**0.5,
+                )
+                times = {"own": [], "cublas": []}
+                for _ in range(3):  # interleaved rounds
+                    times["cublas"] += time_gpu(lambda a=a, b=b: cp.matmul(a, b), repeat=repeat)
+                    times["own"] += time_gpu(lambda a=a, b=b: gemm.matmul(a, b), repeat=repeat)
+                med = {k: statistics.median(v) for k, v in times.items()}
+                shape = f"b{batch} {M}x{N}x{K}"
+                record(f"gemm_{label}", shape, "cublas", times["cublas"])
+                record(
+                    f"gemm_{label}",
+                    shape,
+                    "own",
+                    times["own"],
+                    pct_cublas=100 * med["cublas"] / med["own"],
+                )
+                gemm.MMA = "tf32"
+                tf32 = time_gpu(lambda a=a, b=b: gemm.matmul(a, b), repeat=repeat)
+                record(
+                    f"gemm_{label}",
+                    shape,
+                    "own-tf32",
+                    tf32,
+                    pct_cublas=100 * med["cublas"] / statistics.median(tf32),
+                )
+                gemm.MMA = ""
+                for k in total:
+                    total[k] += med[k]
+            print(
+                f"own GEMM b{batch}: the step's products in {total['own'] * 1e3:.3f} ms, cuBLAS "
+                f"{total['cublas'] * 1e3:.3f} ms: {100 * total['cublas'] / total['own']:.1f}% of cuBLAS "
+                "(goal >= 80%)",
+                flush=True,
+            )
+            ROWS.append(
+                {
+                    "bench": "gemm_step_total",
+                    "shape": f"b{batch}",
+                    "dtype": "float32",
+                    "flavour": "own",
+                    "median_ms": total["own"] * 1e3,
+                    "pct_cublas": 100 * total["cublas"] / total["own"],
+                }
+            )
+            for name, args in _conv_gemm_cases(batch, rng):
+                on_gpu = [cp.asarray(x) if isinstance(x, np.ndarray) else x for x in args]
+                k = getattr(launchers, name)
+                gemm.GEMM = "cublas"
+                ref = k(*on_gpu)
+                ref = tuple(cp.asnumpy(v) for v in (ref if isinstance(ref, tuple) else (ref,)))
+                gemm.GEMM = "own"
+                _same(k(*on_gpu), ref)  # the implicit GEMM against im2col + cuBLAS
+                times = {"own": [], "cublas": []}
+                for _ in range(3):
+                    for choice in ("cublas", "own"):
+                        gemm.GEMM = choice
+                        times[choice] += time_gpu(lambda k=k, a=on_gpu: k(*a), repeat=repeat)
+                pct = 100 * statistics.median(times["cublas"]) / statistics.median(times["own"])
+                record(f"implicit_{name}", f"b{batch}", "cublas", times["cublas"])
+                record(f"implicit_{name}", f"b{batch}", "own", times["own"], pct_cublas=pct)
+    finally:
+        gemm.GEMM, gemm.MMA = saved
+
+
+def _conv_gemm_cases(batch: int, rng):
+    """(launcher name, args) of the seed CNN's conv2 layer at `batch`: the conv2d kernels and the
+    fused block, whose products the implicit GEMM replaces."""
+    x = rng.standard_normal((batch, 32, 13, 13)).astype(np.float32)
+    W = (rng.standard_normal((64, 32, 3, 3)) * 0.1).astype(np.float32)
+    b = np.zeros(64, np.float32)
+    gy = rng.standard_normal((batch, 64, 11, 11)).astype(np.float32)
+    one, zero = (1, 1), (0, 0)
+    return [
+        ("conv2d_forward", (x, W, b, one, zero)),
+        ("conv2d_backward_weight", (gy, x, (3, 3), one, zero)),
+        ("conv2d_backward_input", (gy, W, x.shape, one, zero)),
+        ("conv2d_relu_max_pool2d_forward", (x, W, b, one, zero, (2, 2), (2, 2), zero)),
+    ]
+
+
 # ---- kernels at the seed CNN's layer shapes ----
 def _kernel_cases(batch: int, rng):
     """(name, shape label, kernel name, args builder(n) -> numpy args) at the seed CNN's layers."""
@@ -465,6 +587,10 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--skip-volumes", action="store_true", help="skip the 3-D U-Net kernels vs PyTorch"
     )
+    parser.add_argument(
+        "--gemm-batches", default="64,256", help="batches of the own-GEMM vs cuBLAS products"
+    )
+    parser.add_argument("--skip-gemm", action="store_true", help="skip own GEMM vs cuBLAS")
     parser.add_argument("--csv", help="also write every row to this CSV file")
     args = parser.parse_args(argv)
     if not backend.cuda_available():
@@ -480,6 +606,8 @@ def main(argv=None) -> int:
     flavours = [f for f in args.flavours.split(",") if f]
     started = time.perf_counter()
     tflops = gemm_ceiling(args.gemm_size)
+    if not args.skip_gemm:
+        bench_gemm([int(b) for b in args.gemm_batches.split(",") if b], min(args.repeat, 10))
     bench_kernels(args.kernel_batch, flavours, args.repeat)
     bench_training([int(b) for b in args.batches.split(",")], flavours, args.rounds, args.repeat)
     if not args.skip_volumes:

@@ -169,3 +169,151 @@ def test_seed_cnn_trains_on_cuda_as_on_cpu(gpu):
     assert acc_gpu >= 0.75, (acc_gpu, acc_cpu)
     # float32 sums run in another order on the GPU, so the paths drift apart a little
     assert abs(acc_gpu - acc_cpu) <= 0.04, (acc_gpu, acc_cpu)
+
+
+# ---- the cupy flavour's own GEMM (kernels/cupy_cuda/gemm.py) against cuBLAS ----
+# seed CNN step products at batch 8 as (M, N, K): conv1/conv2 forward channel-major, their
+# weight gradients (with the ones row), conv2's input-gradient columns, and the dense layers;
+# then odd shapes that cross tile edges
+_GEMM_SHAPES = [
+    (32, 8 * 676, 9),
+    (32, 10, 8 * 676),
+    (64, 8 * 121, 288),
+    (64, 289, 8 * 121),
+    (288, 8 * 121, 64),
+    (8, 64, 1600),
+    (64, 1600, 8),
+    (8, 10, 64),
+    (1, 1, 1),
+    (37, 129, 65),
+    (130, 3, 17),
+]
+
+
+@pytest.fixture
+def own_gemm_module(monkeypatch):
+    """kernels.cupy_cuda.gemm with GEMM = "own" and no tensor cores (reset after the test)."""
+    from kernels.cupy_cuda import gemm
+
+    if not backend.cuda_available():
+        pytest.skip("no CUDA device")
+    monkeypatch.setattr(gemm, "GEMM", "own")
+    monkeypatch.setattr(gemm, "MMA", "")
+    return gemm
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_own_gemm_matches_cublas_every_transpose(own_gemm_module, dtype):
+    cp = backend.backend_for("cuda").xp
+    rng = np.random.default_rng(0)
+    for M, N, K in _GEMM_SHAPES:
+        for ta in (False, True):
+            for tb in (False, True):
+                a = cp.asarray(rng.standard_normal((K, M) if ta else (M, K)).astype(dtype))
+                b = cp.asarray(rng.standard_normal((N, K) if tb else (K, N)).astype(dtype))
+                a, b = (a.T if ta else a), (b.T if tb else b)
+                got = cp.asnumpy(own_gemm_module.matmul(a, b))
+                ref = cp.asnumpy(cp.matmul(a, b))
+                tol = 1e-5 * np.sqrt(K) if dtype == np.float32 else 1e-12 * np.sqrt(K)
+                np.testing.assert_allclose(got, ref, rtol=tol, atol=tol, err_msg=f"{M, N, K}")
+
+
+@pytest.mark.parametrize("mode", ["tf32", "fp16", "bf16"])
+def test_own_tensor_core_gemm_matches_rounded_operands(own_gemm_module, monkeypatch, mode):
+    """mg_gemm_mma (PTX mma.sync, sm_80+; a CUDA-core loop before) against cuBLAS on the
+    operands rounded to the MMA type: float32 accumulation, so float32-size differences."""
+    torch = pytest.importorskip("torch")
+    cp = backend.backend_for("cuda").xp
+    monkeypatch.setattr(own_gemm_module, "MMA", mode)
+    rng = np.random.default_rng(1)
+    torch_type = {"tf32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[mode]
+    for M, N, K in [(64, 1600, 8), (8, 64, 1600), (37, 129, 65), (288, 968, 64)]:
+        a = rng.standard_normal((M, K)).astype(np.float32)
+        b = rng.standard_normal((K, N)).astype(np.float32)
+        if torch_type is None:  # TF32: 10 mantissa bits, round to nearest (ties away)
+            ra, rb = ((x.view(np.uint32) + 0x1000) & 0xFFFFE000 for x in (a, b))
+            ra, rb = ra.astype(np.uint32).view(np.float32), rb.astype(np.uint32).view(np.float32)
+        else:
+            ra, rb = (torch.from_numpy(x).to(torch_type).float().numpy() for x in (a, b))
+        got = cp.asnumpy(own_gemm_module.matmul(cp.asarray(a), cp.asarray(b)))
+        ref = ra.astype(np.float64) @ rb.astype(np.float64)
+        np.testing.assert_allclose(
+            got, ref, rtol=1e-4, atol=1e-4 * np.sqrt(K), err_msg=f"{M, N, K}"
+        )
+
+
+_CONV_LAYERS = [  # (x shape, W shape, stride, padding): the seed CNN's layers and odd ones
+    ((8, 1, 28, 28), (32, 1, 3, 3), (1, 1), (0, 0)),
+    ((8, 32, 13, 13), (64, 32, 3, 3), (1, 1), (0, 0)),
+    ((3, 5, 11, 9), (7, 5, 3, 2), (2, 1), (1, 0)),
+]
+
+
+@pytest.mark.parametrize("layer", range(len(_CONV_LAYERS)))
+def test_own_conv_matches_the_cublas_path(own_gemm_module, monkeypatch, layer):
+    """conv2d forward/backward and the fused conv-ReLU-pool pair with GEMM = "own" (implicit
+    GEMM) against the same launchers with GEMM = "cublas" (im2col + cuBLAS), float32."""
+    from kernels.cupy_cuda import launchers
+
+    cp = backend.backend_for("cuda").xp
+    xs, ws, s, p = _CONV_LAYERS[layer]
+    rng = np.random.default_rng(layer)
+    x = cp.asarray(rng.standard_normal(xs).astype(np.float32))
+    W = cp.asarray((rng.standard_normal(ws) * 0.3).astype(np.float32))
+    b = cp.asarray(rng.standard_normal(ws[0]).astype(np.float32))
+    pool = ((2, 2), (2, 2), (0, 0))
+
+    def run():
+        y = launchers.conv2d_forward(x, W, b, s, p)
+        gy = cp.asarray(np.random.default_rng(9).standard_normal(y.shape).astype(np.float32))
+        out = [y, launchers.conv2d_backward_input(gy, W, xs, s, p)]
+        out.append(launchers.conv2d_backward_weight(gy, x, ws[2:], s, p))
+        if y.shape[2] >= 2 and y.shape[3] >= 2:
+            yp, argmax = launchers.conv2d_relu_max_pool2d_forward(x, W, b, s, p, *pool)
+            gp = cp.asarray(np.random.default_rng(8).standard_normal(yp.shape).astype(np.float32))
+            back = launchers.conv2d_relu_max_pool2d_backward(
+                gp, yp, argmax, x, W, s, p, *pool, True
+            )
+            out += [yp, *back]
+        return [cp.asnumpy(a) for a in out]
+
+    own = run()
+    monkeypatch.setattr(own_gemm_module, "GEMM", "cublas")
+    ref = run()
+    for i, (g, r) in enumerate(zip(own, ref, strict=True)):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-3, err_msg=f"output {i}")
+
+
+def test_own_gemm_conv_step_captures_in_a_cuda_graph(own_gemm_module):
+    """What the own GEMM is for: conv forward + dense product captured in a CUDA graph (cuBLAS
+    refuses capture in CuPy) and replayed, equal to the eager results."""
+    from kernels.cupy_cuda import launchers
+
+    cp = backend.backend_for("cuda").xp
+    rng = np.random.default_rng(2)
+    x = cp.asarray(rng.standard_normal((4, 3, 10, 10)).astype(np.float32))
+    W = cp.asarray(rng.standard_normal((8, 3, 3, 3)).astype(np.float32))
+    D = cp.asarray(rng.standard_normal((8 * 64, 5)).astype(np.float32))
+
+    def step():  # the conv output is returned too: its memory must outlive the capture
+        y = launchers.conv2d_forward(x, W, None, (1, 1), (0, 0))
+        return y, own_gemm_module.matmul(y.reshape(4, -1), D)
+
+    eager = cp.asnumpy(step()[1])  # compiles the kernels and fills the memory pool first
+    cp.cuda.Device().synchronize()
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        captured = step()
+        graph = stream.end_capture()
+    x[...] = 0  # the replay reads the current x
+    cp.cuda.Device().synchronize()
+    graph.launch(stream)
+    stream.synchronize()
+    np.testing.assert_array_equal(cp.asnumpy(captured[1]), np.zeros_like(eager))
+    x[...] = cp.asarray(rng.standard_normal(x.shape).astype(np.float32))
+    cp.cuda.Device().synchronize()
+    graph.launch(stream)
+    stream.synchronize()
+    expected = cp.asnumpy(step()[1])
+    np.testing.assert_allclose(cp.asnumpy(captured[1]), expected, rtol=1e-6, atol=1e-5)
