@@ -57,7 +57,8 @@ def _module(kind: str, dtype_str: str):
         ts = "unsigned short" if np.dtype(dtype_str) == np.float16 else "float"  # fp16 as bits
         code = f"typedef {ts} TS;\ntypedef {ts} TC;\n{src.MMA_SOURCE}"
         names = [src.mma_name(*i) for i in src.MMA_INSTANCES]
-    return cupy.RawModule(code=code, options=("--std=c++14",), name_expressions=names)
+    # no --std option: NVRTC 12's default dialect (C++17) has the lambdas and auto the sources use
+    return cupy.RawModule(code=code, name_expressions=names)
 
 
 def _launch(kind: str, name: str, dtype, blocks: int, threads: int, args: tuple) -> None:
