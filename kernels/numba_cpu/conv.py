@@ -40,6 +40,14 @@ DIRECT_MAX_K = 32  # c*kh*kw up to which the direct loop beats im2col + GEMM (me
 # thin there), 0.5-0.7x at 16x16 and 8x8 (64-128 channels: the chunked GEMM runs near the BLAS
 # rate and the memory-bound transforms cost more than the 2.25x fewer multiply-adds save).
 WINOGRAD_MAX_PIXELS = 16
+# The register-blocked direct kernel of conv3d_direct.py (12 vector accumulators per block, no
+# im2col, no GEMM; a 2-D conv is its depth-1 case) for stride-1 convs too thick for the direct
+# plane loop. Measured on resnet18_2d's 3x3 convs (b32, float32, interleaved with the chunked
+# GEMM and PyTorch, 1 and 2 threads; benchmarks/README): forward and input gradient 1.4-1.8x
+# the chunked GEMM at 16x16 and 8x8; weight gradient 1.6x at 16x16 but 0.7-1.0x at 8x8 (a
+# plane of 8 one-vector rows gives each 3-tap block too few slots to amortise its lane sums).
+DIRECT_SIMD_MIN_WIDTH = 8  # forward and input gradient: output width ow >= this
+DIRECT_SIMD_GW_MIN_PIXELS = 256  # weight gradient: oh*ow >= this
 
 
 # ---------------------------------------------------------------- bodies ----
@@ -458,6 +466,26 @@ def winograd_ok(c, kernel_size, stride, padding, out_pixels, *arrays) -> bool:
     return all(_finite_body(contiguous(a).reshape(-1)) for a in arrays)
 
 
+def direct_simd_ok(c, kernel_size, stride, oh, ow, dtype, pass_="forward") -> bool:
+    """Whether a conv pass takes the register-blocked direct kernel (conv3d_direct.py): stride
+    1, float32/float64, too thick for the plane loop (c*kh*kw > DIRECT_MAX_K), and an output
+    wide enough (ow >= DIRECT_SIMD_MIN_WIDTH; for pass_ "weight", oh*ow >=
+    DIRECT_SIMD_GW_MIN_PIXELS as well). The input gradient asks with the gradient's own conv:
+    c = oc of the layer, and its output is the layer's input (h, w)."""
+    if tuple(stride) != (1, 1) or np.dtype(dtype) not in (np.float32, np.float64):
+        return False
+    if c * kernel_size[0] * kernel_size[1] <= DIRECT_MAX_K or ow < DIRECT_SIMD_MIN_WIDTH:
+        return False
+    return pass_ != "weight" or oh * ow >= DIRECT_SIMD_GW_MIN_PIXELS
+
+
+def _direct_simd():
+    """conv3d_direct, imported on first use (it is only needed on the paths that take it)."""
+    from . import conv3d_direct
+
+    return conv3d_direct
+
+
 def _winograd():
     """conv_winograd, imported on first use: it builds on conv_relu_pool.winograd, whose package
     imports this module (a top-level import would be circular)."""
@@ -505,6 +533,10 @@ def conv2d_forward(x, W, b, stride, padding):
     y = np.empty((n, oc, oh, ow), dtype=x.dtype)
     if winograd_ok(c, (kh, kw), stride, padding, oh * ow, x, W):
         return _winograd().forward(contiguous(x), contiguous(W), bias, padding, oh, ow)
+    if direct_simd_ok(c, (kh, kw), stride, oh, ow, x.dtype):
+        # a 2-D conv is conv3d_direct's depth-1 case: views with a unit depth axis, no copies
+        y5 = _direct_simd().conv3d_forward_direct(x[:, :, None], W[:, :, None], b, (0, ph, pw))
+        return y5.reshape(n, oc, oh, ow)
     if c * kh * kw <= DIRECT_MAX_K:
         run_tasks(_conv_direct_body, n * oc, padded(x, ph, pw), contiguous(W), bias, sh, sw, y)
     elif sh == 1 and sw == 1:
@@ -526,6 +558,14 @@ def conv2d_backward_input(gy, W, x_shape, stride, padding):
     n, _, oh, ow = gy.shape
     if winograd_ok(c, (kh, kw), stride, padding, oh * ow, gy, W):
         return _winograd().backward_input(contiguous(gy), W, x_shape, padding)
+    h, w = x_shape[2], x_shape[3]
+    flippable = ph <= kh - 1 and pw <= kw - 1
+    if flippable and direct_simd_ok(oc, (kh, kw), stride, h, w, gy.dtype):
+        # stride 1: gx is a conv of gy with the flipped weight, channels swapped, padded k - 1 - p
+        Wf = contiguous(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        pad = (0, kh - 1 - ph, kw - 1 - pw)
+        gx5 = _direct_simd().conv3d_forward_direct(gy[:, :, None], Wf[:, :, None], None, pad)
+        return gx5.reshape(tuple(x_shape))
     gx = np.empty(tuple(x_shape), dtype=gy.dtype)
     chunk = images_per_task(n, c * kh * kw * oh * ow)
     WmT = contiguous(W.reshape(oc, -1).T)
@@ -545,6 +585,11 @@ def conv2d_backward_weight(gy, x, kernel_size, stride, padding):
     c = x.shape[1]
     if winograd_ok(c, kernel_size, stride, padding, oh * ow, gy, x):
         return _winograd().backward_weight(contiguous(gy), contiguous(x), padding)
+    if direct_simd_ok(c, kernel_size, stride, oh, ow, gy.dtype, "weight"):
+        gW5 = _direct_simd().conv3d_backward_weight_direct(
+            gy[:, :, None], x[:, :, None], (1, kh, kw), (0, ph, pw)
+        )
+        return gW5.reshape(oc, c, kh, kw)
     if c * kh * kw <= DIRECT_MAX_K:
         gW = np.empty((oc, c, kh, kw), dtype=gy.dtype)
         run_tasks(_conv_direct_grad_weight_body, oc, contiguous(gy), padded(x, ph, pw), sh, sw, gW)
