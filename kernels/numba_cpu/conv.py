@@ -8,7 +8,9 @@ Why two paths (measured on the seed CNN, 2 cores, float32, batch 256; benchmarks
   task per chunk, BLAS on one thread inside Numba): im2col into K-major columns, one GEMM, and an
   epilogue that writes NCHW directly. For stride 1 the columns use the "wide" layout (one memcpy
   per run, see im2col_wide), which made im2col/col2im cheap next to the GEMM.
-`DIRECT_MAX_K` is the switch between the two.
+`DIRECT_MAX_K` is the switch between the two. Two more paths for thick convs: Winograd F(2x2, 3x3)
+(conv_winograd.py) on small 3x3 stride-1 maps, and conv3d_direct.py's register-blocked direct
+kernel on wider stride-1 maps (direct_simd_ok; measured on resnet18_2d, see the constants).
 
 Numba habits that the timings forced (each measured on these kernels): index arrays through
 slices so every index is provably >= 0 (an `a[q + off]` with a signed offset blocks vectorisation:
@@ -43,9 +45,10 @@ WINOGRAD_MAX_PIXELS = 16
 # The register-blocked direct kernel of conv3d_direct.py (12 vector accumulators per block, no
 # im2col, no GEMM; a 2-D conv is its depth-1 case) for stride-1 convs too thick for the direct
 # plane loop. Measured on resnet18_2d's 3x3 convs (b32, float32, interleaved with the chunked
-# GEMM and PyTorch, 1 and 2 threads; benchmarks/README): forward and input gradient 1.4-1.8x
-# the chunked GEMM at 16x16 and 8x8; weight gradient 1.6x at 16x16 but 0.7-1.0x at 8x8 (a
-# plane of 8 one-vector rows gives each 3-tap block too few slots to amortise its lane sums).
+# GEMM and PyTorch, 1 and 2 threads, loaded machine; benchmarks/README): forward and input
+# gradient 1.35-2.1x the chunked GEMM at 16x16 and 8x8; weight gradient 1.6x at 16x16 but
+# 0.7-1.0x at 8x8 (probably: 8 one-vector rows per image give each block too few slots to
+# amortise its lane sums). At 4x4 it lost to Winograd (a 4-wide row fills half a vector).
 DIRECT_SIMD_MIN_WIDTH = 8  # forward and input gradient: output width ow >= this
 DIRECT_SIMD_GW_MIN_PIXELS = 256  # weight gradient: oh*ow >= this
 

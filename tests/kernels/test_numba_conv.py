@@ -1,6 +1,7 @@
 """numba_cpu's plain Winograd conv (kernels/numba_cpu/conv_winograd.py): which convs take it, that
 all three passes equal the numpy_cpu reference also when the batch is cut into several chunks, and
-that inputs with NaN or infinities get the reference's (dense) results.
+that inputs with NaN or infinities get the reference's (dense) results; and which convs take the
+register-blocked direct kernel (conv3d_direct.py, depth 1) and that its passes match too.
 
 The kernels' general parity is tests/kernels/test_parity.py (the wino_* cases of cases.CONV); this
 module checks what that one cannot see: the path taken, the chunk loop, the non-finite rule.
