@@ -4,8 +4,9 @@ neighbour's load hits every contender alike. First losses are checked to agree b
 
     python -m benchmarks.bench_resnet [--width 64] [--batch 32] [--size 64] [--rounds 5] [--before]
 
---before adds "numba_dense": the numba flavour with its Winograd conv path switched off
-(kernels/numba_cpu/conv.py WINOGRAD_MAX_PIXELS = 0), the tree before issue 12's change, interleaved.
+--before adds "numba_before": the numba flavour with its register-blocked direct conv2d path
+switched off (kernels/numba_cpu/conv.py DIRECT_SIMD_MIN_WIDTH past any map: the chunked GEMM
+instead), the tree before that change, interleaved.
 
 One step = zero_grad, forward (training-mode batch norm), cross-entropy, backward, SGD update
 (lr 0: every timed step does the same work on the same weights; see benchmarks/seed_step.py).
@@ -40,17 +41,17 @@ class EngineResNet(EngineStep):
         self.x, self.t = _data(batch, size)
 
 
-class DenseNumbaResNet(EngineResNet):
-    """The numba flavour with every conv on its chunked GEMM / direct paths (no Winograd)."""
+class BeforeNumbaResNet(EngineResNet):
+    """The numba flavour without the register-blocked direct conv2d path (chunked GEMM there)."""
 
     def train_step(self) -> float:
         from kernels.numba_cpu import conv
 
-        saved, conv.WINOGRAD_MAX_PIXELS = conv.WINOGRAD_MAX_PIXELS, 0
+        saved, conv.DIRECT_SIMD_MIN_WIDTH = conv.DIRECT_SIMD_MIN_WIDTH, 1 << 30
         try:
             return super().train_step()
         finally:
-            conv.WINOGRAD_MAX_PIXELS = saved
+            conv.DIRECT_SIMD_MIN_WIDTH = saved
 
 
 class TorchResNet(TorchStep):
@@ -74,7 +75,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--before", action="store_true", help="add numba without Winograd")
+    p.add_argument("--before", action="store_true", help="add numba without direct conv2d")
     args = p.parse_args(argv)
     for key, value in harness.environment().items():
         print(f"{key}: {value}")
@@ -82,7 +83,7 @@ def main(argv=None) -> None:
     shape = (args.width, args.batch, args.size)
     steps = {f: EngineResNet(f, *shape) for f in harness.cpu_flavours()}
     if args.before and "numba" in steps:
-        steps["numba_dense"] = DenseNumbaResNet("numba", *shape)
+        steps["numba_before"] = BeforeNumbaResNet("numba", *shape)
     torch = harness.import_torch()
     if torch is not None:
         steps["torch"] = TorchResNet(torch, *shape)
@@ -105,6 +106,8 @@ def main(argv=None) -> None:
                 f"  numba vs torch eager: {median['torch'] / median['numba']:.2f}x "
                 "(>= 1 means as fast or faster)"
             )
+        if "numba_before" in median:
+            print(f"  numba vs numba_before: {median['numba_before'] / median['numba']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ Why two paths (measured on the seed CNN, 2 cores, float32, batch 256; benchmarks
   task per chunk, BLAS on one thread inside Numba): im2col into K-major columns, one GEMM, and an
   epilogue that writes NCHW directly. For stride 1 the columns use the "wide" layout (one memcpy
   per run, see im2col_wide), which made im2col/col2im cheap next to the GEMM.
-`DIRECT_MAX_K` is the switch between the two.
+`DIRECT_MAX_K` is the switch between the two. Two more paths for thick convs: Winograd F(2x2, 3x3)
+(conv_winograd.py) on small 3x3 stride-1 maps, and conv3d_direct.py's register-blocked direct
+kernel on wider stride-1 maps (direct_simd_ok; measured on resnet18_2d, see the constants).
 
 Numba habits that the timings forced (each measured on these kernels): index arrays through
 slices so every index is provably >= 0 (an `a[q + off]` with a signed offset blocks vectorisation:
@@ -40,6 +42,15 @@ DIRECT_MAX_K = 32  # c*kh*kw up to which the direct loop beats im2col + GEMM (me
 # thin there), 0.5-0.7x at 16x16 and 8x8 (64-128 channels: the chunked GEMM runs near the BLAS
 # rate and the memory-bound transforms cost more than the 2.25x fewer multiply-adds save).
 WINOGRAD_MAX_PIXELS = 16
+# The register-blocked direct kernel of conv3d_direct.py (12 vector accumulators per block, no
+# im2col, no GEMM; a 2-D conv is its depth-1 case) for stride-1 convs too thick for the direct
+# plane loop. Measured on resnet18_2d's 3x3 convs (b32, float32, interleaved with the chunked
+# GEMM and PyTorch, 1 and 2 threads, loaded machine; benchmarks/README): forward and input
+# gradient 1.35-2.1x the chunked GEMM at 16x16 and 8x8; weight gradient 1.6x at 16x16 but
+# 0.7-1.0x at 8x8 (probably: 8 one-vector rows per image give each block too few slots to
+# amortise its lane sums). At 4x4 it lost to Winograd (a 4-wide row fills half a vector).
+DIRECT_SIMD_MIN_WIDTH = 8  # forward and input gradient: output width ow >= this
+DIRECT_SIMD_GW_MIN_PIXELS = 256  # weight gradient: oh*ow >= this
 
 
 # ---------------------------------------------------------------- bodies ----
@@ -458,6 +469,26 @@ def winograd_ok(c, kernel_size, stride, padding, out_pixels, *arrays) -> bool:
     return all(_finite_body(contiguous(a).reshape(-1)) for a in arrays)
 
 
+def direct_simd_ok(c, kernel_size, stride, oh, ow, dtype, pass_="forward") -> bool:
+    """Whether a conv pass takes the register-blocked direct kernel (conv3d_direct.py): stride
+    1, float32/float64, too thick for the plane loop (c*kh*kw > DIRECT_MAX_K), and an output
+    wide enough (ow >= DIRECT_SIMD_MIN_WIDTH; for pass_ "weight", oh*ow >=
+    DIRECT_SIMD_GW_MIN_PIXELS as well). The input gradient asks with the gradient's own conv:
+    c = oc of the layer, and its output is the layer's input (h, w)."""
+    if tuple(stride) != (1, 1) or np.dtype(dtype) not in (np.float32, np.float64):
+        return False
+    if c * kernel_size[0] * kernel_size[1] <= DIRECT_MAX_K or ow < DIRECT_SIMD_MIN_WIDTH:
+        return False
+    return pass_ != "weight" or oh * ow >= DIRECT_SIMD_GW_MIN_PIXELS
+
+
+def _direct_simd():
+    """conv3d_direct, imported on first use (it is only needed on the paths that take it)."""
+    from . import conv3d_direct
+
+    return conv3d_direct
+
+
 def _winograd():
     """conv_winograd, imported on first use: it builds on conv_relu_pool.winograd, whose package
     imports this module (a top-level import would be circular)."""
@@ -505,6 +536,10 @@ def conv2d_forward(x, W, b, stride, padding):
     y = np.empty((n, oc, oh, ow), dtype=x.dtype)
     if winograd_ok(c, (kh, kw), stride, padding, oh * ow, x, W):
         return _winograd().forward(contiguous(x), contiguous(W), bias, padding, oh, ow)
+    if direct_simd_ok(c, (kh, kw), stride, oh, ow, x.dtype):
+        # a 2-D conv is conv3d_direct's depth-1 case: views with a unit depth axis, no copies
+        y5 = _direct_simd().conv3d_forward_direct(x[:, :, None], W[:, :, None], b, (0, ph, pw))
+        return y5.reshape(n, oc, oh, ow)
     if c * kh * kw <= DIRECT_MAX_K:
         run_tasks(_conv_direct_body, n * oc, padded(x, ph, pw), contiguous(W), bias, sh, sw, y)
     elif sh == 1 and sw == 1:
@@ -526,6 +561,14 @@ def conv2d_backward_input(gy, W, x_shape, stride, padding):
     n, _, oh, ow = gy.shape
     if winograd_ok(c, (kh, kw), stride, padding, oh * ow, gy, W):
         return _winograd().backward_input(contiguous(gy), W, x_shape, padding)
+    h, w = x_shape[2], x_shape[3]
+    flippable = ph <= kh - 1 and pw <= kw - 1
+    if flippable and direct_simd_ok(oc, (kh, kw), stride, h, w, gy.dtype):
+        # stride 1: gx is a conv of gy with the flipped weight, channels swapped, padded k - 1 - p
+        Wf = contiguous(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        pad = (0, kh - 1 - ph, kw - 1 - pw)
+        gx5 = _direct_simd().conv3d_forward_direct(gy[:, :, None], Wf[:, :, None], None, pad)
+        return gx5.reshape(tuple(x_shape))
     gx = np.empty(tuple(x_shape), dtype=gy.dtype)
     chunk = images_per_task(n, c * kh * kw * oh * ow)
     WmT = contiguous(W.reshape(oc, -1).T)
@@ -545,6 +588,11 @@ def conv2d_backward_weight(gy, x, kernel_size, stride, padding):
     c = x.shape[1]
     if winograd_ok(c, kernel_size, stride, padding, oh * ow, gy, x):
         return _winograd().backward_weight(contiguous(gy), contiguous(x), padding)
+    if direct_simd_ok(c, kernel_size, stride, oh, ow, gy.dtype, "weight"):
+        gW5 = _direct_simd().conv3d_backward_weight_direct(
+            gy[:, :, None], x[:, :, None], (1, kh, kw), (0, ph, pw)
+        )
+        return gW5.reshape(oc, c, kh, kw)
     if c * kh * kw <= DIRECT_MAX_K:
         gW = np.empty((oc, c, kh, kw), dtype=gy.dtype)
         run_tasks(_conv_direct_grad_weight_body, oc, contiguous(gy), padded(x, ph, pw), sh, sw, gW)

@@ -1,6 +1,7 @@
 """numba_cpu's plain Winograd conv (kernels/numba_cpu/conv_winograd.py): which convs take it, that
 all three passes equal the numpy_cpu reference also when the batch is cut into several chunks, and
-that inputs with NaN or infinities get the reference's (dense) results.
+that inputs with NaN or infinities get the reference's (dense) results; and which convs take the
+register-blocked direct kernel (conv3d_direct.py, depth 1) and that its passes match too.
 
 The kernels' general parity is tests/kernels/test_parity.py (the wino_* cases of cases.CONV); this
 module checks what that one cannot see: the path taken, the chunk loop, the non-finite rule.
@@ -133,3 +134,55 @@ def test_winograd_conv2d_gradcheck_float64(rng, monkeypatch):
     with backend.use_kernels("numba"):
         check_grad(lambda x, W, b: F.conv2d(x, W, b, 1, 1), [x, W, b], **TOL["gradcheck"])
     assert {"forward", "backward_input", "backward_weight"} <= set(calls)
+
+
+# ---- the register-blocked direct kernel (conv3d_direct.py) on 2-D convs ----
+@pytest.mark.parametrize(
+    "c,kernel,stride,oh,ow,dtype,pass_,takes",
+    [
+        (64, (3, 3), (1, 1), 16, 16, np.float32, "forward", True),  # ResNet stage 1
+        (128, (3, 3), (1, 1), 8, 8, np.float64, "forward", True),  # stage 2
+        (128, (3, 3), (1, 1), 8, 8, np.float32, "weight", False),  # 8x8 gW: the GEMM
+        (64, (3, 3), (1, 1), 16, 16, np.float32, "weight", True),
+        (256, (3, 3), (1, 1), 4, 4, np.float32, "forward", False),  # narrow: Winograd / GEMM
+        (64, (3, 3), (2, 2), 16, 16, np.float32, "forward", False),  # stride 2
+        (3, (3, 3), (1, 1), 16, 16, np.float32, "forward", False),  # thin: the plane loop
+        (64, (3, 3), (1, 1), 16, 16, np.int32, "forward", False),
+    ],
+)
+def test_direct_simd_ok_takes_wide_thick_stride1_maps(
+    c, kernel, stride, oh, ow, dtype, pass_, takes
+):
+    assert _conv().direct_simd_ok(c, kernel, stride, oh, ow, dtype, pass_) is takes
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "xs,ws,padding",
+    [
+        ((2, 5, 6, 9), (7, 5, 3, 3), (1, 1)),  # ow = 9: one full vector and a partial one
+        ((1, 4, 5, 12), (6, 4, 3, 5), (0, 2)),  # non-square kernel, uneven padding
+    ],
+)
+def test_direct_simd_passes_match_reference(rng, monkeypatch, dtype, xs, ws, padding):
+    from kernels.numba_cpu import conv3d_direct
+
+    calls = []
+    for fn in ("conv3d_forward_direct", "conv3d_backward_weight_direct"):
+        real = getattr(conv3d_direct, fn)
+        monkeypatch.setattr(
+            conv3d_direct, fn, lambda *a, _f=real, _n=fn, **k: calls.append(_n) or _f(*a, **k)
+        )
+    monkeypatch.setattr(_conv(), "DIRECT_SIMD_GW_MIN_PIXELS", 1)  # tiny maps take it too
+    x, W = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype)
+    oh = xs[2] + 2 * padding[0] - ws[2] + 1
+    ow = xs[3] + 2 * padding[1] - ws[3] + 1
+    gy = rng.standard_normal((xs[0], ws[0], oh, ow)).astype(dtype)
+    s = (1, 1)
+    _check("conv2d_forward", (x, W, b, s, padding), dtype)
+    _check("conv2d_backward_input", (gy, W, xs, s, padding), dtype)
+    _check("conv2d_backward_weight", (gy, x, ws[2:], s, padding), dtype)
+    # forward, and backward_input as the forward of gy with the flipped weight
+    assert calls.count("conv3d_forward_direct") == 2
+    assert calls.count("conv3d_backward_weight_direct") == 1
