@@ -414,9 +414,10 @@ def _restore(path: Path, model: nn.Module, optimizer: optim.Optimizer, settings:
     saved_opt = (ckpt.optimizer or {}).get("name")
     if saved_opt != type(optimizer).__name__.lower():
         differ.append(f"optimizer {saved_opt} != {type(optimizer).__name__.lower()}")
-    for key, value in settings.items():
-        if state.get("settings", {}).get(key) != value:
-            differ.append(f"{key} {state.get('settings', {}).get(key)} != {value}")
+    saved = state.get("settings", {})
+    for key in [*settings, *(k for k in saved if k not in settings)]:  # both ways: "precision"
+        if saved.get(key) != settings.get(key):
+            differ.append(f"{key} {saved.get(key)} != {settings.get(key)}")
     if differ:
         raise ResumeError(f"{path}: cannot resume a different run: " + "; ".join(differ))
     try:

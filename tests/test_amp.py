@@ -197,15 +197,26 @@ def test_loss_scaler_unscales_exactly_and_grows(rng):
 
 def test_fp16_checkpoint_carries_the_scaler_and_precision(tmp_path):
     from engine.checkpoint import load_checkpoint
+    from engine.train import ResumeError
 
     x, t = _blobs(32)
-    model = models.get("seed_cnn", num_classes=2, input_size=12, rng=np.random.default_rng(0))
-    opt = optim.SGD(model.parameters(), lr=0.05)
-    fit(model, opt, (x, t), epochs=1, batch_size=16, progress=False, precision="fp16",
-        run_dir=tmp_path)  # fmt: skip
+
+    def run(epochs, precision, resume):
+        model = models.get("seed_cnn", num_classes=2, input_size=12, rng=np.random.default_rng(0))
+        opt = optim.SGD(model.parameters(), lr=0.05)
+        fit(model, opt, (x, t), epochs=epochs, batch_size=16, progress=False,
+            precision=precision, run_dir=tmp_path, resume=resume)  # fmt: skip
+
+    run(1, "fp16", False)
     state = load_checkpoint(tmp_path / "checkpoint.npz").train_state
     assert state["settings"]["precision"] == "fp16"
     assert state["loss_scaler"] == {"scale": 2.0**16, "good_steps": 2}
+    with pytest.raises(ResumeError, match="precision"):
+        run(2, "fp32", True)
+    run(2, "fp16", True)  # the scaler continues where it stopped: 2 + 2 clean steps
+    assert (
+        load_checkpoint(tmp_path / "checkpoint.npz").train_state["loss_scaler"]["good_steps"] == 4
+    )
 
 
 def test_phantom_run_in_bf16_and_fp16_within_one_point_of_fp32():
