@@ -221,7 +221,9 @@ def test_fit_with_capture_equals_fit_without():
 @pytest.mark.gpu
 def test_captured_step_equals_eager_on_cupy(monkeypatch):
     """On a GPU with the own GEMM kernels: the captured step replays the eager step's results
-    (SGD; loss per batch and final weights), batch sizes 6 and 4 each with their own graph."""
+    (SGD; loss per batch and final weights), batch sizes 6 and 4 each with their own graph.
+    Needs every product off cuBLAS: until LinearFn reaches the own GEMM (a kernel hook), the
+    capture falls back and `step.reason` names the op."""
     if not backend.cuda_available():
         pytest.skip("no CUDA GPU")
     monkeypatch.setenv("MEDGRAD_CUPY_GEMM", "own")
