@@ -83,7 +83,7 @@ class Step:
         self.logits = None
         self.reason = self._static_reason()
         if self.reason is not None:
-            self._warn(stacklevel=5)  # the caller of capture()
+            self._warn(stacklevel=4)  # the caller of capture()
 
     @property
     def captured(self) -> bool:
@@ -101,7 +101,7 @@ class Step:
             return "capture: Dropout draws its masks on the host"
         return None
 
-    def _warn(self, stacklevel: int = 4) -> None:
+    def _warn(self, stacklevel: int = 3) -> None:  # 3: the caller of step(x, t)
         warnings.warn(
             f"{self.reason}; the step runs eagerly", CaptureWarning, stacklevel=stacklevel
         )
