@@ -53,7 +53,7 @@ def _optimizer(name, model):
 @pytest.mark.parametrize("flavour", ["numpy", "numba"])
 @pytest.mark.parametrize("opt_name", ["sgd", "adam"])
 def test_fallback_step_is_the_eager_step_bit_for_bit(flavour, opt_name):
-    data = _batches(4) + [_batches(1, n=4, seed=9)[0]]  # a last, shorter batch too
+    data = _batches(2) + [_batches(1, n=4, seed=9)[0]]  # a last, shorter batch too
     with backend.use_kernels(flavour):
         want_weights, want_losses = _eager_reference(opt_name, data)
         model = _model()
