@@ -174,3 +174,30 @@ def to_device(a, device: str):
     if device == "cpu":
         return sys.modules["cupy"].asnumpy(a)
     return _cupy().asarray(a)
+
+
+def capture_blocker(b: Backend) -> str | None:
+    """Why a CUDA graph cannot record a step on backend `b` (engine.graph), or None if it can.
+
+    Only the cupy flavour is recorded, and only with its own GEMM kernels selected
+    (MEDGRAD_CUPY_GEMM=own, or kernels.cupy_cuda.gemm.GEMM == "own"): CuPy refuses to capture
+    cuBLAS, which every conv and dense product calls otherwise."""
+    if b.device == "cpu":
+        return f"{b.flavour}_cpu has no graphs"
+    if b.flavour != "cupy":
+        return f"{b.flavour}_cuda kernels are not recorded (only the cupy flavour's are)"
+    if _cupy_gemm() != "own":
+        return "cuBLAS GEMM in conv2d_forward (CuPy cannot capture cuBLAS; MEDGRAD_CUPY_GEMM=own)"
+    return None
+
+
+def _cupy_gemm() -> str:
+    """The cupy flavour's GEMM selection: "own" or "cublas" (the default)."""
+    setting = os.environ.get("MEDGRAD_CUPY_GEMM")
+    if setting:
+        return setting
+    try:
+        module = importlib.import_module("kernels.cupy_cuda.gemm")
+    except ImportError:  # no own GEMM kernels in this tree
+        return "cublas"
+    return str(getattr(module, "GEMM", "cublas"))

@@ -158,6 +158,20 @@ def _train_options(p: argparse.ArgumentParser) -> None:
         default=0,
         help="seed for initialisation, splits, shuffling and augmentation (default 0)",
     )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="mixed precision of the training steps: conv and dense products on bf16/fp16 "
+        "operands with fp32 accumulation, fp32 master weights; fp16 adds dynamic loss scaling "
+        "(default fp32)",
+    )
+    p.add_argument(
+        "--graph",
+        action="store_true",
+        help="capture the training step as a CUDA graph and replay it per batch (cupy flavour "
+        "with its own GEMM kernels; elsewhere the step runs eagerly, with a warning saying why)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     _on_error_option(p, "raise", "in the printed account and the report")
 
@@ -184,6 +198,8 @@ def _settings(args: argparse.Namespace, **extra):
         kernels=args.kernels,
         on_error=args.on_error,
         classes=args.classes,
+        precision=args.precision,
+        graph=args.graph,
         **extra,
     )
 
@@ -409,6 +425,8 @@ def _train_segmentation(args: argparse.Namespace) -> int:
             ("--patience", args.patience is not None),
             ("--classes", args.classes is not None),
             ("--on-error skip", args.on_error == "skip"),
+            ("--precision " + args.precision, args.precision != "fp32"),
+            ("--graph", args.graph),
         )
         if given
     ]

@@ -26,3 +26,12 @@ class DicomReadError(DataError):
 class ArgumentError(MedgradError, ValueError):
     """A user-supplied choice is invalid (unknown model name, a layer that is not a conv, a class
     index out of range): reported by the `medgrad` command as one line, without a traceback."""
+
+
+class MedgradWarning(UserWarning):
+    """Base class of the warnings medgrad emits: something ran, but not the way it was asked to."""
+
+
+class CaptureWarning(MedgradWarning):
+    """A training step could not be captured as a CUDA graph (engine.graph) and runs eagerly; the
+    message names the op or the reason."""

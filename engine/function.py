@@ -12,6 +12,7 @@ import contextlib
 import weakref
 from contextvars import ContextVar
 
+from engine import amp
 from engine.backend import get_backend
 
 _grad_enabled: ContextVar[bool] = ContextVar("grad_enabled", default=True)
@@ -50,12 +51,23 @@ class Function:
     """
 
     generation: int = 0
+    # Mixed precision (engine.amp): the inputs (by position) that a bf16/fp16 policy rounds, e.g.
+    # (0, 1) = x and W of a conv or dense product; empty for every other op, which stays float32.
+    autocast_inputs: tuple[int, ...] = ()
+    cast = None  # set by apply while a policy rounds this op: backward rounds its gys with it
 
     def forward(self, *arrays, **attrs):
         raise NotImplementedError
 
     def backward(self, *grad_outputs):
         raise NotImplementedError
+
+    def run_backward(self, *grad_outputs):
+        """backward, with the upstream gradients rounded as the forward's inputs were (autocast):
+        a half-precision product's operands in both passes. Tensor.backward calls this."""
+        if self.cast is not None:
+            grad_outputs = tuple(self.cast(g) for g in grad_outputs)
+        return self.backward(*grad_outputs)
 
     @property
     def name(self) -> str:
@@ -71,6 +83,12 @@ class Function:
         arrays = [t.data for t in tensors]
         backend = get_backend(*arrays)
         fn.xp, fn.k = backend.xp, backend.k
+        if cls.autocast_inputs:  # a conv/dense product: round its operands under bf16/fp16
+            fn.cast = amp.caster([arrays[i] for i in cls.autocast_inputs])
+            if fn.cast is not None:
+                arrays = [
+                    fn.cast(a) if i in cls.autocast_inputs else a for i, a in enumerate(arrays)
+                ]
         record = is_grad_enabled() and any(t.requires_grad for t in tensors)
         fn.needs_grad = tuple(record and t.requires_grad for t in tensors)
         ys = fn.forward(*arrays, **attrs)

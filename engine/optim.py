@@ -6,6 +6,8 @@ is None are skipped. `state_dict()` holds the step count and buffers, so a run c
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from engine import backend
@@ -26,6 +28,22 @@ class Optimizer:
             raise ValueError(f"learning rate must be > 0, got {lr}")
         self.lr = float(lr)
         self.steps = 0
+        self._device_hyper = None  # (step, lr) as 0-d device arrays while a CUDA graph records
+
+    def hyper(self):
+        """(step, lr) as the update kernels get them: this step's number (1-based) and the rate;
+        host numbers, or 0-d device arrays inside `device_hyper` (engine.graph)."""
+        return self._device_hyper if self._device_hyper is not None else (self.steps, self.lr)
+
+    @contextlib.contextmanager
+    def device_hyper(self, step, lr):
+        """Pass 0-d arrays `step` and `lr` to the update kernels instead of host numbers, so that
+        a captured step (engine.graph) reads them from device memory at every replay."""
+        self._device_hyper = (step, lr)
+        try:
+            yield
+        finally:
+            self._device_hyper = None
 
     def zero_grad(self) -> None:
         """Drop every parameter's gradient (set to None) before the next backward."""
@@ -93,7 +111,7 @@ class SGD(Optimizer):
             p.data,
             p.grad,
             self.velocity[i],
-            self.lr,
+            self.hyper()[1],
             self.momentum,
             self.nesterov,
             self.weight_decay,
@@ -137,13 +155,14 @@ class Adam(Optimizer):
         if self.m[i] is None:
             xp = backend.get_backend(p.data).xp
             self.m[i], self.v[i] = xp.zeros_like(p.data), xp.zeros_like(p.data)
+        step, lr = self.hyper()
         k.adam_update(
             p.data,
             p.grad,
             self.m[i],
             self.v[i],
-            self.steps,
-            self.lr,
+            step,
+            lr,
             *self.betas,
             self.eps,
             self.weight_decay,

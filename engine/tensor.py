@@ -153,7 +153,7 @@ class Tensor:
                 if retain_grad and out is not None and out is not self:
                     out._accumulate(g)
                 gys.append(g)
-            gxs = fn.backward(*gys)
+            gxs = fn.run_backward(*gys)
             gxs = gxs if isinstance(gxs, tuple) else (gxs,)
             for x, gx in zip(fn.inputs, gxs, strict=True):
                 if uses is not None and x.creator is None and x.requires_grad:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import engine.functional as F
-from engine import backend, metrics, nn, optim
+from engine import amp, backend, graph, metrics, nn, optim
 from engine.checkpoint import (
     atomic_write,
     load_checkpoint,
@@ -33,7 +33,7 @@ from engine.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from engine.errors import MedgradError
+from engine.errors import ArgumentError, MedgradError
 from engine.function import no_grad
 from engine.tensor import Tensor
 
@@ -140,34 +140,46 @@ def train_epoch(
     rng,
     on_batch: Callable | None = None,
     augment: Callable | None = None,
+    scaler: amp.LossScaler | None = None,
+    step: graph.Step | None = None,
 ):
     """One pass over (x, y) in mini-batches shuffled by `rng`; returns mean loss and accuracy.
 
     augment(batch, rng) -> batch, if given, transforms each batch with draws from the same rng,
     so one Generator state fixes both the order and the augmentation of every later epoch.
+    scaler: fp16 loss scaling (engine.amp); step: a captured step (engine.graph) that trains on
+    each batch instead, its loss then checked after the update rather than before.
     """
     model.train()
     total_loss = correct = 0.0
     for idx in batches(len(x), batch_size, rng):
         xb = x[idx] if augment is None else augment(x[idx], rng)
         yb = on_device_of(model, y[idx]).data
-        logits = model(on_device_of(model, xb))
-        # class labels have nothing to ignore: ignore_index=None keeps the fused kernels on cuda
-        loss = F.softmax_cross_entropy(logits, yb, ignore_index=None)
-        value = loss.item()
-        if not math.isfinite(value):  # checked before the step, so the weights stay usable
+        if step is not None:
+            value = float(step(xb, yb))
+            logits = Tensor(step.logits)
+        else:
+            logits = model(on_device_of(model, xb))
+            loss = class_loss(logits, yb)
+            value = loss.item()
+        if not math.isfinite(value):  # eager: checked before the update, so the weights stay usable
             raise DivergedError(
                 f"the training loss became {value}: non-finite inputs, labels outside "
                 f"[0, {logits.shape[1]}) (not checked per step on cuda), or a learning rate too high"
             )
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        if step is None:
+            amp.backward_step(loss, optimizer, scaler)
         total_loss += value * len(idx)
         correct += float((logits.data.argmax(axis=1) == yb).sum())
         if on_batch is not None:
             on_batch(value)
     return total_loss / len(x), correct / len(x)
+
+
+def class_loss(logits: Tensor, t) -> Tensor:
+    """The classification loss fit trains with: mean softmax cross-entropy over every row."""
+    # class labels have nothing to ignore: ignore_index=None keeps the fused kernels on cuda
+    return F.softmax_cross_entropy(logits, t, ignore_index=None)
 
 
 def model_rngs(model: nn.Module) -> list[nn.Module]:
@@ -208,6 +220,8 @@ def fit(
     on_epoch_end: Callable[[int, dict], bool | None] | None = None,
     comm: Communicator | None = None,
     shard: Shard | None = None,
+    precision: str = "fp32",
+    capture: bool = False,
 ) -> History:
     """Train `model` on train=(x, y) for `epochs`, validating on `val` after each epoch.
 
@@ -225,10 +239,19 @@ def fit(
     stays the global batch; gradients are averaged over ranks weighted by sample counts, so N
     ranks give one process's model; rank 0's weights and optimizer state are broadcast at the
     start (after resume); only rank 0 writes run_dir and prints; validation is gathered.
+
+    precision: "fp32" (default), "bf16" or "fp16", the policy of engine.amp for the training
+    steps (validation runs in fp32 on the fp32 master weights); fp16 adds a dynamic loss scaler
+    whose state the checkpoint carries. capture: train through engine.graph.capture (a CUDA graph
+    replayed per batch on the cupy flavour; elsewhere eager, with one CaptureWarning saying why).
     """
     from tqdm.auto import tqdm
 
     x, y = train
+    amp.check_precision(precision)
+    if capture and comm is not None:
+        raise ArgumentError("a captured step (--graph) does not run data-parallel (--distributed)")
+    scaler = amp.LossScaler() if precision == "fp16" else None
     base_optimizer = getattr(optimizer, "optimizer", optimizer)  # unwrapped DistributedOptimizer
     if comm is not None:
         from engine import distributed
@@ -253,6 +276,8 @@ def fit(
         "n_train": n_train,
         "lr0": lr0,
     }
+    if precision != "fp32":  # fp32 runs keep the settings (and so the checkpoints) they had
+        settings["precision"] = precision
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -263,16 +288,23 @@ def fit(
         state = None
         if comm is None or comm.rank == 0:
             state = _restore(run_dir / "checkpoint.npz", model, base_optimizer, settings)
-            state = {k: state[k] for k in ("rng", "history", "epoch", "best")}
+            state = {k: state.get(k) for k in ("rng", "history", "epoch", "best", "loss_scaler")}
         if comm is not None:  # every rank continues from rank 0's checkpoint
             state = comm.bcast_object(state)
         rng = rng_from_state(state["rng"])
         history.epochs, start, best = state["history"], state["epoch"], state["best"]
         if best["bad_epochs"] == -1:  # the previous run had stopped early: nothing left to do
             return history
+        if scaler is not None and state["loss_scaler"] is not None:
+            scaler.load_state_dict(state["loss_scaler"])
     if comm is not None:
         distributed.broadcast_model(model, comm)
         distributed.broadcast_optimizer(base_optimizer, comm)
+    step = None
+    if capture:
+        with amp.autocast(precision):
+            example = (x[: min(batch_size, len(x))], y[: min(batch_size, len(x))])
+            step = graph.capture(model, class_loss, optimizer, example, scaler=scaler)
     for epoch in range(start, epochs):
         optimizer.lr = schedule.lr(lr0, epoch, epochs)
         n_batches = -(-n_train // batch_size)
@@ -285,7 +317,10 @@ def fit(
                 bar.set_postfix(loss=f"{loss_value:.4f}")
 
             if comm is None:
-                loss, acc = train_epoch(model, optimizer, x, y, batch_size, rng, tick, augment)
+                with amp.autocast(precision):
+                    loss, acc = train_epoch(
+                        model, optimizer, x, y, batch_size, rng, tick, augment, scaler, step
+                    )
             else:
                 loss, acc = distributed.train_epoch_sharded(
                     model,
@@ -330,6 +365,8 @@ def fit(
                 "model_rngs": [rng_state(m.rng) for m in model_rngs(model)],
                 "settings": settings,
             }
+            if scaler is not None:
+                state["loss_scaler"] = scaler.state_dict()
             if stop:
                 state["best"] = {**best, "bad_epochs": -1}  # marks "stopped early" for resume
             meta = {"preprocessing": preprocessing, "classes": classes}
@@ -377,9 +414,10 @@ def _restore(path: Path, model: nn.Module, optimizer: optim.Optimizer, settings:
     saved_opt = (ckpt.optimizer or {}).get("name")
     if saved_opt != type(optimizer).__name__.lower():
         differ.append(f"optimizer {saved_opt} != {type(optimizer).__name__.lower()}")
-    for key, value in settings.items():
-        if state.get("settings", {}).get(key) != value:
-            differ.append(f"{key} {state.get('settings', {}).get(key)} != {value}")
+    saved = state.get("settings", {})
+    for key in [*settings, *(k for k in saved if k not in settings)]:  # both ways: "precision"
+        if saved.get(key) != settings.get(key):
+            differ.append(f"{key} {saved.get(key)} != {settings.get(key)}")
     if differ:
         raise ResumeError(f"{path}: cannot resume a different run: " + "; ".join(differ))
     try:

@@ -67,6 +67,8 @@ class TrainSettings:
     kernels: str | None = None
     on_error: str = "raise"  # "skip": leave unreadable files out, listed in the report
     classes: list[str] | None = None  # the class names in index order, if stated (--classes)
+    precision: str = "fp32"  # "fp32" | "bf16" | "fp16": engine.amp's policy for the train steps
+    graph: bool = False  # train through a captured step (engine.graph; eager where not possible)
     extra: dict = field(default_factory=dict)
 
 
@@ -418,6 +420,8 @@ def _fit(settings, model, opt, ds, train_idx, val_idx, run_dir, resume, progress
         classes=_classes(ds),
         comm=comm,
         shard=shard,
+        precision=settings.precision,
+        capture=settings.graph,
     )
 
 

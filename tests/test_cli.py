@@ -174,3 +174,21 @@ def test_bad_numbers_are_usage_errors_not_tracebacks(capsys, argv, message):
         main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_train_precision_and_graph_are_recorded(tmp_path, capsys):
+    from engine.checkpoint import load_checkpoint
+    from engine.errors import CaptureWarning
+
+    run = tmp_path / "run"
+    argv = ["train", *TINY, "--model", "mlp", "--epochs", "1", "--out", str(run)]
+    with pytest.warns(CaptureWarning, match="has no graphs"):
+        assert main([*argv, "--precision", "bf16", "--graph"]) == 0
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["settings"]["precision"] == "bf16" and saved["settings"]["graph"] is True
+    state = load_checkpoint(run / "checkpoint.npz").train_state
+    assert state["settings"]["precision"] == "bf16"
+    capsys.readouterr()
+    seg = ["train", "--task", "segmentation", "--data", str(tmp_path), "--precision", "fp16"]
+    assert main(seg) == 2
+    assert "does not support --precision fp16" in capsys.readouterr().err

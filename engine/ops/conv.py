@@ -34,6 +34,8 @@ class ConvNdFn(Function):
     window reaches (when (size_a + 2 p_a - k_a) % s_a != 0) get a zero gradient. The kernels are
     the backend's conv2d_* or conv3d_*, by the number of spatial axes."""
 
+    autocast_inputs = (0, 1)  # x and W: rounded under a bf16/fp16 policy (engine.amp)
+
     def forward(self, x, W, b=None, *, stride, padding):
         self.x, self.W = x, W  # x for gW, W for gx
         self.stride, self.padding = stride, padding
@@ -77,6 +79,8 @@ class ConvTransposeFn(Function):
     o_a = (size_a - 1) s_a - 2 p_a + k_a + op_a (op: output_padding, extra positions at the end
     that only the bias reaches). y[n, j, *(i s + t - p)] += x[n, c, *i] W[c, j, *t]: every input
     position scatters its kernel-weighted values; taps landing in the padding are dropped."""
+
+    autocast_inputs = (0, 1)  # x and W: rounded under a bf16/fp16 policy (engine.amp)
 
     def forward(self, x, W, b=None, *, stride, padding, output_padding):
         self.x, self.W = x, W  # x for gW, W for gx

@@ -18,6 +18,8 @@ from engine.tensor import Tensor
 class ConvReLUPool2dFn(Function):
     """y = max_pool2d(relu(conv2d(x, W, b))): NCHW, weight (oc, c, kh, kw), first-max tie rule."""
 
+    autocast_inputs = (0, 1)  # x and W: rounded under a bf16/fp16 policy (engine.amp)
+
     def forward(self, x, W, b=None, *, stride, padding, pool_size, pool_stride, pool_padding):
         self.x, self.W = x, W  # x for gW, W for gx
         self.conv = (stride, padding)

@@ -14,6 +14,8 @@ class MatMulFn(Function):
     the batch axes its operand was broadcast along.
     """
 
+    autocast_inputs = (0, 1)  # a and b: rounded under a bf16/fp16 policy (engine.amp)
+
     def forward(self, a, b):
         self.a, self.b = a, b  # b for ga = gy b^T, a for gb = a^T gy
         return a @ b
@@ -33,6 +35,8 @@ class LinearFn(Function):
 
     Called with two inputs (no bias) backward returns two gradients, with three it returns three.
     """
+
+    autocast_inputs = (0, 1)  # x and W: rounded under a bf16/fp16 policy (engine.amp)
 
     def forward(self, x, W, b=None):
         self.x, self.W = x, W  # x for gW, W for gx
