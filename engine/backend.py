@@ -192,12 +192,6 @@ def capture_blocker(b: Backend) -> str | None:
 
 
 def _cupy_gemm() -> str:
-    """The cupy flavour's GEMM selection: "own" or "cublas" (the default)."""
-    setting = os.environ.get("MEDGRAD_CUPY_GEMM")
-    if setting:
-        return setting
-    try:
-        module = importlib.import_module("kernels.cupy_cuda.gemm")
-    except ImportError:  # no own GEMM kernels in this tree
-        return "cublas"
-    return str(getattr(module, "GEMM", "cublas"))
+    """The cupy flavour's GEMM selection: "own" or "cublas" (gemm.GEMM, which the environment
+    variable MEDGRAD_CUPY_GEMM sets when the module is imported; the module needs no CuPy)."""
+    return importlib.import_module("kernels.cupy_cuda.gemm").GEMM

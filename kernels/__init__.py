@@ -51,6 +51,7 @@ KERNEL_NAMES: dict[str, str] = {
     "leaky_relu_backward": "gy, x, negative_slope -> gy where x > 0 else slope * gy",
     "gelu_forward": "x -> x Phi(x), the erf form",
     "gelu_backward": "gy, x -> gy (Phi(x) + x phi(x))",
+    "matmul": "a (..., m, k), b (..., k, n) -> a @ b (..., m, n), batch axes broadcast",
 }
 
 OPTIONAL_KERNEL_NAMES: dict[str, str] = {

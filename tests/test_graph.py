@@ -16,6 +16,7 @@ from engine.errors import ArgumentError, CaptureWarning
 from engine.function import Function
 from engine.tensor import Tensor
 from engine.train import class_loss, fit
+from kernels.cupy_cuda import gemm
 
 
 def _model(seed=0):
@@ -186,10 +187,9 @@ def test_capture_blocker_reasons(monkeypatch):
     cpu = backend.backend_for("cpu")
     assert backend.capture_blocker(cpu) == f"{cpu.flavour}_cpu has no graphs"
     fake = backend.Backend("cuda", "cupy", np, None, frozenset())
-    monkeypatch.delenv("MEDGRAD_CUPY_GEMM", raising=False)
-    monkeypatch.setitem(__import__("sys").modules, "kernels.cupy_cuda.gemm", None)  # not there
+    monkeypatch.setattr(gemm, "GEMM", "cublas")
     assert "cuBLAS GEMM in conv2d_forward" in backend.capture_blocker(fake)
-    monkeypatch.setenv("MEDGRAD_CUPY_GEMM", "own")
+    monkeypatch.setattr(gemm, "GEMM", "own")
     assert backend.capture_blocker(fake) is None
     numba_cuda = backend.Backend("cuda", "numba", np, None, frozenset())
     assert "numba_cuda" in backend.capture_blocker(numba_cuda)
@@ -222,11 +222,11 @@ def test_fit_with_capture_equals_fit_without():
 def test_captured_step_equals_eager_on_cupy(monkeypatch):
     """On a GPU with the own GEMM kernels: the captured step replays the eager step's results
     (SGD; loss per batch and final weights), batch sizes 6 and 4 each with their own graph.
-    Needs every product off cuBLAS: until LinearFn reaches the own GEMM (a kernel hook), the
-    capture falls back and `step.reason` names the op."""
+    Needs every product off cuBLAS: the dense layers reach the own GEMM through the `matmul`
+    kernel; were one product left on cuBLAS the capture would fall back, `step.reason` naming it."""
     if not backend.cuda_available():
         pytest.skip("no CUDA GPU")
-    monkeypatch.setenv("MEDGRAD_CUPY_GEMM", "own")
+    monkeypatch.setattr(gemm, "GEMM", "own")
     data = _batches(5) + [_batches(1, n=4, seed=9)[0]]
     results = []
     for capture in (False, True):

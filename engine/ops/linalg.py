@@ -1,4 +1,6 @@
-"""Matrix products: matmul (with batch broadcasting) and the fused dense layer y = x W^T + b."""
+"""Matrix products: matmul (with batch broadcasting) and the fused dense layer y = x W^T + b.
+Every product goes through the `matmul` kernel, so a flavour may route it (the cupy flavour's own
+GEMM, which a CUDA graph can record)."""
 
 from __future__ import annotations
 
@@ -18,15 +20,15 @@ class MatMulFn(Function):
 
     def forward(self, a, b):
         self.a, self.b = a, b  # b for ga = gy b^T, a for gb = a^T gy
-        return a @ b
+        return self.k.matmul(a, b)
 
     def backward(self, gy):
         # y = a b: ga = gy b^T, gb = a^T gy (last two axes), summed over broadcast batch axes
         ga = gb = None
         if self.needs_grad[0]:
-            ga = unbroadcast(gy @ self.b.swapaxes(-1, -2), self.a.shape)
+            ga = unbroadcast(self.k.matmul(gy, self.b.swapaxes(-1, -2)), self.a.shape)
         if self.needs_grad[1]:
-            gb = unbroadcast(self.a.swapaxes(-1, -2) @ gy, self.b.shape)
+            gb = unbroadcast(self.k.matmul(self.a.swapaxes(-1, -2), gy), self.b.shape)
         return ga, gb
 
 
@@ -40,15 +42,15 @@ class LinearFn(Function):
 
     def forward(self, x, W, b=None):
         self.x, self.W = x, W  # x for gW, W for gx
-        y = x @ W.T
+        y = self.k.matmul(x, W.T)
         if b is not None:
             y += b
         return y
 
     def backward(self, gy):
         # y = x W^T + b: gx = gy W, gW = gy^T x, gb = sum over the batch of gy
-        gx = gy @ self.W if self.needs_grad[0] else None
-        gW = gy.T @ self.x if self.needs_grad[1] else None
+        gx = self.k.matmul(gy, self.W) if self.needs_grad[0] else None
+        gW = self.k.matmul(gy.T, self.x) if self.needs_grad[1] else None
         if len(self.needs_grad) == 2:
             return gx, gW
         gb = gy.sum(axis=0) if self.needs_grad[2] else None

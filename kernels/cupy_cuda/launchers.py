@@ -75,6 +75,14 @@ def _matmul(a, b):
     return array_module(a).matmul(a, b)
 
 
+def matmul(a, b):
+    """a @ b (numpy_cpu.linalg.matmul): 2-D products of one dtype through _matmul (the own GEMM
+    when selected: a dense layer a CUDA graph can record), batched ones through xp.matmul."""
+    if a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype:
+        return _matmul(a, b)
+    return array_module(a).matmul(a, b)
+
+
 def _own_conv(x_shape, W_shape, stride, padding, dtype) -> bool:
     """The implicit-GEMM conv2d kernels run this layer (selected, and within their 32-bit indices)."""
     return gemm.use_own(dtype) and gemm.fits(x_shape, W_shape, stride, padding)
@@ -711,6 +719,7 @@ KERNELS = {
     "leaky_relu_backward": leaky_relu_backward,
     "gelu_forward": gelu_forward,
     "gelu_backward": gelu_backward,
+    "matmul": matmul,
 }
 # the kernels of this flavour's table (table.py's merge): the fused launchers compose its 64-bit
 # primitives past INDEX_LIMIT (looked up at call time)

@@ -27,6 +27,7 @@ from .elementwise import (
     softmax_cross_entropy_backward,
     softmax_cross_entropy_forward,
 )
+from .linalg import matmul
 from .norm import norm_backward, norm_forward, norm_moments
 from .optim import adam_update, sgd_update
 from .pool import (
@@ -79,6 +80,7 @@ KERNELS = build_table(
         "leaky_relu_backward": leaky_relu_backward,
         "gelu_forward": gelu_forward,
         "gelu_backward": gelu_backward,
+        "matmul": matmul,
     },
 )
 

@@ -536,6 +536,25 @@ def _norm_activation_cases():
     return cases
 
 
+def _linalg_cases():
+    def pair(a_shape, b_shape, transpose_b=False):
+        def make(r, d):
+            b = _normal(r, b_shape[::-1] if transpose_b else b_shape, d)
+            return _normal(r, a_shape, d), (b.T if transpose_b else b)
+
+        return make
+
+    return {
+        "matmul": [
+            Case("dense_layer", pair((64, 800), (800, 10))),
+            Case("tiny_2d", pair((7, 5), (5, 3)), True),
+            # the dense backward's operands: a transposed view, as LinearFn passes W.T
+            Case("tiny_transposed_view", pair((6, 4), (4, 9), transpose_b=True), True),
+            Case("tiny_batched_broadcast", pair((2, 1, 3, 4), (3, 4, 2)), True),
+        ]
+    }
+
+
 CASES: dict[str, list[Case]] = {
     **_conv_cases(),
     **_conv3d_cases(),
@@ -545,6 +564,7 @@ CASES: dict[str, list[Case]] = {
     **_optim_cases(),
     **_volume_cases(),
     **_norm_activation_cases(),
+    **_linalg_cases(),
 }
 missing = sorted(set(ALL_KERNEL_NAMES) - set(CASES))
 assert not missing, f"kernels without parity cases: {missing}"  # a new kernel needs cases here
