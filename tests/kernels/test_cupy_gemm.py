@@ -439,13 +439,15 @@ _CONV = [
     for dtype in DTYPES
     if (p.values[0].startswith("conv2d_") and (dtype == np.float64 or "seed" in p.id))
     or (p.id == "conv3d_forward-tiny_vol" and dtype == np.float64)
+    or (p.values[0] == "matmul" and "batched" not in p.id)  # the dense layers' 2-D products
 ]
 
 
 @pytest.mark.parametrize("name,case,dtype", _CONV)
 def test_own_gemm_conv_parity_on_cpu(cpu_launchers, own_gemm, name, case, dtype):  # noqa: F811
     """The conv launchers with GEMM = "own" (implicit GEMM, no im2col for forward and weight
-    gradient; the fused path's products over never-materialised columns) against numpy_cpu."""
+    gradient; the fused path's products over never-materialised columns) and the dense layers'
+    matmul kernel (a transposed view included) against numpy_cpu."""
     check_parity(cpu_launchers.KERNELS, name, case, dtype)
     assert own_gemm.launches, f"{name} did not run the own GEMM"
 
