@@ -561,7 +561,8 @@ class _Plan:
         out = tuple(o // p for o in conv)
         windows = _windows(buf, (kh, kw), tuple(spec["stride"]), p, out)
         K, per_image = kh * kw * c, p * p * out[0] * out[1]
-        row_bytes = (K + ones + spec["out_channels"]) * np.dtype(dtype).itemsize  # cols, product
+        product = 4 if dtype == np.int8 else np.dtype(dtype).itemsize  # int32 sums, or floats
+        row_bytes = (K + ones) * np.dtype(dtype).itemsize + spec["out_channels"] * product
         g = max(1, min(n, CHUNK_BYTES // (per_image * row_bytes)))
         kmajor = dtype != np.int8 and out[1] > kw * c
         shape = (K + ones, p * p * g * out[0] * out[1])
