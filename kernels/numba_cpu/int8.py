@@ -2,7 +2,13 @@
 Numba imports (kernels/numpy_cpu/int8.py is the reference and documents each kernel).
 
 Numba types int32 * int32 as int64; every sum below is truncated back to int32 (np.int32(...))
-at each step, which is exact (|sum| < 2^31 for k < 133,000) and lets LLVM keep 32-bit lanes."""
+at each step, which is exact (|sum| < 2^31 for k < 133,000) and lets LLVM keep 32-bit lanes.
+
+Two product forms: _gemm_nt (columns x weights, the k loop vectorised: many taps) and
+_conv_block / _conv_pool2 (direct from the NHWC input, the output-channel loop vectorised, with
+the pool and the epilogue fused: few taps, such as a first conv on one channel, where k = 9 gives
+_gemm_nt no vector loop). The bind_* functions return a plan step: the compiled call with its
+arguments prepared once, so that a call costs Numba's dispatch only."""
 
 from __future__ import annotations
 
