@@ -7,7 +7,10 @@ Without --model it trains seed_cnn on the demo's lesion phantoms (engine.demo's 
 exports it. Latencies (single image, batch 32) are interleaved in this one process; import time
 and peak memory come from a fresh child process per runtime (import, load, one batch of 32).
 The "interpreter" rows run the same files with compiled=False (engine.deploy's layer-by-layer
-NCHW path, what deploy ran before its compiled plan).
+NCHW path, what deploy ran before its compiled plan). `--clock cpu` times each call by this
+thread's CPU time instead of the wall clock (every runtime here computes on the calling thread
+at 1 thread): on a machine shared with other jobs it leaves out the time the thread waited for
+a core, though not the caches the other jobs share.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import argparse  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -73,6 +78,37 @@ def _child(name: str, path: Path, shape) -> tuple[float, int]:
     return float(seconds), int(peak)
 
 
+def _cpu_time_calls(fn, x, warmup: int, repeat: int) -> np.ndarray:
+    """harness.time_calls's figures in this thread's CPU seconds."""
+    for _ in range(warmup):
+        fn(x)
+    times = np.empty(repeat)
+    for i in range(repeat):
+        t0 = time.thread_time()
+        fn(x)
+        times[i] = time.thread_time() - t0
+    return times
+
+
+def _step_profile(net, x, repeat: int) -> str:
+    """CPU milliseconds per call of each kind of step of net's compiled plan for x's shape
+    (the load into NHWC, copyto = im2col, matmul, reduce = pool + ReLU, the int8 kernels)."""
+    net(x)  # binds the plan for this shape
+    run = net.plan.local.bound[x.shape]
+    calls = [("load", partial(run.load, x))]
+    for step in run.steps:
+        func = getattr(step, "func", step)
+        calls.append((getattr(func, "__name__", type(func).__name__), step))
+    spent: dict[str, float] = {}
+    for _ in range(repeat):
+        for label, call in calls:
+            t0 = time.thread_time()
+            call()
+            spent[label] = spent.get(label, 0.0) + time.thread_time() - t0
+    parts = ", ".join(f"{label} {1e3 * t / repeat:.3f}" for label, t in spent.items())
+    return f"{len(calls)} calls: {parts}"
+
+
 def _train_phantoms(folder: Path):
     """seed_cnn as engine.demo trains it (SGD); (model file, train images, held-out (x, y))."""
     import models
@@ -112,6 +148,12 @@ def main(argv=None) -> None:
     parser.add_argument("--data", help="with --model: a labelled held-out dataset")
     parser.add_argument("--calibration", help="with --model: the training data to calibrate on")
     parser.add_argument("--repeat", type=int, default=30, help="timed calls per figure")
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), default="wall", help="time calls by wall or CPU clock"
+    )
+    parser.add_argument(
+        "--steps", action="store_true", help="also profile the compiled plans step by step"
+    )
     args = parser.parse_args(argv)
 
     import onnxruntime as ort
@@ -155,7 +197,12 @@ def main(argv=None) -> None:
     for _ in range(3):  # interleaved rounds: load drifts on a shared machine hit all alike
         for name, net in nets.items():
             for b, inputs in batches.items():
-                times[name, b].append(time_calls(net, inputs, warmup=3, repeat=args.repeat // 3))
+                timer = _cpu_time_calls if args.clock == "cpu" else time_calls
+                times[name, b].append(timer(net, inputs, warmup=3, repeat=args.repeat // 3))
+    if args.steps:
+        for name in ("engine.deploy float32", "engine.deploy int8"):
+            for b, inputs in batches.items():
+                print(f"{name}, {b}: {_step_profile(nets[name], inputs, args.repeat)}")
     rows = []
     for name in nets:
         seconds, peak = _child(name, files[name], batches["batch 32"].shape)
@@ -165,6 +212,7 @@ def main(argv=None) -> None:
 
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"machine: {cpu_model()} ({os.cpu_count()} logical CPUs), 1 thread; uptime: {uptime}")
+    print(f"latency clock: {args.clock}; median of {3 * (args.repeat // 3)} calls per cell")
     print(f"held-out images: {len(x)}, input {tuple(x.shape[1:])}; ONNX Runtime {ort.__version__}")
     print(
         "| runtime | 1 image (ms) | batch 32 (ms) | / ORT (1, 32) | import (s) | peak RSS (MiB) |"

@@ -348,20 +348,22 @@ FORWARD: dict[str, Callable[..., np.ndarray]] = {
 # layer's layout, and for each input shape the buffers and the strided views into them are made
 # once, so that a call is a list of ufunc calls, per block:
 #   conv:   copyto(columns, windows of the NHWC input)  (im2col; the bias is a column of ones)
-#           matmul(columns, [W as (kh*kw*c, oc); b], out)
-#           maximum of the pool's taps into the next block's input, ReLU there in place
-#           (max-pool and ReLU commute: both are non-decreasing)
+#           matmul(columns, [W as (kh*kw*c, oc); b], out)  (in chunks of whole images)
+#           maximum.reduce over the pool's taps (contiguous blocks of the product) into the next
+#           block's input, with ReLU as one more block of zeros (max-pool and ReLU commute)
 #   linear: matmul([x, 1], [W^T; b], out), ReLU into the next block's input
 # The dense layer after Flatten gets its weight columns permuted once to the NHWC order. The
 # sums run in another order than the interpreter's: equal to float32 rounding, not to the bit.
 # Int8 blocks run the same plan on int8 buffers with the int8 kernels (numba_cpu's, else
 # numpy_cpu's): quantize the input into NHWC, the int8 x int8 -> int32 product, and one
 # epilogue that pools the int32 sums, rescales, adds the bias, applies ReLU and quantizes for the
-# next block. Integer sums are exact in any order and the float steps are the interpreter's, so
+# next block. A conv with few taps (kh kw c <= DIRECT_TAPS: the first conv on one channel) is
+# one kernel instead (conv_block): sums straight from the windows, pooled, rescaled, quantized. Integer sums are exact in any order and the float steps are the interpreter's, so
 # int8 outputs equal the interpreter's to the bit (pooling the sums before the rescale is exact:
 # the rescale, bias, ReLU and quantization are all non-decreasing).
 
-CHUNK_BYTES = 1 << 18  # a conv's im2col chunk (whole images): fits a 512 KiB L2 with its product
+DIRECT_TAPS = 32  # an int8 conv with at most this many taps (kh kw c) runs as one direct pass
+CHUNK_BYTES = 1 << 19  # a conv's im2col chunk and its product (whole images): a 512 KiB L2
 _BLOCK_TYPES = {"Conv2d", "Linear", "QuantConv2d", "QuantLinear"}
 
 
@@ -523,6 +525,7 @@ class _Plan:
             y = np.ascontiguousarray(dst.transpose(0, 3, 1, 2))
             return y.reshape(n, -1) if flatten else y
 
+        run.load, run.steps = load, steps  # per-step profiles (bench_deploy --steps), tests
         return run
 
     def _loader(self, first: np.ndarray, n: int) -> Callable:
@@ -558,7 +561,9 @@ class _Plan:
         out = tuple(o // p for o in conv)
         windows = _windows(buf, (kh, kw), tuple(spec["stride"]), p, out)
         K, per_image = kh * kw * c, p * p * out[0] * out[1]
-        g = max(1, min(n, CHUNK_BYTES // (per_image * (K + ones) * np.dtype(dtype).itemsize)))
+        product = 4 if dtype == np.int8 else np.dtype(dtype).itemsize  # int32 sums, or floats
+        row_bytes = (K + ones) * np.dtype(dtype).itemsize + spec["out_channels"] * product
+        g = max(1, min(n, CHUNK_BYTES // (per_image * row_bytes)))
         kmajor = dtype != np.int8 and out[1] > kw * c
         shape = (K + ones, p * p * g * out[0] * out[1])
         cols = np.empty(shape if kmajor else shape[::-1], dtype)
@@ -595,26 +600,41 @@ class _Plan:
         if spec["bias"]:
             Wk = np.vstack([Wk, arrays[prefix + "bias"].astype(self.float)[None]])
         Wk = np.ascontiguousarray(Wk, self.float)
-        y = np.empty((len(cols), len(W)), self.float)
-        zero = self.float.type(0)
+        # the product, and after it a block of zeros when a pool's max takes ReLU in too
+        zeros = int(taps > 1 and block["relu"])
+        products: dict[int, np.ndarray] = {}  # one buffer per chunk size (the last may differ)
         for copy, part, rows in chunks:
+            if rows not in products:
+                products[rows] = np.zeros((rows + zeros * rows // taps, len(W)), self.float)
+            y = products[rows]
             if copy is not None:
                 steps.append(copy)
             steps.append(partial(np.matmul, cols[:rows], Wk, out=y[:rows]))
-            src, to = _view(y[:rows], (taps, part.stop - part.start, *dst.shape[1:])), dst[part]
-            if taps > 1:  # the pool's taps are contiguous blocks of the product
-                steps.append(partial(np.maximum, src[0], src[1], out=to))
-                steps.extend(partial(np.maximum, to, t, out=to) for t in src[2:])
-                if block["relu"]:
-                    steps.append(partial(np.maximum, to, zero, out=to))
+            src = _view(y, (taps + zeros, part.stop - part.start, *dst.shape[1:]))
+            to = dst[part]
+            if taps > 1 and to.flags.c_contiguous:  # taps (and zeros): contiguous blocks
+                steps.append(partial(np.maximum.reduce, src, axis=0, out=to))
+            elif taps > 1:  # NumPy reduces into a strided view (a padded buffer) 2x slower
+                pooled = np.empty(to.shape, self.float)
+                steps.append(partial(np.maximum.reduce, src, axis=0, out=pooled))
+                steps.append(partial(np.copyto, to, pooled))
             elif block["relu"]:
-                steps.append(partial(np.maximum, src[0], zero, out=to))
+                steps.append(partial(np.maximum, src[0], self.float.type(0), out=to))
             else:
                 steps.append(partial(np.copyto, to, src[0]))
 
     def _quant_steps(self, block, conv, buf, flat_from, dst, nxt, steps) -> None:
         spec, arrays, prefix = block["spec"], self.weights, block["prefix"]
         k, Wq = _int8_module(), arrays[prefix + "weight"]
+        scale = np.float32(spec["input_scale"]) * arrays[prefix + "weight_scale"]  # _dequantize's
+        bias = arrays[prefix + "bias"] if spec["bias"] else None
+        out_scale = np.float32(0 if nxt is None else nxt["spec"]["input_scale"])
+        if not block["dense"] and math.prod(Wq.shape[1:]) <= DIRECT_TAPS:
+            # few taps (the first conv): one direct pass, no columns and no int32 sums
+            wk = np.ascontiguousarray(Wq.transpose(2, 3, 1, 0), np.int16)  # (kh, kw, c, oc)
+            args = (tuple(spec["stride"]), block["pool"], scale, bias, block["relu"], out_scale)
+            steps.append(k.bind_conv_block(buf, wk, *args, dst))
+            return
         if block["dense"]:
             Wk, taps = self._dense_weight(Wq, flat_from), 1
             chunks, cols = [(None, slice(0, len(buf)), len(buf))], buf
@@ -624,19 +644,16 @@ class _Plan:
             chunks, cols = self._columns(block, conv, buf, np.int8, False)
         Wk = np.ascontiguousarray(Wk)  # (oc, kh kw c): the product reads rows of both
         acc = np.empty((len(cols), len(Wq)), np.int32)
-        scale = np.float32(spec["input_scale"]) * arrays[prefix + "weight_scale"]  # _dequantize's
-        bias = arrays[prefix + "bias"] if spec["bias"] else None
         for copy, part, rows in chunks:
             if copy is not None:
                 steps.append(copy)
-            steps.append(partial(k.int8_gemm_nt, cols[:rows], Wk, acc[:rows]))
+            steps.append(k.bind_gemm_nt(cols[:rows], Wk, acc[:rows]))
             sums = _view(acc[:rows], (taps, part.stop - part.start, *dst.shape[1:]))
             args = (sums, scale, bias, block["relu"])
             if nxt is None:
-                steps.append(partial(k.dequantize, *args, dst[part]))
+                steps.append(k.bind_dequantize(*args, dst[part]))
             else:
-                out_scale = np.float32(nxt["spec"]["input_scale"])
-                steps.append(partial(k.requantize, *args, out_scale, dst[part]))
+                steps.append(k.bind_requantize(*args, out_scale, dst[part]))
 
 
 def _check_types(spec: dict, path) -> None:

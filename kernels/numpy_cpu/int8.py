@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 
@@ -59,3 +61,51 @@ def requantize(acc, scale, bias, relu: bool, out_scale, out: np.ndarray) -> None
 def dequantize(acc, scale, bias, relu: bool, out: np.ndarray) -> None:
     """requantize's steps without the quantization: out float32 (the network's last layer)."""
     out[...] = _rescaled(acc, scale, bias, relu)
+
+
+def conv_block(xpad, wk, stride: tuple, pool: int, scale, bias, relu: bool, out_scale, out):
+    """An int8 conv block read straight from its padded NHWC input, without a columns buffer:
+    xpad int8 (n, hp, wp, c) (the conv's zero padding included), wk (kh, kw, c, oc) integer
+    weights in [-127, 127] (int8 or wider), stride (sh, sw), pool p (a tiled p x p max-pool; 1
+    for none). The int32 sums of the conv outputs the pool tiles use, then requantize into out
+    int8 (n, oh, ow, oc) with out_scale, or dequantize into out float32 (out_scale unused);
+    (oh, ow) = the pooled output size, out any strides. Equal to the plan's columns,
+    int8_gemm_nt and requantize / dequantize (the same sums and the same float32 steps)."""
+    kh, kw, c, oc = wk.shape
+    n, oh, ow = out.shape[:3]
+    (sh, sw), p = stride, pool
+    s0, s1, s2, s3 = xpad.strides
+    shape = (p, p, n, oh, ow, kh, kw, c)  # [u, v, b, i, j]: the window of output (i p + u, j p + v)
+    strides = (s1 * sh, s2 * sw, s0, s1 * sh * p, s2 * sw * p, s1, s2, s3)
+    windows = np.lib.stride_tricks.as_strided(xpad, shape, strides, writeable=False)
+    cols = windows.reshape(-1, kh * kw * c).astype(np.int32)
+    acc = (cols @ wk.reshape(-1, oc).astype(np.int32)).reshape(p * p, n, oh, ow, oc)
+    if out.dtype == np.int8:
+        requantize(acc, scale, bias, relu, out_scale, out)
+    else:
+        dequantize(acc, scale, bias, relu, out)
+
+
+# ---- the plan's steps: each kernel above with its arguments bound once (a call with none) ----
+# Numba's versions also prepare their arguments here (dtype, layout, the unused output), so that
+# a plan step is the compiled kernel's call and nothing else.
+
+
+def bind_conv_block(xpad, wk, stride, pool, scale, bias, relu, out_scale, out):
+    """partial(conv_block, ...): run it with no arguments."""
+    return partial(conv_block, xpad, wk, stride, pool, scale, bias, relu, out_scale, out)
+
+
+def bind_requantize(acc, scale, bias, relu, out_scale, out):
+    """partial(requantize, ...)."""
+    return partial(requantize, acc, scale, bias, relu, out_scale, out)
+
+
+def bind_dequantize(acc, scale, bias, relu, out):
+    """partial(dequantize, ...)."""
+    return partial(dequantize, acc, scale, bias, relu, out)
+
+
+def bind_gemm_nt(a, bt, out):
+    """partial(int8_gemm_nt, ...)."""
+    return partial(int8_gemm_nt, a, bt, out)

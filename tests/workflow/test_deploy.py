@@ -162,7 +162,22 @@ PLANNED = [  # (network, input shape): padding, stride, 3x3 pools, odd sizes, no
     ),
     (lambda rng: nn.Sequential(nn.Conv2d(1, 2, 3, rng=rng), nn.Flatten()), (1, 6, 5)),
     (lambda rng: models.get("mlp", hidden=9, num_classes=3, rng=rng), (1, 28, 28)),
+    (lambda rng: nn.Sequential(nn.Conv2d(2, 3, 2, rng=rng), nn.MaxPool2d(2)), (2, 7, 5)),  # no ReLU
 ]
+
+
+@pytest.mark.parametrize("chunk_bytes,products", [(1, 7 + 7 + 2), (20000, 4 + 1 + 2)])
+def test_plan_in_uneven_chunks_equals_the_interpreter(rng, monkeypatch, chunk_bytes, products):
+    """Chunks of 1 image, then of a few with a smaller last one (each chunk size has its own
+    product buffer, with the zero block that takes ReLU into the pool's max)."""
+    monkeypatch.setattr(deploy, "CHUNK_BYTES", chunk_bytes)
+    model = PLANNED[0][0](rng).eval()
+    net, interpreted = deploy.NumpyModel(_ckpt(model)), deploy.NumpyModel(_ckpt(model), False)
+    x = rng.standard_normal((7, *PLANNED[0][1])).astype(np.float32)
+    np.testing.assert_allclose(net(x), interpreted(x), rtol=1e-5, atol=1e-5)
+    steps = net.plan.local.bound[x.shape].steps
+    # both convs in 7 chunks of 1 image, or the first in 2 + 2 + 2 + 1 images; 2 dense products
+    assert sum(getattr(s, "func", None) is np.matmul for s in steps) == products
 
 
 @pytest.mark.parametrize("case", range(len(PLANNED)))

@@ -193,13 +193,89 @@ def test_int8_plan_equals_the_interpreter_to_the_bit(rng):
     x = rng.standard_normal((40, 2, 11, 10)).astype(np.float32)
     qckpt = Q.quantize(Checkpoint("<m>", None, model.spec(), model.state_dict()), x[:16])
     expected = deploy.NumpyModel(qckpt, compiled=False)(x)
-    original = list(deploy._INT8)
+    original, direct = list(deploy._INT8), deploy.DIRECT_TAPS
     try:
         for module in (original or [None])[:1] + [int8]:
             deploy._INT8[:] = [module] if module is not None else []
-            net = deploy.NumpyModel(qckpt)
-            assert net.plan is not None
-            for n in (1, 33, 40):
-                np.testing.assert_array_equal(net(x[:n]), expected[:n])
+            for deploy.DIRECT_TAPS in (direct, 0):  # the direct convs, then columns + product
+                net = deploy.NumpyModel(qckpt)
+                assert net.plan is not None
+                for n in (1, 33, 40):
+                    np.testing.assert_array_equal(net(x[:n]), expected[:n])
     finally:
-        deploy._INT8[:] = original
+        deploy._INT8[:], deploy.DIRECT_TAPS = original, direct
+
+
+def _naive_conv_sums(xpad, wk, stride, pool, oh, ow):
+    """Loop oracle: int64 sums (p*p, n, oh, ow, oc) of the conv outputs each pool tile uses."""
+    kh, kw, c, oc = wk.shape
+    (sh, sw), p = stride, pool
+    sums = np.zeros((p * p, len(xpad), oh, ow, oc), np.int64)
+    for u, v, b, i, j in np.ndindex(p, p, len(xpad), oh, ow):
+        y, x = (i * p + u) * sh, (j * p + v) * sw
+        window = xpad[b, y : y + kh, x : x + kw].astype(np.int64)  # (kh, kw, c)
+        sums[u * p + v, b, i, j] = np.tensordot(window, wk.astype(np.int64), 3)
+    return sums
+
+
+# (n, padded h, w, c, kh, kw, oc, stride, pool): K = 1, K = 9 with one channel (the first conv),
+# K and oc not multiples of the vector width, strides, pools 1 / 2 / 3, odd sizes left over
+CONV_BLOCKS = [
+    (2, 3, 4, 1, 1, 1, 3, (1, 1), 1),
+    (3, 9, 8, 1, 3, 3, 32, (1, 1), 2),
+    (2, 8, 9, 3, 2, 3, 13, (2, 1), 2),
+    (1, 11, 10, 2, 3, 3, 5, (1, 1), 3),
+]
+
+
+@pytest.mark.parametrize("case", CONV_BLOCKS)
+def test_int8_conv_block_equals_the_loop_oracle_and_numba_to_the_bit(rng, case):
+    """conv_block (the direct int8 conv + pool + epilogue): NumPy's against naive loops and the
+    reference epilogue, Numba's against NumPy's (plain and as the plan's prepared call), with
+    the int8 extremes -128 / 127, into a strided int8 view and into float32."""
+    n, h, w, c, kh, kw, oc, stride, pool = case
+    xpad = rng.integers(-128, 128, (n, h, w, c)).astype(np.int8)
+    wk = rng.integers(-127, 128, (kh, kw, c, oc)).astype(np.int8)
+    xpad[0, :kh, :kw], wk[..., 0] = -128, 127  # the first tile's first sum at its extreme
+    oh, ow = ((h - kh) // stride[0] + 1) // pool, ((w - kw) // stride[1] + 1) // pool
+    sums = _naive_conv_sums(xpad, wk, stride, pool, oh, ow)
+    assert sums.min() == -128 * 127 * kh * kw * c  # the extreme was reached
+    acc = sums.astype(np.int32)
+    scale = (rng.random(oc) * 2e-3).astype(np.float32)
+    fast = pytest.importorskip("kernels.numba_cpu.int8")
+    for bias in (rng.standard_normal(oc).astype(np.float32), None):
+        for relu in (True, False):
+            args = (scale, bias, relu)
+            want = np.zeros((n, oh + 2, ow + 1, oc), np.int8)  # a padded next-layer buffer
+            int8.requantize(acc, *args, np.float32(0.03), want[:, 1:-1, 1:])
+            want_f = np.empty((n, oh, ow, oc), np.float32)
+            int8.dequantize(acc, *args, want_f)
+            for module, wk_as in ((int8, wk), (fast, wk), (fast, wk.astype(np.int16))):
+                got = np.zeros_like(want)
+                module.conv_block(
+                    xpad, wk_as, stride, pool, *args, np.float32(0.03), got[:, 1:-1, 1:]
+                )
+                np.testing.assert_array_equal(got, want)
+                got_f = np.empty_like(want_f)
+                module.bind_conv_block(xpad, wk_as, stride, pool, *args, 0, got_f)()
+                np.testing.assert_array_equal(got_f, want_f)
+
+
+def test_int8_bound_kernels_equal_the_plain_ones(rng):
+    """bind_gemm_nt / bind_requantize / bind_dequantize: the plan's prepared calls, both flavours."""
+    fast = pytest.importorskip("kernels.numba_cpu.int8")
+    a = rng.integers(-128, 128, (5, 33)).astype(np.int8)
+    bt = rng.integers(-127, 128, (3, 33)).astype(np.int8)
+    acc, scale, bias = _int8_cases(rng)
+    for module in (int8, fast):
+        got = np.empty((5, 3), np.int32)
+        module.bind_gemm_nt(a, bt, got)()
+        np.testing.assert_array_equal(got, a.astype(np.int64) @ bt.astype(np.int64).T)
+        want, got = np.empty((2, 3, 5, 6), np.int8), np.empty((2, 3, 5, 6), np.int8)
+        int8.requantize(acc, scale, bias, True, np.float32(0.5), want)
+        module.bind_requantize(acc, scale, bias, True, np.float32(0.5), got)()
+        np.testing.assert_array_equal(got, want)
+        want, got = np.empty((2, 3, 5, 6), np.float32), np.empty((2, 3, 5, 6), np.float32)
+        int8.dequantize(acc, scale, None, False, want)
+        module.bind_dequantize(acc, scale, None, False, got)()
+        np.testing.assert_array_equal(got, want)
