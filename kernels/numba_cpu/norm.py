@@ -56,12 +56,14 @@ def _moments_body(x, shift, partial, nch, lo, hi):
         s0 = shift[j]
         s = 0.0
         ss = 0.0
-        for row in range(rows * c // nch, rows * (c + 1) // nch):
-            i, u = row // r1, row % r1
+        row0, row1 = rows * c // nch, rows * (c + 1) // nch
+        i, u = row0 // r1, row0 % r1  # row i r1 + u; each next row carries u into i
+        for _ in range(row1 - row0):
             for k in range(r2):
                 d = np.float64(x[i, j, u, k]) - s0
                 s += d
                 ss += d * d
+            u, i = (0, i + 1) if u + 1 == r1 else (u + 1, i)
         partial[t, 0] = s
         partial[t, 1] = ss
 
@@ -76,14 +78,16 @@ def _forward_body(x, scale, offset, y, relu, nch, lo, hi):
     for t in range(lo, hi):
         j, c = t // nch, t % nch
         sc, off = scale[j], offset[j]
-        for row in range(rows * c // nch, rows * (c + 1) // nch):
-            i, u = row // r1, row % r1
+        row0, row1 = rows * c // nch, rows * (c + 1) // nch
+        i, u = row0 // r1, row0 % r1  # row i r1 + u; each next row carries u into i
+        for _ in range(row1 - row0):
             if relu:
                 for k in range(r2):
                     y[i, j, u, k] = max(x[i, j, u, k] * sc + off, 0.0)
             else:
                 for k in range(r2):
                     y[i, j, u, k] = x[i, j, u, k] * sc + off
+            u, i = (0, i + 1) if u + 1 == r1 else (u + 1, i)
 
 
 @njit(inline="always", **JIT)
@@ -93,8 +97,8 @@ def _grad_sums(gy, x, y, j, row0, row1, m, relu):
     r1, r2 = x.shape[2], x.shape[3]
     sg = 0.0
     sgx = 0.0
-    for row in range(row0, row1):
-        i, u = row // r1, row % r1
+    i, u = row0 // r1, row0 % r1  # row i r1 + u; each next row carries u into i
+    for _ in range(row1 - row0):
         if relu:
             for k in range(r2):
                 v = gy[i, j, u, k]  # loaded first: a load inside the select stays a branch
@@ -106,6 +110,7 @@ def _grad_sums(gy, x, y, j, row0, row1, m, relu):
                 g = np.float64(gy[i, j, u, k])
                 sg += g
                 sgx += g * (np.float64(x[i, j, u, k]) - m)
+        u, i = (0, i + 1) if u + 1 == r1 else (u + 1, i)
     return sg, sgx
 
 
@@ -113,8 +118,8 @@ def _grad_sums(gy, x, y, j, row0, row1, m, relu):
 def _grad_apply(gy, x, y, gx, j, row0, row1, ca, cb, cc, relu):
     """gx = ca g + cb x + cc over rows [row0, row1) of slice j, g masked as in _grad_sums."""
     r1, r2 = x.shape[2], x.shape[3]
-    for row in range(row0, row1):
-        i, u = row // r1, row % r1
+    i, u = row0 // r1, row0 % r1  # row i r1 + u; each next row carries u into i
+    for _ in range(row1 - row0):
         if relu:
             for k in range(r2):
                 v = gy[i, j, u, k]
@@ -123,6 +128,7 @@ def _grad_apply(gy, x, y, gx, j, row0, row1, ca, cb, cc, relu):
         else:
             for k in range(r2):
                 gx[i, j, u, k] = ca * gy[i, j, u, k] + cb * x[i, j, u, k] + cc
+        u, i = (0, i + 1) if u + 1 == r1 else (u + 1, i)
 
 
 @njit(**JIT)
