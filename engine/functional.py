@@ -20,7 +20,7 @@ from engine.ops.elementwise import (
     sub,
     tanh,
 )
-from engine.ops.fused import conv2d_relu_max_pool2d
+from engine.ops.fused import batch_norm_relu, conv2d_relu_max_pool2d, instance_norm_relu
 from engine.ops.linalg import linear, matmul
 from engine.ops.loss import (
     binary_cross_entropy,
@@ -51,6 +51,7 @@ __all__ = [
     "avg_pool2d",
     "avg_pool3d",
     "batch_norm",
+    "batch_norm_relu",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
     "cast",
@@ -71,6 +72,7 @@ __all__ = [
     "getitem",
     "group_norm",
     "instance_norm",
+    "instance_norm_relu",
     "interpolate",
     "layer_norm",
     "leaky_relu",

@@ -640,19 +640,22 @@ class _BatchNorm(Module):
     def _normalise(self, *args):
         return F.batch_norm(*args)
 
-    def forward(self, x):
+    def _normalise_relu(self, *args):
+        return F.batch_norm_relu(*args)
+
+    def _arguments(self, x) -> tuple:
+        """The functional's arguments for input x (checked); counts the step in training."""
         self._check(x)
         momentum = self._momentum()
-        return self._normalise(
-            x,
-            self.running_mean,
-            self.running_var,
-            self.weight,
-            self.bias,
-            self.training or not self.track_running_stats,
-            momentum,
-            self.eps,
-        )
+        training = self.training or not self.track_running_stats
+        return (x, self.running_mean, self.running_var, self.weight, self.bias, training, momentum)
+
+    def forward(self, x):
+        return self._normalise(*self._arguments(x), self.eps)
+
+    def forward_relu(self, x):
+        """relu(self(x)) as one fused op (Sequential's FUSIONS rule for this layer -> ReLU)."""
+        return self._normalise_relu(*self._arguments(x), self.eps)
 
 
 class BatchNorm1d(_BatchNorm):
@@ -694,6 +697,9 @@ class _InstanceNorm(_BatchNorm):
 
     def _normalise(self, *args):
         return F.instance_norm(*args)  # batch_norm's argument order, use_input_stats for training
+
+    def _normalise_relu(self, *args):
+        return F.instance_norm_relu(*args)
 
 
 class InstanceNorm2d(_InstanceNorm):
@@ -979,8 +985,17 @@ def _conv_relu_max_pool(layers: list[Module], x):
     )
 
 
+def _norm_relu(layers: list[Module], x):
+    return layers[0].forward_relu(x)
+
+
 FUSIONS: list[Fusion] = [
     Fusion((Conv2d, ReLU, MaxPool2d), _conv_relu_max_pool),  # engine/ops/fused.py
+    Fusion((BatchNorm1d, ReLU), _norm_relu),  # engine/ops/fused.py: batch_norm_relu
+    Fusion((BatchNorm2d, ReLU), _norm_relu),
+    Fusion((BatchNorm3d, ReLU), _norm_relu),
+    Fusion((InstanceNorm2d, ReLU), _norm_relu),  # instance_norm_relu
+    Fusion((InstanceNorm3d, ReLU), _norm_relu),
 ]
 
 

@@ -57,6 +57,8 @@ KERNEL_NAMES: dict[str, str] = {
 OPTIONAL_KERNEL_NAMES: dict[str, str] = {
     "conv2d_relu_max_pool2d_forward": "x, W, b|None -> (y, argmax int32) of max_pool2d(relu(conv2d))",
     "conv2d_relu_max_pool2d_backward": "gy, y, argmax, x, W, ..., need_gx -> (gx|None, gW, gb)",
+    "norm_relu_forward": "x (p,q,r), mean, rstd, weight|None, bias|None -> relu(norm_forward(...))",
+    "norm_relu_backward": "gy, y, x (p,q,r), mean, rstd, weight|None -> norm_backward(gy (y > 0))",
 }
 
 ALL_KERNEL_NAMES: tuple[str, ...] = (*KERNEL_NAMES, *OPTIONAL_KERNEL_NAMES)

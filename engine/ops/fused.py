@@ -1,4 +1,5 @@
-"""Fused layer ops: conv2d + bias + ReLU + max-pool as one Function (an execution detail).
+"""Fused layer ops: conv2d + bias + ReLU + max-pool as one Function, and batch / instance norm +
+ReLU (an execution detail).
 
 max_pool2d(relu(conv2d(x, W, b))) is the CNN's most common block. As three ops it writes the conv
 output, the rectified copy and, in backward, two full-size gradients; fused, the fast kernels keep
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from engine.function import Function
 from engine.ops.conv import conv_args
+from engine.ops.norm import apply_batch_norm, apply_instance_norm
 from engine.ops.pool import pool_attrs
 from engine.tensor import Tensor
 
@@ -61,3 +63,36 @@ def conv2d_relu_max_pool2d(
     if b is None:
         return ConvReLUPool2dFn.apply(x, W, **attrs)
     return ConvReLUPool2dFn.apply(x, W, b, **attrs)
+
+
+def batch_norm_relu(
+    x,
+    running_mean,
+    running_var,
+    weight=None,
+    bias=None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """relu(batch_norm(x, ...)) as one op: batch_norm's arguments and rules (running statistics
+    updated in place in training). The forward writes the rectified output once; the backward
+    masks gy by y > 0 inside the normalisation's backward (optional kernels norm_relu_*)."""
+    args = (running_mean, running_var, weight, bias, training, momentum, eps)
+    return apply_batch_norm(x, *args, relu=True)
+
+
+def instance_norm_relu(
+    x,
+    running_mean=None,
+    running_var=None,
+    weight=None,
+    bias=None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """relu(instance_norm(x, ...)) as one op, with instance_norm's arguments and rules; fused as
+    batch_norm_relu is."""
+    args = (running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
+    return apply_instance_norm(x, *args, relu=True)

@@ -19,15 +19,25 @@ class _Normalisation:
     The affine weight either is per slice (`w`, fused into the kernels) or per element of the
     affine view (n, m, s) (`_affine_forward`), for the norms whose groups span several channels."""
 
-    def _normalise(self, x3, mean, rstd, w, b, batch_stats: bool):
-        # x3, the statistics and the per-slice weight are all backward needs (xhat is recomputed)
+    def _normalise(self, x3, mean, rstd, w, b, batch_stats: bool, relu: bool = False):
+        # x3, the statistics and the per-slice weight are all backward needs (xhat is recomputed);
+        # with relu, y3 too: the ReLU passed gy where y3 > 0
         self.x3, self.mean, self.rstd, self.w, self.batch_stats = x3, mean, rstd, w, batch_stats
-        return self.k.norm_forward(x3, mean, rstd, w, b)
+        self.relu = relu
+        if not relu:
+            return self.k.norm_forward(x3, mean, rstd, w, b)
+        self.y3 = self.k.norm_relu_forward(x3, mean, rstd, w, b)
+        return self.y3
 
     def _normalise_backward(self, gy3):
-        """(gx3, gw (q,), gb (q,)) for y3 = xhat w + b, xhat = (x3 - mean) rstd."""
+        """(gx3, gw (q,), gb (q,)) for y3 = xhat w + b (relu(.) when fused), xhat = (x3 - mean)
+        rstd."""
+        if self.batch_stats and self.relu:
+            return self.k.norm_relu_backward(gy3, self.y3, self.x3, self.mean, self.rstd, self.w)
         if self.batch_stats:
             return self.k.norm_backward(gy3, self.x3, self.mean, self.rstd, self.w)
+        if self.relu:  # d relu(z) / d z = (y > 0)
+            gy3 = self.k.relu_backward(gy3, self.y3)
         # constant statistics: d y / d x = w rstd only
         xhat = self.k.norm_forward(self.x3, self.mean, self.rstd, None, None)
         scale = self.rstd if self.w is None else self.rstd * self.w
@@ -76,9 +86,12 @@ class BatchNormFn(_Normalisation, Function):
     the batch and space; weight and bias (c,) fused into the kernels. In training the statistics
     are the batch's (the biased variance normalises; the unbiased one, times N / (N - 1) with
     N = n s, enters running_var) and running_mean/running_var are updated in place; otherwise the
-    running statistics normalise and are constants for the gradient."""
+    running statistics normalise and are constants for the gradient. relu: y = relu(that), one
+    op (the BatchNorm*d -> ReLU fusion)."""
 
-    def forward(self, x, *params, running_mean, running_var, training, momentum, eps, has_w, has_b):
+    def forward(
+        self, x, *params, running_mean, running_var, training, momentum, eps, has_w, has_b, relu
+    ):
         weight, bias = self._params(params, has_w, has_b)
         n, c = x.shape[:2]
         x3 = x.reshape(n, c, -1)
@@ -91,11 +104,12 @@ class BatchNormFn(_Normalisation, Function):
         else:
             mean, var = running_mean.astype(x.dtype), running_var.astype(x.dtype)
         rstd = 1 / self.xp.sqrt(var + eps)
-        return self._normalise(x3, mean, rstd, weight, bias, training).reshape(x.shape)
+        return self._normalise(x3, mean, rstd, weight, bias, training, relu).reshape(x.shape)
 
     def backward(self, gy):
         # training: gx = w rstd (gy - mean(gy) - xhat mean(gy xhat)), means over (n, s) per
-        # channel; eval: gx = w rstd gy. Both: gw = sum gy xhat, gb = sum gy over (n, s).
+        # channel; eval: gx = w rstd gy. Both: gw = sum gy xhat, gb = sum gy over (n, s). With
+        # relu, gy is first masked by y > 0.
         gx3, gw, gb = self._normalise_backward(gy.reshape(self.x3.shape))
         return self._grads(gx3.reshape(gy.shape), gw, gb)
 
@@ -110,7 +124,6 @@ class GroupNormFn(_Normalisation, Function):
         n, c = x.shape[:2]
         x3 = x.reshape(1, n * num_groups, -1)
         mean, var = self.k.norm_moments(x3)
-        self.var = var  # instance norm's running_var update reads it
         xhat = self._normalise(x3, mean, 1 / self.xp.sqrt(var + eps), None, None, True)
         return self._affine_forward(xhat, (n, c, -1), weight, bias).reshape(x.shape)
 
@@ -122,25 +135,35 @@ class GroupNormFn(_Normalisation, Function):
         return self._grads(gx3.reshape(gy.shape), gw, gb)
 
 
-class InstanceNormFn(GroupNormFn):
-    """Instance norm with the instance's own statistics: group norm with one group per channel,
-    (1, n c, s). When running stats are given, they are updated in place with the batch mean of
-    the per-instance means and unbiased variances (PyTorch's rule)."""
+class InstanceNormFn(_Normalisation, Function):
+    """Instance norm with the instance's own statistics: x (n, c, *spatial) viewed as (1, n c, s),
+    one slice per (sample, channel), so weight and bias (c,) are per slice (tiled over the batch)
+    and fused into the kernels. When running stats are given, they are updated in place with the
+    batch mean of the per-instance means and unbiased variances (PyTorch's rule). relu: y =
+    relu(that), one op (the InstanceNorm*d -> ReLU fusion)."""
 
-    def forward(self, x, *params, running_mean, running_var, momentum, eps, has_w, has_b):
+    def forward(self, x, *params, running_mean, running_var, momentum, eps, has_w, has_b, relu):
+        weight, bias = self._params(params, has_w, has_b)
         n, c = x.shape[:2]
-        y = super().forward(x, *params, num_groups=c, eps=eps, has_w=has_w, has_b=has_b)
+        x3 = x.reshape(1, n * c, -1)
+        mean, var = self.k.norm_moments(x3)
+        self.n = n  # gw, gb sum the per-slice gradients over the batch
+        w, b = (None if p is None else self.xp.tile(p, n) for p in (weight, bias))
+        y = self._normalise(x3, mean, 1 / self.xp.sqrt(var + eps), w, b, True, relu)
         if running_mean is not None:
-            count = self.x3.shape[2]
-            _update_running(running_mean, self.mean.reshape(n, c).mean(axis=0), momentum)
-            unbiased = (self.var * (count / (count - 1))).reshape(n, c).mean(axis=0)
+            count = x3.shape[2]
+            _update_running(running_mean, mean.reshape(n, c).mean(axis=0), momentum)
+            unbiased = (var * (count / (count - 1))).reshape(n, c).mean(axis=0)
             _update_running(running_var, unbiased, momentum)
-        return y
+        return y.reshape(x.shape)
 
     def backward(self, gy):
-        # group norm's with one group per channel: gx = rstd (gxhat - mean(gxhat) - xhat
-        # mean(gxhat xhat)) over each (sample, channel)'s spatial axes, gxhat = gy w
-        return super().backward(gy)
+        # per (sample, channel) slice: gx = w rstd (gy - mean(gy) - xhat mean(gy xhat)) over its
+        # spatial axes (gy masked by y > 0 first with relu); gw = sum gy xhat and gb = sum gy
+        # per slice, then summed over the batch
+        gx3, gw, gb = self._normalise_backward(gy.reshape(self.x3.shape))
+        gw, gb = (None if g is None else g.reshape(self.n, -1).sum(axis=0) for g in (gw, gb))
+        return self._grads(gx3.reshape(gy.shape), gw, gb)
 
 
 class LayerNormFn(_Normalisation, Function):
@@ -228,6 +251,13 @@ def batch_norm(
     arrays, or None) are updated in place, r <- (1 - momentum) r + momentum stat, with the
     UNBIASED variance. Otherwise the running statistics are used (they must be given).
     weight, bias: (c,) or None (1 and 0)."""
+    args = (running_mean, running_var, weight, bias, training, momentum, eps)
+    return apply_batch_norm(x, *args, relu=False)
+
+
+def apply_batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, *, relu):
+    """batch_norm's arguments checked and BatchNormFn applied; relu: y = relu(batch_norm(...)) as
+    the same one op (engine.ops.fused.batch_norm_relu)."""
     x = _channels(x, "batch_norm")
     c = x.shape[1]
     running_mean = _array(running_mean, "running_mean", x, (c,))
@@ -249,6 +279,7 @@ def batch_norm(
         eps=float(eps),
         has_w=weight is not None,
         has_b=bias is not None,
+        relu=relu,
     )
 
 
@@ -268,10 +299,20 @@ def instance_norm(
     use_input_stats False normalises with running_mean/running_var instead (batch norm's eval
     mode); True updates them in place when given (mean over the batch of the per-instance
     statistics, unbiased variance)."""
+    args = (running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
+    return apply_instance_norm(x, *args, relu=False)
+
+
+def apply_instance_norm(
+    x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, *, relu
+):
+    """instance_norm's arguments checked and its Function applied; relu: y = relu(instance_norm(
+    ...)) as the same one op (engine.ops.fused.instance_norm_relu)."""
     x = _channels(x, "instance_norm", min_ndim=3)
     n, c = x.shape[:2]
     if not use_input_stats:
-        return batch_norm(x, running_mean, running_var, weight, bias, False, momentum, eps)
+        args = (running_mean, running_var, weight, bias, False, momentum, eps)
+        return apply_batch_norm(x, *args, relu=relu)
     if x.size // (n * c) <= 1:
         raise ArgumentError(
             f"instance_norm: expected more than 1 spatial element per channel, got x {x.shape}"
@@ -288,6 +329,7 @@ def instance_norm(
         eps=float(eps),
         has_w=weight is not None,
         has_b=bias is not None,
+        relu=relu,
     )
 
 

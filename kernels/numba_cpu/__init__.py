@@ -19,7 +19,7 @@ from .elementwise import (
     softmax_cross_entropy_backward,
     softmax_cross_entropy_forward,
 )
-from .norm import norm_backward, norm_forward, norm_moments
+from .norm import norm_backward, norm_forward, norm_moments, norm_relu_backward, norm_relu_forward
 from .optim import adam_update, sgd_update
 from .pool import avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward
 from .pool3d import avg_pool3d_backward, avg_pool3d_forward, max_pool3d_backward, max_pool3d_forward
@@ -60,6 +60,8 @@ OWN = {
     "leaky_relu_backward": leaky_relu_backward,
     "gelu_forward": gelu_forward,
     "gelu_backward": gelu_backward,
+    "norm_relu_forward": norm_relu_forward,
+    "norm_relu_backward": norm_relu_backward,
 }
 
 __all__ = ["KERNELS", "OWN", "tune_malloc"]

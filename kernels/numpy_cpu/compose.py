@@ -47,9 +47,25 @@ def conv2d_relu_max_pool2d_backward(
     return gx, gW, g.sum(axis=(0, 2, 3)).astype(gy.dtype, copy=False)
 
 
+def norm_relu_forward(k, x, mean, rstd, weight, bias):
+    """y = relu_forward(norm_forward(x, mean, rstd, weight, bias)): x (p, q, r), mean/rstd (q,),
+    weight/bias (q,) or None -> y (p, q, r), x's dtype. A normalisation followed by a ReLU (batch
+    or instance norm -> ReLU) written once instead of twice."""
+    return k.relu_forward(k.norm_forward(x, mean, rstd, weight, bias))
+
+
+def norm_relu_backward(k, gy, y, x, mean, rstd, weight):
+    """norm_backward(relu_backward(gy, y), x, mean, rstd, weight): gy, y (the fused forward's
+    output), x (p, q, r), mean/rstd the statistics of this x, weight (q,) or None -> (gx, gweight
+    (q,), gbias (q,)). The ReLU passes gy where y > 0 (zero at the kink, relu_backward's rule)."""
+    return k.norm_backward(k.relu_backward(gy, y), x, mean, rstd, weight)
+
+
 COMPOSED: dict[str, Callable] = {
     "conv2d_relu_max_pool2d_forward": conv2d_relu_max_pool2d_forward,
     "conv2d_relu_max_pool2d_backward": conv2d_relu_max_pool2d_backward,
+    "norm_relu_forward": norm_relu_forward,
+    "norm_relu_backward": norm_relu_backward,
 }
 assert set(COMPOSED) == set(OPTIONAL_KERNEL_NAMES), "every optional kernel needs a composition"
 

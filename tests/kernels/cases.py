@@ -518,6 +518,56 @@ def _norm_activation_cases():
     cases["norm_moments"].append(Case("tiny_long_slice", moments((1, 1, 1100)), True))
     cases["norm_backward"].append(Case("tiny_long_slice", backward((1, 1, 1100), True), True))
 
+    def constant_slices(r, d):  # slices 0 and 2 constant (var exactly 0), slice 1 at mean 1e3
+        x = _normal(r, (2, 3, 9), np.float64)
+        x[:, 0], x[:, 1], x[:, 2] = 7.25, x[:, 1] + 1e3, -3.5
+        return (x.astype(d),)
+
+    def chunked(shape):  # slices of several numba_cpu chunks (CHUNK = 2^15 elements)
+        return lambda r, d: ((_normal(r, shape, np.float64) * 2 - 50).astype(d),)
+
+    cases["norm_moments"].append(Case("tiny_constant_slices", constant_slices, True))
+    cases["norm_moments"].append(Case("chunked_bn", chunked((3, 2, 25000)), False))
+    cases["norm_moments"].append(Case("chunked_in", chunked((1, 2, 70000)), False))
+
+    def relu_forward(shape, affine):  # about half the outputs rectified, exact zeros included
+        def make(r, d):
+            x, mean, rstd, w, b = forward(shape, affine)(r, d)
+            x[:, :, ::7] = mean[:, None]  # xhat = 0 exactly here: y = relu(b), 0 without affine
+            return (x, mean, rstd, w, b)
+
+        return make
+
+    def relu_backward(shape, affine):
+        def make(r, d):
+            gy, x, mean, rstd, w = backward(shape, affine)(r, np.float64)
+            b = _normal(r, shape[1], np.float64) if affine else None
+            y = REFERENCE["norm_relu_forward"](x, mean, rstd, w, b)
+            return tuple(None if a is None else a.astype(d) for a in (gy, y, x, mean, rstd, w))
+
+        return make
+
+    cases["norm_relu_forward"], cases["norm_relu_backward"] = [], []
+    relu_views = [*views, ("chunked_bn", (3, 2, 25000), False), ("tiny_long", (1, 2, 1100), True)]
+    for label, shape, tiny in relu_views:
+        for affine in (True, False):
+            tag = label if affine else f"{label}_no_affine"
+            cases["norm_relu_forward"].append(Case(tag, relu_forward(shape, affine), tiny))
+            cases["norm_relu_backward"].append(Case(tag, relu_backward(shape, affine), tiny))
+    cases["norm_backward"].append(Case("chunked_bn", backward((3, 2, 25000), True), False))
+
+    def backward_of(make_x):  # norm_backward at x's own statistics, x from a moments case
+        def make(r, d):
+            x = make_x(r, np.float64)[0]
+            mean, var = REFERENCE["norm_moments"](x)
+            rstd = 1 / np.sqrt(var + 1e-5)
+            gy, w = _normal(r, x.shape, np.float64), _normal(r, x.shape[1], np.float64)
+            return tuple(a.astype(d) for a in (gy, x, mean, rstd, w))
+
+        return make
+
+    cases["norm_backward"].append(Case("tiny_constant_slices", backward_of(constant_slices), True))
+
     def pair(shape, slope=None):
         extra = () if slope is None else (slope,)
         return (
