@@ -263,6 +263,13 @@ def _stored(rng, rows, cols, dtype, integers):
     return rng.standard_normal((rows, cols)).astype(dtype)
 
 
+def _operands(rng, M, N, K, trans_a, trans_b, dtype=np.float32):
+    """Integer-valued a (M, K) and b (K, N), each stored transposed (a .T view) when its flag is set."""
+    a = _stored(rng, K, M, dtype, True).T if trans_a else _stored(rng, M, K, dtype, True)
+    b = _stored(rng, N, K, dtype, True).T if trans_b else _stored(rng, K, N, dtype, True)
+    return a, b
+
+
 # M, N, K: one element; odd sizes inside one tile; several tiles with K not a multiple of BK;
 # a tall-thin and a wide-short product; more row tiles than column tiles
 _SHAPES = [(1, 1, 1), (37, 29, 19), (70, 65, 33), (130, 3, 17), (5, 131, 40)]
@@ -275,8 +282,7 @@ def test_own_matmul_every_transpose_exact_on_integers(own_gemm, dtype, trans_a, 
     bounds error shows as a wrong number. Transposes are views (no copy) passed as flags."""
     rng = np.random.default_rng(trans_a * 2 + trans_b)
     for M, N, K in _SHAPES:
-        a = _stored(rng, K, M, dtype, True).T if trans_a else _stored(rng, M, K, dtype, True)
-        b = _stored(rng, N, K, dtype, True).T if trans_b else _stored(rng, K, N, dtype, True)
+        a, b = _operands(rng, M, N, K, trans_a, trans_b, dtype)
         got = gemm.matmul(a, b)
         expected = a.astype(np.float64) @ b.astype(np.float64)
         assert got.dtype == dtype and got.shape == (M, N)
@@ -309,16 +315,7 @@ def test_own_matmul_split_k(own_gemm, monkeypatch, trans_a, trans_b):
     monkeypatch.setattr(gemm, "MIN_SPLIT_K", src.BK)
     rng = np.random.default_rng(11)
     for M, N, K in [(37, 29, 70), (5, 131, 40), (70, 65, 33)]:
-        a = (
-            _stored(rng, K, M, np.float32, True).T
-            if trans_a
-            else _stored(rng, M, K, np.float32, True)
-        )
-        b = (
-            _stored(rng, N, K, np.float32, True).T
-            if trans_b
-            else _stored(rng, K, N, np.float32, True)
-        )
+        a, b = _operands(rng, M, N, K, trans_a, trans_b)
         c0 = _stored(rng, M, N, np.float32, True)
         out = c0.copy()
         gemm.matmul(a, b, out=out, alpha=2.0, beta=-1.0)
@@ -375,16 +372,7 @@ def test_mma_matmul_every_transpose_exact_on_integers(mma, own_gemm, mode, trans
     mma(mode)
     rng = np.random.default_rng(7)
     for M, N, K in [(37, 29, 19), (70, 65, 33)]:
-        a = (
-            _stored(rng, K, M, np.float32, True).T
-            if trans_a
-            else _stored(rng, M, K, np.float32, True)
-        )
-        b = (
-            _stored(rng, N, K, np.float32, True).T
-            if trans_b
-            else _stored(rng, K, N, np.float32, True)
-        )
+        a, b = _operands(rng, M, N, K, trans_a, trans_b)
         got = gemm.matmul(a, b)
         np.testing.assert_array_equal(got, (a.astype(np.float64) @ b).astype(np.float32))
     expected = src.mma_name(gemm._MMA_MODES[mode], trans_a, trans_b)
