@@ -15,8 +15,8 @@ reads input pixel (i*sh + u - ph, j*sw + v - pw); _tap_rows lists the (input row
 pairs of the chunk where that pixel is inside, in (bb, i, j) order. Then
 - forward: Y[out rows] += X[in rows] @ W[:, :, u, v].T, and y = Y + bias back in NCHW;
 - gx:      GX[in rows] += G[out rows] @ W[:, :, u, v];
-- gW:      gW[:, :, u, v] = sum over chunks of G[out rows].T @ X[in rows] (one partial per task,
-           summed in task order: deterministic).
+- gW:      gW[:, :, u, v] = sum over chunks of G[out rows].T @ X[in rows] (chunks summed in
+           order into a few partials, then the partials in order: deterministic).
 The taps are added in row-major order (u, v), so results differ from the dense sums only in
 rounding. Padding taps are skipped, not multiplied by zero: a non-finite weight facing padding
 gives no NaN here (the dense formula's 0 * inf does); conv.py routes non-finite inputs elsewhere.
@@ -33,6 +33,7 @@ from .window import out_size
 
 JIT = dict(cache=True, fastmath=False, nogil=True)
 CHUNK_ELEMS = 1 << 20  # elements of one chunk's channels-last input + output: 4 MiB in float32
+MAX_PARTIALS_PER_THREAD = 2  # weight gradient: partial sums (kh*kw x oc x c each) per thread
 
 
 def images_per_chunk(n: int, per_image: int) -> int:
@@ -181,33 +182,42 @@ def _grad_input_body(gy3, Wr, h, w, oh, ow, kh, kw, sh, sw, ph, pw, chunk, gx3, 
 
 
 @njit(**JIT)
-def _grad_weight_body(gy3, x3, h, w, oh, ow, kh, kw, sh, sw, ph, pw, chunk, partial, lo, hi):
-    """partial[t, u*kw + v] = G[out rows].T @ X[in rows] (oc, c) for the chunks t in [lo, hi)."""
+def _grad_weight_body(gy3, x3, h, w, oh, ow, kh, kw, sh, sw, ph, pw, chunk, span, partial, lo, hi):
+    """partial[t, u*kw + v] = sum of G[out rows].T @ X[in rows] (oc, c) over the images
+    [t*span, (t + 1)*span), chunk images at a time, in order, for the slots t in [lo, hi)."""
     n, oc = gy3.shape[0], gy3.shape[1]
     c = x3.shape[1]
     npix = oh * ow
+    X = np.empty((chunk * h * w, c), dtype=x3.dtype)
+    G = np.empty((chunk * npix, oc), dtype=x3.dtype)
+    Ax = np.empty((chunk * npix, c), dtype=x3.dtype)
+    Ag = np.empty((chunk * npix, oc), dtype=x3.dtype)
+    prod = np.empty((oc, c), dtype=x3.dtype)
+    rows_in = np.empty(chunk * npix, dtype=np.int64)
+    rows_out = np.empty(chunk * npix, dtype=np.int64)
     for t in range(lo, hi):
-        b0 = t * chunk
-        b1 = min(n, b0 + chunk)
-        nb = b1 - b0
-        X = np.empty((nb * h * w, c), dtype=x3.dtype)
-        _to_rows(x3, b0, b1, X)
-        G = np.empty((nb * npix, oc), dtype=x3.dtype)
-        _to_rows(gy3, b0, b1, G)
-        Ax = np.empty((nb * npix, c), dtype=x3.dtype)
-        Ag = np.empty((nb * npix, oc), dtype=x3.dtype)
-        rows_in = np.empty(nb * npix, dtype=np.int64)
-        rows_out = np.empty(nb * npix, dtype=np.int64)
-        for u in range(kh):
-            for v in range(kw):
-                k = u * kw + v
-                r = _tap_rows(nb, h, w, oh, ow, u, v, sh, sw, ph, pw, rows_in, rows_out)
-                if r == 0:
-                    partial[t, k] = 0
-                    continue
-                _gather(X, rows_in, r, Ax)
-                _gather(G, rows_out, r, Ag)
-                np.dot(Ag[:r].T, Ax[:r], partial[t, k])
+        for b0 in range(t * span, min(n, (t + 1) * span), chunk):
+            b1 = min(n, b0 + chunk, (t + 1) * span)
+            nb, first = b1 - b0, b0 == t * span
+            _to_rows(x3, b0, b1, X)
+            _to_rows(gy3, b0, b1, G)
+            for u in range(kh):
+                for v in range(kw):
+                    acc = partial[t, u * kw + v]
+                    r = _tap_rows(nb, h, w, oh, ow, u, v, sh, sw, ph, pw, rows_in, rows_out)
+                    if r == 0:
+                        if first:
+                            acc[:] = 0
+                        continue
+                    _gather(X, rows_in, r, Ax)
+                    _gather(G, rows_out, r, Ag)
+                    if first:  # the slot's first chunk writes its partial directly
+                        np.dot(Ag[:r].T, Ax[:r], acc)
+                        continue
+                    np.dot(Ag[:r].T, Ax[:r], prod)
+                    for o in range(oc):
+                        for ch in range(c):
+                            acc[o, ch] += prod[o, ch]
 
 
 # ------------------------------------------------------------- launchers ----
@@ -253,11 +263,15 @@ def backward_weight(gy, x, kernel_size, stride, padding):
     oc, oh, ow = gy.shape[1:]
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     chunk = images_per_chunk(n, h * w * c + oh * ow * 2 * (c + oc))
-    tasks = -(-n // chunk)
-    partial = np.empty((tasks, kh * kw, oc, c), dtype=x.dtype)
+    # at most MAX_PARTIALS_PER_THREAD partial gWs per thread (a large batch in many small chunks
+    # would otherwise hold one gW-sized partial per chunk), each summing span images in chunks
+    slots = min(-(-n // chunk), MAX_PARTIALS_PER_THREAD * threads())
+    span = -(-n // slots)
+    slots = -(-n // span)
+    partial = np.empty((slots, kh * kw, oc, c), dtype=x.dtype)
     gy3, x3 = gy.reshape(n, oc, oh * ow), x.reshape(n, c, h * w)
-    args = (gy3, x3, h, w, oh, ow, kh, kw, sh, sw, ph, pw, chunk, partial)
-    run_tasks(_grad_weight_body, tasks, *args, blas=True)
+    args = (gy3, x3, h, w, oh, ow, kh, kw, sh, sw, ph, pw, min(chunk, span), span, partial)
+    run_tasks(_grad_weight_body, slots, *args, blas=True)
     gW = np.empty((oc, c, kh, kw), dtype=x.dtype)
     run_tasks(_weight_untaps_body, oc, partial, gW.reshape(oc, c, kh * kw))
     return gW

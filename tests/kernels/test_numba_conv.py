@@ -241,7 +241,9 @@ def test_taps_passes_match_reference(rng, monkeypatch, dtype, xs, ws, stride, pa
             taps, fn, lambda *a, _f=real, _n=fn, **k: calls.append(_n) or _f(*a, **k)
         )
     monkeypatch.setattr(_conv(), "TAPS_GX_MAX_PIXELS", 64)  # every case's gx takes it too
-    monkeypatch.setattr(taps, "CHUNK_ELEMS", 1)  # one image per task: the partial sums of gW
+    # one image per chunk and one partial gW per thread: gW sums chunks, then partials
+    monkeypatch.setattr(taps, "CHUNK_ELEMS", 1)
+    monkeypatch.setattr(taps, "MAX_PARTIALS_PER_THREAD", 1)
     x, W = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
     b = rng.standard_normal(ws[0]).astype(dtype)
     oh = (xs[2] + 2 * padding[0] - ws[2]) // stride[0] + 1
