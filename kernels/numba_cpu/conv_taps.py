@@ -275,3 +275,52 @@ def backward_weight(gy, x, kernel_size, stride, padding):
     gW = np.empty((oc, c, kh, kw), dtype=x.dtype)
     run_tasks(_weight_untaps_body, oc, partial, gW.reshape(oc, c, kh * kw))
     return gW
+
+
+# ---- a 1x1 kernel: one tap, so no rows to skip; one GEMM over the whole batch instead ----
+@njit(**JIT)
+def _pointwise_gather_body(x, sh, sw, oh, ow, X2, lo, hi):
+    """X2[ch, (b*oh + i)*ow + j] = x[b, ch, i*sh, j*sw] for channels ch in [lo, hi)."""
+    for ch in range(lo, hi):
+        dst = X2[ch]
+        for b in range(x.shape[0]):
+            for i in range(oh):
+                row = x[b, ch, i * sh]
+                base = (b * oh + i) * ow
+                for j in range(ow):
+                    dst[base + j] = row[j * sw]
+
+
+@njit(**JIT)
+def _pointwise_forward_body(Wm, X2, bias, block, y3, lo, hi):
+    """y3[b, o, p] = bias[o] + (Wm @ X2)[o, b*P + p] for the output channels of blocks [lo, hi)
+    (block channels each): one GEMM per block over the whole batch."""
+    oc, npix = y3.shape[1], y3.shape[2]
+    for t in range(lo, hi):
+        o0 = t * block
+        o1 = min(oc, o0 + block)
+        out = np.dot(Wm[o0:o1], X2)  # (o1 - o0, n*P)
+        for o in range(o0, o1):
+            src, bo = out[o - o0], bias[o]
+            for b in range(y3.shape[0]):
+                dst = y3[b, o]
+                for p in range(npix):
+                    dst[p] = src[b * npix + p] + bo
+
+
+def pointwise_forward(x, W, bias, stride):
+    """y (n, oc, oh, ow) = conv2d(x, W, bias, stride, padding 0) for a 1x1 W (oc, c, 1, 1): the
+    strided subsample of x as (c, n*oh*ow), then one GEMM per block of output channels (one block
+    per thread). x C-contiguous."""
+    n, c, h, w = x.shape
+    oc = W.shape[0]
+    (sh, sw) = stride
+    oh, ow = out_size(h, 1, sh, 0), out_size(w, 1, sw, 0)
+    X2 = np.empty((c, n * oh * ow), dtype=x.dtype)
+    run_tasks(_pointwise_gather_body, c, x, sh, sw, oh, ow, X2)
+    y = np.empty((n, oc, oh, ow), dtype=x.dtype)
+    block = -(-oc // threads())
+    Wm = np.ascontiguousarray(W).reshape(oc, c)
+    args = (Wm, X2, bias, block, y.reshape(n, oc, oh * ow))
+    run_tasks(_pointwise_forward_body, -(-oc // block), *args, blas=True)
+    return y

@@ -265,3 +265,31 @@ def test_taps_conv2d_gradcheck_float64(rng):
     assert _conv().taps_ok(4, (3, 3), (1, 1), 3, 3, np.float64, "forward", x, W)
     with backend.use_kernels("numba"):
         check_grad(lambda x, W, b: F.conv2d(x, W, b, 2, 1), [x, W, b], **TOL["gradcheck"])
+
+
+@pytest.mark.parametrize(
+    "c,kernel,stride,padding,dtype,takes",
+    [
+        (64, (1, 1), (2, 2), (0, 0), np.float32, True),  # ResNet's downsample
+        (64, (1, 1), (1, 2), (0, 0), np.float64, True),
+        (64, (1, 1), (1, 1), (0, 0), np.float32, False),  # stride 1: not measured
+        (64, (1, 1), (2, 2), (1, 1), np.float32, False),  # padding
+        (64, (3, 3), (2, 2), (0, 0), np.float32, False),
+        (16, (1, 1), (2, 2), (0, 0), np.float32, False),  # thin: the plane loop
+    ],
+)
+def test_pointwise_ok_takes_strided_1x1(c, kernel, stride, padding, dtype, takes):
+    assert _conv().pointwise_ok(c, kernel, stride, padding, dtype) is takes
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stride", [(2, 2), (3, 1)])
+def test_pointwise_forward_matches_reference(rng, monkeypatch, dtype, stride):
+    taps = pytest.importorskip("kernels.numba_cpu.conv_taps")
+    calls = []
+    real = taps.pointwise_forward
+    monkeypatch.setattr(taps, "pointwise_forward", lambda *a: calls.append(1) or real(*a))
+    x = rng.standard_normal((3, 40, 7, 6)).astype(dtype)  # odd sizes: the last row / column
+    W, b = rng.standard_normal((5, 40, 1, 1)).astype(dtype), rng.standard_normal(5).astype(dtype)
+    _check("conv2d_forward", (x, W, b, stride, (0, 0)), dtype)
+    assert calls == [1]
