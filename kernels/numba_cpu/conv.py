@@ -55,7 +55,7 @@ DIRECT_SIMD_GW_MIN_PIXELS = 256  # weight gradient: oh*ow >= this
 # maps, any stride and padding. Measured on resnet18_2d's convs (b32, float32, 1 thread,
 # interleaved with the paths before it and PyTorch, load ~5; benchmarks/README): at 4x4 and 2x2
 # (256-512 channels) all three passes 1.6-3.2x the Winograd path; 3x3 stride-2 forward and
-# weight gradient 1.1-2.6x the chunked GEMM; the 8x8 weight gradient (128 ch) 1.8x; but the
+# weight gradient 1.0-2.6x the chunked GEMM; the 8x8 weight gradient (128 ch) 1.8x; but the
 # input gradient at 8x8 outputs 0.93x, 16x16 maps 0.7x and 1x1 kernels 0.6-1.2x (no taps to
 # skip there: the channels-last copies only cost), hence the limits and kh*kw > 1.
 TAPS_MAX_PIXELS = 64  # forward and weight gradient: output oh*ow <= this
