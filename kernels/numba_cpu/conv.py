@@ -11,6 +11,8 @@ Why two paths (measured on the seed CNN, 2 cores, float32, batch 256; benchmarks
 `DIRECT_MAX_K` is the switch between the two. Two more paths for thick convs: Winograd F(2x2, 3x3)
 (conv_winograd.py) on small 3x3 stride-1 maps, and conv3d_direct.py's register-blocked direct
 kernel on wider stride-1 maps (direct_simd_ok; measured on resnet18_2d, see the constants).
+Ahead of both: conv_taps.py, one GEMM per kernel tap, on small output maps (taps_ok), and its
+whole-batch GEMM for strided 1x1 forwards (pointwise_ok).
 
 Numba habits that the timings forced (each measured on these kernels): index arrays through
 slices so every index is provably >= 0 (an `a[q + off]` with a signed offset blocks vectorisation:

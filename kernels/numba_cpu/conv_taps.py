@@ -21,6 +21,8 @@ The taps are added in row-major order (u, v), so results differ from the dense s
 rounding. Padding taps are skipped, not multiplied by zero: a non-finite weight facing padding
 gives no NaN here (the dense formula's 0 * inf does); conv.py routes non-finite inputs elsewhere.
 Threads: run_tasks over chunks of images (BLAS single-threaded inside each task).
+pointwise_forward, at the end: a strided 1x1 forward (one tap, nothing to skip) as one GEMM over
+the whole batch per block of output channels instead.
 """
 
 from __future__ import annotations
