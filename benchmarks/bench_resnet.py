@@ -4,9 +4,10 @@ neighbour's load hits every contender alike. First losses are checked to agree b
 
     python -m benchmarks.bench_resnet [--width 64] [--batch 32] [--size 64] [--rounds 5] [--before]
 
---before adds "numba_before": the numba flavour with its register-blocked direct conv2d path
-switched off (kernels/numba_cpu/conv.py DIRECT_SIMD_MIN_WIDTH past any map: the chunked GEMM
-instead), the tree before that change, interleaved.
+--before adds "numba_before": the numba flavour with its tap-GEMM conv2d path switched off
+(kernels/numba_cpu/conv.py TAPS_MAX_PIXELS and TAPS_GX_MAX_PIXELS 0: Winograd and the chunked
+GEMM instead), the tree before that change, interleaved. (Until that change, --before switched
+off the register-blocked direct path instead; benchmarks/README says which run used which.)
 
 One step = zero_grad, forward (training-mode batch norm), cross-entropy, backward, SGD update
 (lr 0: every timed step does the same work on the same weights; see benchmarks/seed_step.py).
@@ -42,16 +43,21 @@ class EngineResNet(EngineStep):
 
 
 class BeforeNumbaResNet(EngineResNet):
-    """The numba flavour without the register-blocked direct conv2d path (chunked GEMM there)."""
+    """The numba flavour without the tap-GEMM conv2d path (Winograd and chunked GEMM there)."""
+
+    SWITCHES = ("TAPS_MAX_PIXELS", "TAPS_GX_MAX_PIXELS")
 
     def train_step(self) -> float:
         from kernels.numba_cpu import conv
 
-        saved, conv.DIRECT_SIMD_MIN_WIDTH = conv.DIRECT_SIMD_MIN_WIDTH, 1 << 30
+        saved = {name: getattr(conv, name) for name in self.SWITCHES}
+        for name in self.SWITCHES:
+            setattr(conv, name, 0)
         try:
             return super().train_step()
         finally:
-            conv.DIRECT_SIMD_MIN_WIDTH = saved
+            for name, value in saved.items():
+                setattr(conv, name, value)
 
 
 class TorchResNet(TorchStep):
@@ -75,7 +81,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--before", action="store_true", help="add numba without direct conv2d")
+    p.add_argument("--before", action="store_true", help="add numba without the tap-GEMM conv2d")
     args = p.parse_args(argv)
     for key, value in harness.environment().items():
         print(f"{key}: {value}")

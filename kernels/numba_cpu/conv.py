@@ -11,6 +11,8 @@ Why two paths (measured on the seed CNN, 2 cores, float32, batch 256; benchmarks
 `DIRECT_MAX_K` is the switch between the two. Two more paths for thick convs: Winograd F(2x2, 3x3)
 (conv_winograd.py) on small 3x3 stride-1 maps, and conv3d_direct.py's register-blocked direct
 kernel on wider stride-1 maps (direct_simd_ok; measured on resnet18_2d, see the constants).
+Ahead of both: conv_taps.py, one GEMM per kernel tap, on small output maps (taps_ok), and its
+whole-batch GEMM for strided 1x1 forwards (pointwise_ok).
 
 Numba habits that the timings forced (each measured on these kernels): index arrays through
 slices so every index is provably >= 0 (an `a[q + off]` with a signed offset blocks vectorisation:
@@ -51,6 +53,15 @@ WINOGRAD_MAX_PIXELS = 16
 # amortise its lane sums). At 4x4 it lost to Winograd (a 4-wide row fills half a vector).
 DIRECT_SIMD_MIN_WIDTH = 8  # forward and input gradient: output width ow >= this
 DIRECT_SIMD_GW_MIN_PIXELS = 256  # weight gradient: oh*ow >= this
+# One GEMM per kernel tap over channels-last rows (conv_taps.py) for thick convs on small output
+# maps, any stride and padding. Measured on resnet18_2d's convs (b32, float32, 1 thread,
+# interleaved with the paths before it and PyTorch, load ~5; benchmarks/README): at 4x4 and 2x2
+# (256-512 channels) all three passes 1.6-3.2x the Winograd path; 3x3 stride-2 forward and
+# weight gradient 1.0-2.6x the chunked GEMM; the 8x8 weight gradient (128 ch) 1.8x; but the
+# input gradient at 8x8 outputs 0.93x, 16x16 maps 0.7x and 1x1 kernels 0.6-1.2x (no taps to
+# skip there: the channels-last copies only cost), hence the limits and kh*kw > 1.
+TAPS_MAX_PIXELS = 64  # forward and weight gradient: output oh*ow <= this
+TAPS_GX_MAX_PIXELS = 16  # input gradient: output oh*ow <= this
 
 
 # ---------------------------------------------------------------- bodies ----
@@ -469,6 +480,37 @@ def winograd_ok(c, kernel_size, stride, padding, out_pixels, *arrays) -> bool:
     return all(_finite_body(contiguous(a).reshape(-1)) for a in arrays)
 
 
+def taps_ok(c, kernel_size, padding, oh, ow, dtype, pass_, *arrays) -> bool:
+    """Whether a conv pass takes conv_taps: float32/float64, a kernel of more than one tap, thick
+    enough for a GEMM (c*kh*kw > DIRECT_MAX_K), a small output (oh*ow <= TAPS_MAX_PIXELS, for
+    pass_ "input" TAPS_GX_MAX_PIXELS), and, with padding, finite arrays (the path skips padding
+    taps, so a non-finite value facing padding would miss the dense formula's 0 * inf = NaN)."""
+    kh, kw = kernel_size
+    if np.dtype(dtype) not in (np.float32, np.float64) or kh * kw == 1:
+        return False
+    limit = TAPS_GX_MAX_PIXELS if pass_ == "input" else TAPS_MAX_PIXELS
+    if c * kh * kw <= DIRECT_MAX_K or not 0 < oh * ow <= limit:
+        return False
+    return not any(padding) or all(_finite_body(contiguous(a).reshape(-1)) for a in arrays)
+
+
+def pointwise_ok(c, kernel_size, stride, padding, dtype) -> bool:
+    """Whether a forward takes conv_taps.pointwise_forward: a 1x1 kernel at a stride > 1 without
+    padding (ResNet's downsample convs), c > DIRECT_MAX_K, float32/float64. Measured (b32,
+    1 thread, load 7, interleaved): 1.3-1.9x the chunked GEMM on resnet18_2d's three; stride 1
+    was not measured, so it keeps its path."""
+    if tuple(kernel_size) != (1, 1) or tuple(stride) == (1, 1) or any(padding):
+        return False
+    return c > DIRECT_MAX_K and np.dtype(dtype) in (np.float32, np.float64)
+
+
+def _taps():
+    """conv_taps, imported on first use."""
+    from . import conv_taps
+
+    return conv_taps
+
+
 def direct_simd_ok(c, kernel_size, stride, oh, ow, dtype, pass_="forward") -> bool:
     """Whether a conv pass takes the register-blocked direct kernel (conv3d_direct.py): stride
     1, float32/float64, too thick for the plane loop (c*kh*kw > DIRECT_MAX_K), and an output
@@ -533,6 +575,10 @@ def conv2d_forward(x, W, b, stride, padding):
     n, _, h, w = x.shape
     oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
     bias = np.zeros(oc, dtype=x.dtype) if b is None else contiguous(b)
+    if pointwise_ok(c, (kh, kw), stride, padding, x.dtype):
+        return _taps().pointwise_forward(contiguous(x), W, bias, stride)
+    if taps_ok(c, (kh, kw), padding, oh, ow, x.dtype, "forward", x, W):
+        return _taps().forward(contiguous(x), contiguous(W), bias, stride, padding)
     y = np.empty((n, oc, oh, ow), dtype=x.dtype)
     if winograd_ok(c, (kh, kw), stride, padding, oh * ow, x, W):
         return _winograd().forward(contiguous(x), contiguous(W), bias, padding, oh, ow)
@@ -559,6 +605,8 @@ def conv2d_backward_input(gy, W, x_shape, stride, padding):
     (sh, sw), (ph, pw) = stride, padding
     oc, c, kh, kw = W.shape
     n, _, oh, ow = gy.shape
+    if taps_ok(c, (kh, kw), padding, oh, ow, gy.dtype, "input"):  # gx never meets padding
+        return _taps().backward_input(contiguous(gy), contiguous(W), x_shape, stride, padding)
     if winograd_ok(c, (kh, kw), stride, padding, oh * ow, gy, W):
         return _winograd().backward_input(contiguous(gy), W, x_shape, padding)
     h, w = x_shape[2], x_shape[3]
@@ -586,6 +634,8 @@ def conv2d_backward_weight(gy, x, kernel_size, stride, padding):
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     n, oc, oh, ow = gy.shape
     c = x.shape[1]
+    if taps_ok(c, kernel_size, padding, oh, ow, gy.dtype, "weight", gy, x):
+        return _taps().backward_weight(contiguous(gy), contiguous(x), kernel_size, stride, padding)
     if winograd_ok(c, kernel_size, stride, padding, oh * ow, gy, x):
         return _winograd().backward_weight(contiguous(gy), contiguous(x), padding)
     if direct_simd_ok(c, kernel_size, stride, oh, ow, gy.dtype, "weight"):
