@@ -5,9 +5,10 @@ Numba types int32 * int32 as int64; every sum below is truncated back to int32 (
 at each step, which is exact (|sum| < 2^31 for k < 133,000) and lets LLVM keep 32-bit lanes.
 
 Three product forms: _gemm_pairs (columns x weights packed once per plan, an explicit
-register-blocked AVX2 micro-kernel on int16 pairs, vpmaddwd: see simd_int.py), used where the
-CPU has AVX2; _gemm_nt (the same product in plain loops, LLVM vectorising the k loop: the
-fallback elsewhere); and _conv_block / _conv_pool2 (direct from the NHWC input, the output-channel loop vectorised, with
+register-blocked AVX2 micro-kernel on int16 pairs, vpmaddwd: see simd_int.py), the plan's
+bound product (bind_gemm_nt) where the CPU has AVX2; _gemm_nt (the same product in plain loops,
+LLVM vectorising the k loop: the fallback elsewhere, and the one-off int8_matmul_nt /
+int8_gemm_nt, which would pay the packing per call); and _conv_block / _conv_pool2 (direct from the NHWC input, the output-channel loop vectorised, with
 the pool and the epilogue fused: few taps, such as a first conv on one channel, where k = 9 gives
 _gemm_nt no vector loop). The bind_* functions return a plan step: the compiled call with its
 arguments prepared once, so that a call costs Numba's dispatch only."""
@@ -180,13 +181,13 @@ def _gemm_pairs(a, panels, c):  # pragma: no cover - compiled
 def int8_matmul_nt(a: np.ndarray, bt: np.ndarray) -> np.ndarray:
     """a int8 (m, k), bt int8 (n, k) -> int32 (m, n) = a @ bt^T (numpy_cpu's doc)."""
     c = np.empty((a.shape[0], bt.shape[0]), np.int32)
-    bind_gemm_nt(np.ascontiguousarray(a), np.ascontiguousarray(bt), c)()
+    _gemm_nt(np.ascontiguousarray(a), np.ascontiguousarray(bt), c)  # no packing per call
     return c
 
 
 def int8_gemm_nt(a: np.ndarray, bt: np.ndarray, out: np.ndarray) -> None:
     """out int32 (m, n) = a @ bt^T; a, bt int8 C-contiguous, out C-contiguous (numpy_cpu's doc)."""
-    bind_gemm_nt(a, bt, out)()
+    _gemm_nt(a, bt, out)  # a single call: packing bt for _gemm_pairs would cost more
 
 
 @numba.njit(cache=True, boundscheck=False, error_model="numpy")
