@@ -10,6 +10,9 @@ image; the first dense layer at batch 32. Contenders, interleaved call by call i
 vpmaddwd micro-kernel, weights packed beforehand as the plan does, int8 columns and int16
 ones), _gemm_nt (the plain-loop fallback) and NumPy's float32 matmul (OpenBLAS sgemm) of the
 same (m, k) x (k, n). Every int8 result is checked against the int64 product first.
+`--plan` also times whole engine.deploy plans of seed_cnn (random weights, quantized on
+phantoms: timing only) interleaved: float32, and int8 with its products on _gemm_pairs and on
+_gemm_nt (kernels.numba_cpu.int8.PAIRS), the int8 outputs checked equal.
 """
 
 from __future__ import annotations
@@ -57,10 +60,47 @@ def _contenders(m: int, k: int, n: int, rng) -> dict:
     return calls
 
 
+def _plans(rounds: int, clock) -> None:
+    """Whole plans, 1 image and batch 32, interleaved: ms and the ratio to float32's."""
+    import models
+    from engine import deploy
+    from engine import quantize as Q
+    from engine.checkpoint import Checkpoint
+    from engine.data.phantoms import make_phantoms
+    from kernels.numba_cpu import int8
+
+    model = models.get("seed_cnn", num_classes=2, rng=np.random.default_rng(0)).eval()
+    x = make_phantoms(64, size=28, seed=0)[0].astype(np.float32)
+    ckpt = Checkpoint("<m>", None, model.spec(), model.state_dict())
+    qckpt = Q.quantize(ckpt, x[:32])
+    nets = {"float32": deploy.NumpyModel(ckpt)}
+    for name, pairs in (("int8, _gemm_pairs", True), ("int8, _gemm_nt", False)):
+        if pairs and not int8.HAS_PMADDWD:
+            continue
+        int8.PAIRS = pairs  # read when the plan binds a shape: bind both shapes now
+        nets[name] = net = deploy.NumpyModel(qckpt)
+        net(x[:1]), net(x[:32])
+    int8.PAIRS = int8.HAS_PMADDWD
+    outputs = [net(x[:32]) for name, net in nets.items() if name != "float32"]
+    assert all(np.array_equal(y, outputs[0]) for y in outputs)
+    print("| seed_cnn plan | batch | ms | / float32 |\n|---|---|---|---|")
+    for batch in (1, 32):
+        spent = {name: [] for name in nets}
+        for _ in range(rounds):
+            for name, net in nets.items():
+                t0 = clock()
+                net(x[:batch])
+                spent[name].append(clock() - t0)
+        med = {name: float(np.median(t)) for name, t in spent.items()}
+        for name, t in med.items():
+            print(f"| {name} | {batch} | {1e3 * t:.3f} | {t / med['float32']:.2f}x |")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40, help="timed calls per contender")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    parser.add_argument("--plan", action="store_true", help="also time whole seed_cnn plans")
     args = parser.parse_args(argv)
     clock = time.perf_counter if args.clock == "wall" else time.thread_time
     rng = np.random.default_rng(0)
@@ -84,6 +124,8 @@ def main(argv=None) -> None:
             print(
                 f"| {shape} | {name} | {1e3 * t:.3f} | {m * k * n / t / 1e9:.1f} | {ratio:.2f}x |"
             )
+    if args.plan:
+        _plans(args.rounds, clock)
 
 
 if __name__ == "__main__":
