@@ -9,20 +9,30 @@ written explicitly, a block of accumulators stays in registers over the whole re
 a float GEMM micro-kernel. Exact for int8 inputs: a pair sums to at most 2 * 128^2 = 2^15 in
 magnitude, far inside int32 (vpmaddwd saturates only for two -32768 * -32768 products).
 
-HAS_PMADDWD says whether the host CPU has AVX2 (checked once, at import); callers use another
-kernel where it does not (the intrinsic would not compile there).
+HAS_PMADDWD says whether Numba's target CPU has AVX2 (checked once, at import: the host, or the
+NUMBA_CPU_NAME / NUMBA_CPU_FEATURES target); callers use another kernel where it does not (LLVM
+cannot compile the intrinsic there).
 """
 
 from __future__ import annotations
 
 from llvmlite import binding, ir
 from numba import types
-from numba.core import cgutils
+from numba.core import cgutils, config
 from numba.extending import intrinsic
 
 from .simd import Vec, _address
 
-HAS_PMADDWD = bool(binding.get_host_cpu_features().get("avx2", False))
+
+def _target_has_avx2() -> bool:
+    """Whether Numba compiles for a CPU with AVX2: the host's features, or, where
+    NUMBA_CPU_NAME / NUMBA_CPU_FEATURES pick another target (portable caches), those features."""
+    if config.CPU_NAME not in (None, "host") or config.CPU_FEATURES is not None:
+        return "+avx2" in (config.CPU_FEATURES or "").split(",")
+    return bool(binding.get_host_cpu_features().get("avx2", False))
+
+
+HAS_PMADDWD = _target_has_avx2()
 
 _I16, _I32 = ir.IntType(16), ir.IntType(32)
 _V16, _V32 = ir.VectorType(_I16, 16), ir.VectorType(_I32, 8)
