@@ -8,9 +8,9 @@ Three product forms: _gemm_pairs (columns x weights packed once per plan, an exp
 register-blocked AVX2 micro-kernel on int16 pairs, vpmaddwd: see simd_int.py), the plan's
 bound product (bind_gemm_nt) where the CPU has AVX2; _gemm_nt (the same product in plain loops,
 LLVM vectorising the k loop: the fallback elsewhere, and the one-off int8_matmul_nt /
-int8_gemm_nt, which would pay the packing per call); and _conv_block / _conv_pool2 (direct from the NHWC input, the output-channel loop vectorised, with
-the pool and the epilogue fused: few taps, such as a first conv on one channel, where k = 9 gives
-_gemm_nt no vector loop). The bind_* functions return a plan step: the compiled call with its
+int8_gemm_nt, which would pay the packing per call); and _conv_block / _conv_pool2 (direct
+from the NHWC input, the output-channel loop vectorised, with the pool and the epilogue fused:
+few taps, such as a first conv on one channel, where k = 9 gives _gemm_nt no vector loop). The bind_* functions return a plan step: the compiled call with its
 arguments prepared once, so that a call costs Numba's dispatch only."""
 
 from __future__ import annotations
