@@ -4,10 +4,13 @@ Numba imports (kernels/numpy_cpu/int8.py is the reference and documents each ker
 Numba types int32 * int32 as int64; every sum below is truncated back to int32 (np.int32(...))
 at each step, which is exact (|sum| < 2^31 for k < 133,000) and lets LLVM keep 32-bit lanes.
 
-Two product forms: _gemm_nt (columns x weights, the k loop vectorised: many taps) and
-_conv_block / _conv_pool2 (direct from the NHWC input, the output-channel loop vectorised, with
-the pool and the epilogue fused: few taps, such as a first conv on one channel, where k = 9 gives
-_gemm_nt no vector loop). The bind_* functions return a plan step: the compiled call with its
+Three product forms: _gemm_pairs (columns x weights packed once per plan, an explicit
+register-blocked AVX2 micro-kernel on int16 pairs, vpmaddwd: see simd_int.py), the plan's
+bound product (bind_gemm_nt) where the CPU has AVX2; _gemm_nt (the same product in plain loops,
+LLVM vectorising the k loop: the fallback elsewhere, and the one-off int8_matmul_nt /
+int8_gemm_nt, which would pay the packing per call); and _conv_block / _conv_pool2 (direct
+from the NHWC input, the output-channel loop vectorised, with the pool and the epilogue fused:
+few taps, such as a first conv on one channel, where k = 9 gives _gemm_nt no vector loop). The bind_* functions return a plan step: the compiled call with its
 arguments prepared once, so that a call costs Numba's dispatch only."""
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from functools import partial
 
 import numba
 import numpy as np
+
+from .simd import vload, vstore, vzeros
+from .simd_int import HAS_PMADDWD, vmaddwd, vpair, vpair_last
 
 I32 = np.int32
 
@@ -75,16 +81,113 @@ def _gemm_nt(a, bt, c):  # pragma: no cover - compiled
             c[i, j] = s
 
 
+# ---- the int16-pair micro-kernel (AVX2's vpmaddwd; simd_int.py), used where the CPU has it ----
+
+PAIRS = HAS_PMADDWD  # bind_gemm_nt's choice (tests set it False to run _gemm_nt's plan)
+MR, NR = 6, 16  # a block of 6 rows x 16 output columns: 12 int32 x 8 accumulators in registers
+
+
+def pack_pairs(bt: np.ndarray) -> np.ndarray:
+    """bt int8 (n, k) -> the weight panels of _gemm_pairs, int16 1-D, laid out as
+    (ceil(n / 16), ceil(k / 2), 2, 8, 2): [q, kk, h, j, t] = bt[16 q + 8 h + j, 2 kk + t], zero
+    where that is outside bt (k padded to even, n to a multiple of 16). One 16-int16 vector is
+    8 output columns x one k-pair, the operand of one vpmaddwd. Done once per plan."""
+    n, k = bt.shape
+    nq, kp = -(-n // NR), -(-k // 2)
+    padded = np.zeros((nq * NR, 2 * kp), np.int16)
+    padded[:n, :k] = bt
+    return np.ascontiguousarray(padded.reshape(nq, 2, 8, kp, 2).transpose(0, 3, 1, 2, 4)).ravel()
+
+
+@numba.njit(inline="always", boundscheck=False, error_model="numpy")
+def _put(cf, c0, start, stop, acc, tmp):  # pragma: no cover - compiled
+    """cf[c0 + t] = acc's lane t for t < stop - start (stop - start in 0..8)."""
+    if stop - start == 8:
+        vstore(cf, c0, acc)
+    elif stop > start:
+        vstore(tmp, 0, acc)
+        for t in range(stop - start):
+            cf[c0 + t] = tmp[t]
+
+
+@numba.njit(inline="always", boundscheck=False, error_model="numpy")
+def _madd6(s, w0, w1, x0, x1, x2, x3, x4, x5):  # pragma: no cover - compiled
+    """The 6 x 2 accumulators s (a tuple) plus rows x0..x5 times the panel vectors w0, w1."""
+    return (
+        vmaddwd(s[0], x0, w0), vmaddwd(s[1], x0, w1),
+        vmaddwd(s[2], x1, w0), vmaddwd(s[3], x1, w1),
+        vmaddwd(s[4], x2, w0), vmaddwd(s[5], x2, w1),
+        vmaddwd(s[6], x3, w0), vmaddwd(s[7], x3, w1),
+        vmaddwd(s[8], x4, w0), vmaddwd(s[9], x4, w1),
+        vmaddwd(s[10], x5, w0), vmaddwd(s[11], x5, w1),
+    )  # fmt: skip
+
+
+@numba.njit(cache=True, boundscheck=False, error_model="numpy")
+def _gemm_pairs(a, panels, c):  # pragma: no cover - compiled
+    """c[i, j] = sum_t a[i, t] bt[j, t] with panels = pack_pairs(bt): per block of 6 rows x 16
+    columns, 12 int32 x 8 accumulators over all of k, each step one pair (a[i, 2kk],
+    a[i, 2kk + 1]) broadcast (vpair) times one panel vector (vmaddwd); an odd k's last element
+    pairs with 0 (vpair_last), after the loop, so that the loop has no branch (a branch there
+    makes LLVM keep the accumulators in memory). a int8 or int16 (m, k), c int32 (m, n), both
+    C-contiguous. The sums are exact int32, as _gemm_nt's."""
+    m, k = a.shape
+    n = c.shape[1]
+    af, cf = a.reshape(m * k), c.reshape(m * n)
+    k2, kp, nq = k // 2, (k + 1) // 2, (n + NR - 1) // NR
+    tmp = np.empty(8, np.int32)
+    m6 = m - m % MR
+    for i in range(0, m6, MR):
+        for q in range(nq):
+            z = vzeros(c)
+            s = (z, z, z, z, z, z, z, z, z, z, z, z)
+            w = q * kp * 32  # this panel's first vector
+            for kk in range(k2):
+                t = i * k + 2 * kk
+                x0, x1, x2 = vpair(af, t), vpair(af, t + k), vpair(af, t + 2 * k)
+                x3, x4, x5 = vpair(af, t + 3 * k), vpair(af, t + 4 * k), vpair(af, t + 5 * k)
+                w0, w1 = vload(panels, w + kk * 32), vload(panels, w + kk * 32 + 16)
+                s = _madd6(s, w0, w1, x0, x1, x2, x3, x4, x5)
+            if kp > k2:  # odd k
+                t = i * k + 2 * k2
+                x0, x1, x2 = vpair_last(af, t), vpair_last(af, t + k), vpair_last(af, t + 2 * k)
+                x3, x4 = vpair_last(af, t + 3 * k), vpair_last(af, t + 4 * k)
+                x5 = vpair_last(af, t + 5 * k)
+                w0, w1 = vload(panels, w + k2 * 32), vload(panels, w + k2 * 32 + 16)
+                s = _madd6(s, w0, w1, x0, x1, x2, x3, x4, x5)
+            j = q * NR
+            lo, hi = min(j + 8, n), min(j + 16, n)
+            for r in range(MR):  # unrolled by LLVM (s is a tuple of registers)
+                _put(cf, (i + r) * n + j, j, lo, s[2 * r], tmp)
+                _put(cf, (i + r) * n + lo, lo, hi, s[2 * r + 1], tmp)
+    for i in range(m6, m):  # the last m % 6 rows, one at a time
+        for q in range(nq):
+            s0 = s1 = vzeros(c)
+            w = q * kp * 32
+            for kk in range(k2):
+                x = vpair(af, i * k + 2 * kk)
+                w0, w1 = vload(panels, w + kk * 32), vload(panels, w + kk * 32 + 16)
+                s0, s1 = vmaddwd(s0, x, w0), vmaddwd(s1, x, w1)
+            if kp > k2:
+                x = vpair_last(af, i * k + 2 * k2)
+                w0, w1 = vload(panels, w + k2 * 32), vload(panels, w + k2 * 32 + 16)
+                s0, s1 = vmaddwd(s0, x, w0), vmaddwd(s1, x, w1)
+            j = q * NR
+            lo, hi = min(j + 8, n), min(j + 16, n)
+            _put(cf, i * n + j, j, lo, s0, tmp)
+            _put(cf, i * n + lo, lo, hi, s1, tmp)
+
+
 def int8_matmul_nt(a: np.ndarray, bt: np.ndarray) -> np.ndarray:
     """a int8 (m, k), bt int8 (n, k) -> int32 (m, n) = a @ bt^T (numpy_cpu's doc)."""
     c = np.empty((a.shape[0], bt.shape[0]), np.int32)
-    _gemm_nt(np.ascontiguousarray(a), np.ascontiguousarray(bt), c)
+    _gemm_nt(np.ascontiguousarray(a), np.ascontiguousarray(bt), c)  # no packing per call
     return c
 
 
 def int8_gemm_nt(a: np.ndarray, bt: np.ndarray, out: np.ndarray) -> None:
     """out int32 (m, n) = a @ bt^T; a, bt int8 C-contiguous, out C-contiguous (numpy_cpu's doc)."""
-    _gemm_nt(a, bt, out)
+    _gemm_nt(a, bt, out)  # a single call: packing bt for _gemm_pairs would cost more
 
 
 @numba.njit(cache=True, boundscheck=False, error_model="numpy")
@@ -272,5 +375,8 @@ def bind_dequantize(acc, scale, bias, relu, out):
 
 
 def bind_gemm_nt(a, bt, out):
-    """int8_gemm_nt(a, bt, out) prepared once (a, bt int8, out int32, all C-contiguous)."""
+    """int8_gemm_nt(a, bt, out) prepared once (a, bt int8, out int32, all C-contiguous): the
+    vpmaddwd micro-kernel with bt packed here, once (PAIRS: the CPU has AVX2), else _gemm_nt."""
+    if PAIRS and a.flags.c_contiguous and out.flags.c_contiguous:
+        return partial(_gemm_pairs, a, pack_pairs(bt), out)
     return partial(_gemm_nt, a, bt, out)

@@ -206,6 +206,71 @@ def test_int8_plan_equals_the_interpreter_to_the_bit(rng):
         deploy._INT8[:], deploy.DIRECT_TAPS = original, direct
 
 
+# (m, k, n): odd k, k = 1, k = 2, n not a multiple of 8 or of 16, rows not a multiple of 6
+PAIR_PRODUCTS = [(13, 7, 5), (6, 1, 16), (7, 2, 24), (1, 3, 1), (20, 45, 33)]
+
+
+@pytest.mark.parametrize("shape", PAIR_PRODUCTS)
+def test_int8_pairs_product_equals_numpy_to_the_bit(rng, shape):
+    """The AVX2 micro-kernel (_gemm_pairs on pack_pairs' panels, int8 or int16 columns) and the
+    plan's bound product against the reference and an int64 product, with -128 / 127 whole
+    rows (the largest sums of both signs) and a whole row of -128 x -128."""
+    fast = pytest.importorskip("kernels.numba_cpu.int8")
+    if not fast.HAS_PMADDWD:
+        pytest.skip("no AVX2: bind_gemm_nt uses _gemm_nt")
+    m, k, n = shape
+    a = rng.integers(-128, 128, (m, k)).astype(np.int8)
+    bt = rng.integers(-128, 128, (n, k)).astype(np.int8)
+    a[0], bt[0] = -128, -128
+    a[-1], bt[-1] = 127, -128
+    panels = fast.pack_pairs(bt)  # [q, kk, h, j, t] = bt[16 q + 8 h + j, 2 kk + t], 0 outside
+    q, kk, h, j, t = np.unravel_index(np.arange(len(panels)), (-(-n // 16), -(-k // 2), 2, 8, 2))
+    row, col = 16 * q + 8 * h + j, 2 * kk + t
+    inside = (row < n) & (col < k)
+    np.testing.assert_array_equal(panels[inside], bt[row[inside], col[inside]])
+    assert not panels[~inside].any()
+    want = np.empty((m, n), np.int32)
+    int8.int8_gemm_nt(a, bt, want)
+    np.testing.assert_array_equal(want, a.astype(np.int64) @ bt.astype(np.int64).T)
+    for cols in (a, a.astype(np.int16)):
+        got = np.full((m, n), -7, np.int32)
+        fast._gemm_pairs(cols, panels, got)
+        np.testing.assert_array_equal(got, want)
+    got = np.full((m, n), -7, np.int32)
+    step = fast.bind_gemm_nt(a, bt, got)
+    assert step.func is fast._gemm_pairs
+    step()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_int8_plan_with_pairs_and_without_equals_the_interpreter(rng, monkeypatch):
+    """The compiled int8 plan's products on the micro-kernel and on its fallback (_gemm_nt):
+    both equal the interpreter to the bit (a conv of 36 taps: columns and product; 40 rows:
+    blocks of 6 and a remainder; 6 and 3 outputs: part of a panel)."""
+    fast = pytest.importorskip("kernels.numba_cpu.int8")
+    model = nn.Sequential(
+        nn.Conv2d(4, 6, 3, padding=1, rng=rng),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(6 * 2 * 2, 3, rng=rng),
+    ).eval()
+    x = rng.standard_normal((40, 4, 4, 5)).astype(np.float32)
+    qckpt = Q.quantize(Checkpoint("<m>", None, model.spec(), model.state_dict()), x[:16])
+    expected = deploy.NumpyModel(qckpt, compiled=False)(x)
+    bound, bind = [], fast.bind_gemm_nt
+    monkeypatch.setattr(deploy, "_INT8", [fast])
+    monkeypatch.setattr(fast, "bind_gemm_nt", lambda *args: bound.append(bind(*args)) or bound[-1])
+    for pairs in (False, True) if fast.HAS_PMADDWD else (False,):
+        monkeypatch.setattr(fast, "PAIRS", pairs)
+        net, bound[:] = deploy.NumpyModel(qckpt), []
+        assert net.plan is not None
+        for n in (1, 40):
+            np.testing.assert_array_equal(net(x[:n]), expected[:n])
+        kernel = fast._gemm_pairs if pairs else fast._gemm_nt
+        assert len(bound) == 4 and all(step.func is kernel for step in bound)  # 2 layers, 2 n
+
+
 def _naive_conv_sums(xpad, wk, stride, pool, oh, ow):
     """Loop oracle: int64 sums (p*p, n, oh, ow, oc) of the conv outputs each pool tile uses."""
     kh, kw, c, oc = wk.shape
