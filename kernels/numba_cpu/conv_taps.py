@@ -133,18 +133,24 @@ def _weight_untaps_body(partial, gW, lo, hi):
 
 
 @njit(**JIT)
-def _forward_body(x3, Wr, bias, h, w, oh, ow, kh, kw, sh, sw, ph, pw, chunk, y3, lo, hi):
-    """y3 (n, oc, oh*ow) for the chunks of images in [lo, hi); x3 (n, c, h*w), Wr (kh*kw, oc, c)."""
-    n, c = x3.shape[0], x3.shape[1]
-    oc = Wr.shape[1]
+def _tap_products_body(
+    s3, Wr, bias, h, w, oh, ow, kh, kw, sh, sw, ph, pw, chunk, adjoint, d3, lo, hi
+):
+    """The forward and the input gradient, for the chunks of images in [lo, hi); Wr (kh*kw, oc, c).
+    Forward (adjoint False): s3 = x3 (n, c, h*w) -> d3 = y3 (n, oc, oh*ow), per tap the rows of
+    the in-map input pixels times Wr[tap].T added into their output rows, then the bias. Input
+    gradient (adjoint True): s3 = gy3 (n, oc, oh*ow) -> d3 = gx3 (n, c, h*w), the same taps'
+    output rows times Wr[tap] added into their input rows; bias is zeros (c,)."""
+    n, cs = s3.shape[0], s3.shape[1]
+    cd = d3.shape[1]
     for t in range(lo, hi):
         b0 = t * chunk
         b1 = min(n, b0 + chunk)
         nb = b1 - b0
-        X = np.empty((nb * h * w, c), dtype=x3.dtype)
-        _to_rows(x3, b0, b1, X)
-        Y = np.zeros((nb * oh * ow, oc), dtype=x3.dtype)
-        A = np.empty((nb * oh * ow, c), dtype=x3.dtype)
+        S = np.empty((nb * s3.shape[2], cs), dtype=s3.dtype)
+        _to_rows(s3, b0, b1, S)
+        D = np.zeros((nb * d3.shape[2], cd), dtype=s3.dtype)
+        A = np.empty((nb * oh * ow, cs), dtype=s3.dtype)
         rows_in = np.empty(nb * oh * ow, dtype=np.int64)
         rows_out = np.empty(nb * oh * ow, dtype=np.int64)
         for u in range(kh):
@@ -152,35 +158,13 @@ def _forward_body(x3, Wr, bias, h, w, oh, ow, kh, kw, sh, sw, ph, pw, chunk, y3,
                 r = _tap_rows(nb, h, w, oh, ow, u, v, sh, sw, ph, pw, rows_in, rows_out)
                 if r == 0:
                     continue
-                _gather(X, rows_in, r, A)
-                _scatter_add(np.dot(A[:r], Wr[u * kw + v].T), rows_out, r, Y)
-        _from_rows(Y, bias, b0, b1, y3)
-
-
-@njit(**JIT)
-def _grad_input_body(gy3, Wr, h, w, oh, ow, kh, kw, sh, sw, ph, pw, chunk, gx3, lo, hi):
-    """gx3 (n, c, h*w) for the chunks in [lo, hi); gy3 (n, oc, oh*ow), Wr (kh*kw, oc, c)."""
-    n, oc = gy3.shape[0], gy3.shape[1]
-    c = Wr.shape[2]
-    zero = np.zeros(c, dtype=gy3.dtype)
-    for t in range(lo, hi):
-        b0 = t * chunk
-        b1 = min(n, b0 + chunk)
-        nb = b1 - b0
-        G = np.empty((nb * oh * ow, oc), dtype=gy3.dtype)
-        _to_rows(gy3, b0, b1, G)
-        GX = np.zeros((nb * h * w, c), dtype=gy3.dtype)
-        A = np.empty((nb * oh * ow, oc), dtype=gy3.dtype)
-        rows_in = np.empty(nb * oh * ow, dtype=np.int64)
-        rows_out = np.empty(nb * oh * ow, dtype=np.int64)
-        for u in range(kh):
-            for v in range(kw):
-                r = _tap_rows(nb, h, w, oh, ow, u, v, sh, sw, ph, pw, rows_in, rows_out)
-                if r == 0:
-                    continue
-                _gather(G, rows_out, r, A)
-                _scatter_add(np.dot(A[:r], Wr[u * kw + v]), rows_in, r, GX)
-        _from_rows(GX, zero, b0, b1, gx3)
+                if adjoint:
+                    _gather(S, rows_out, r, A)
+                    _scatter_add(np.dot(A[:r], Wr[u * kw + v]), rows_in, r, D)
+                else:
+                    _gather(S, rows_in, r, A)
+                    _scatter_add(np.dot(A[:r], Wr[u * kw + v].T), rows_out, r, D)
+        _from_rows(D, bias, b0, b1, d3)
 
 
 @njit(**JIT)
@@ -240,8 +224,8 @@ def forward(x, W, bias, stride, padding):
     y = np.empty((n, oc, oh, ow), dtype=x.dtype)
     chunk = images_per_chunk(n, h * w * c + oh * ow * (c + oc))
     x3, y3 = x.reshape(n, c, h * w), y.reshape(n, oc, oh * ow)
-    args = (x3, weight_taps(W), bias, h, w, oh, ow, kh, kw, sh, sw, ph, pw, chunk, y3)
-    run_tasks(_forward_body, -(-n // chunk), *args, blas=True)
+    args = (x3, weight_taps(W), bias, h, w, oh, ow, kh, kw, sh, sw, ph, pw, chunk, False, y3)
+    run_tasks(_tap_products_body, -(-n // chunk), *args, blas=True)
     return y
 
 
@@ -254,8 +238,9 @@ def backward_input(gy, W, x_shape, stride, padding):
     gx = np.empty((n, c, h, w), dtype=gy.dtype)
     chunk = images_per_chunk(n, h * w * c + oh * ow * 2 * oc)
     gy3, gx3 = gy.reshape(n, oc, oh * ow), gx.reshape(n, c, h * w)
-    args = (gy3, weight_taps(W), h, w, oh, ow, kh, kw, sh, sw, ph, pw, chunk, gx3)
-    run_tasks(_grad_input_body, -(-n // chunk), *args, blas=True)
+    zero = np.zeros(c, dtype=gy.dtype)
+    args = (gy3, weight_taps(W), zero, h, w, oh, ow, kh, kw, sh, sw, ph, pw, chunk, True, gx3)
+    run_tasks(_tap_products_body, -(-n // chunk), *args, blas=True)
     return gx
 
 
