@@ -354,15 +354,20 @@ FORWARD: dict[str, Callable[..., np.ndarray]] = {
 #   linear: matmul([x, 1], [W^T; b], out), ReLU into the next block's input
 # The dense layer after Flatten gets its weight columns permuted once to the NHWC order. The
 # sums run in another order than the interpreter's: equal to float32 rounding, not to the bit.
-# Int8 blocks run the same plan on int8 buffers with the int8 kernels (numba_cpu's, else
-# numpy_cpu's): quantize the input into NHWC, the int8 x int8 -> int32 product, and one
+# Int8 blocks run the same plan on buffers of int8 codes with the int8 kernels (numba_cpu's,
+# else numpy_cpu's): quantize the input into NHWC, the int8 x int8 -> int32 product, and one
 # epilogue that pools the int32 sums, rescales, adds the bias, applies ReLU and quantizes for the
-# next block. A conv with few taps (kh kw c <= DIRECT_TAPS: the first conv on one channel) is
-# one kernel instead (conv_block): sums straight from the windows, pooled, rescaled, quantized. Integer sums are exact in any order and the float steps are the interpreter's, so
+# next block. A conv runs as one kernel instead (conv_block: sums straight from the windows,
+# pooled, rescaled, quantized; no columns, no int32 sums in memory) where the kernels have the
+# AVX2 pair micro-kernel (k.pairs(): every conv), else when it has few taps (kh kw c <=
+# DIRECT_TAPS: the first conv on one channel). The codes are int8 values in buffers of
+# k.code_dtype(): int16 for the micro-kernel (one broadcast load per pair of codes), else int8.
+# Integer sums are exact in any order and the float steps are the interpreter's, so
 # int8 outputs equal the interpreter's to the bit (pooling the sums before the rescale is exact:
 # the rescale, bias, ReLU and quantization are all non-decreasing).
 
 DIRECT_TAPS = 32  # an int8 conv with at most this many taps (kh kw c) runs as one direct pass
+DIRECT_TAPS_PAIRS = 1 << 30  # the same where the kernels have the vpmaddwd micro-kernel: all
 CHUNK_BYTES = 1 << 19  # a conv's im2col chunk and its product (whole images): a 512 KiB L2
 _BLOCK_TYPES = {"Conv2d", "Linear", "QuantConv2d", "QuantLinear"}
 
@@ -485,7 +490,7 @@ class _Plan:
         """(buffer, the view its producer writes): NHWC with a zero border of the conv's
         padding (int8 0 is quantized 0), or (n, features) with a column of ones for the float
         dense layer's bias."""
-        spec, dtype = block["spec"], np.int8 if self.quant else self.float
+        spec, dtype = block["spec"], _int8_module().code_dtype() if self.quant else self.float
         if not block["dense"]:
             (h, w, c), (ph, pw) = shape, spec["padding"]
             buf = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype)
@@ -526,6 +531,7 @@ class _Plan:
             return y.reshape(n, -1) if flatten else y
 
         run.load, run.steps = load, steps  # per-step profiles (bench_deploy --steps), tests
+        run.buffers = [buf for buf, _ in inputs]
         return run
 
     def _loader(self, first: np.ndarray, n: int) -> Callable:
@@ -561,10 +567,11 @@ class _Plan:
         out = tuple(o // p for o in conv)
         windows = _windows(buf, (kh, kw), tuple(spec["stride"]), p, out)
         K, per_image = kh * kw * c, p * p * out[0] * out[1]
-        product = 4 if dtype == np.int8 else np.dtype(dtype).itemsize  # int32 sums, or floats
+        quant = np.dtype(dtype).kind == "i"  # int8 codes (in int8 or int16 buffers)
+        product = 4 if quant else np.dtype(dtype).itemsize  # int32 sums, or floats
         row_bytes = (K + ones) * np.dtype(dtype).itemsize + spec["out_channels"] * product
         g = max(1, min(n, CHUNK_BYTES // (per_image * row_bytes)))
-        kmajor = dtype != np.int8 and out[1] > kw * c
+        kmajor = not quant and out[1] > kw * c
         shape = (K + ones, p * p * g * out[0] * out[1])
         cols = np.empty(shape if kmajor else shape[::-1], dtype)
         if kmajor:
@@ -629,8 +636,10 @@ class _Plan:
         scale = np.float32(spec["input_scale"]) * arrays[prefix + "weight_scale"]  # _dequantize's
         bias = arrays[prefix + "bias"] if spec["bias"] else None
         out_scale = np.float32(0 if nxt is None else nxt["spec"]["input_scale"])
-        if not block["dense"] and math.prod(Wq.shape[1:]) <= DIRECT_TAPS:
-            # few taps (the first conv): one direct pass, no columns and no int32 sums
+        taps = math.prod(Wq.shape[1:])
+        if not block["dense"] and taps <= (DIRECT_TAPS_PAIRS if k.pairs() else DIRECT_TAPS):
+            # one direct pass, no columns and no int32 sums: every conv on the micro-kernel,
+            # else few taps only (the first conv)
             wk = np.ascontiguousarray(Wq.transpose(2, 3, 1, 0), np.int16)  # (kh, kw, c, oc)
             args = (tuple(spec["stride"]), block["pool"], scale, bias, block["relu"], out_scale)
             steps.append(k.bind_conv_block(buf, wk, *args, dst))
@@ -641,7 +650,7 @@ class _Plan:
             dst = _view(dst, (len(dst), 1, 1, len(Wq)))
         else:
             Wk, taps = Wq.transpose(0, 2, 3, 1).reshape(len(Wq), -1), block["pool"] ** 2
-            chunks, cols = self._columns(block, conv, buf, np.int8, False)
+            chunks, cols = self._columns(block, conv, buf, buf.dtype, False)
         Wk = np.ascontiguousarray(Wk)  # (oc, kh kw c): the product reads rows of both
         acc = np.empty((len(cols), len(Wq)), np.int32)
         for copy, part, rows in chunks:

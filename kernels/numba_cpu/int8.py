@@ -4,13 +4,15 @@ Numba imports (kernels/numpy_cpu/int8.py is the reference and documents each ker
 Numba types int32 * int32 as int64; every sum below is truncated back to int32 (np.int32(...))
 at each step, which is exact (|sum| < 2^31 for k < 133,000) and lets LLVM keep 32-bit lanes.
 
-Three product forms: _gemm_pairs (columns x weights packed once per plan, an explicit
-register-blocked AVX2 micro-kernel on int16 pairs, vpmaddwd: see simd_int.py), the plan's
-bound product (bind_gemm_nt) where the CPU has AVX2; _gemm_nt (the same product in plain loops,
-LLVM vectorising the k loop: the fallback elsewhere, and the one-off int8_matmul_nt /
-int8_gemm_nt, which would pay the packing per call); and _conv_block / _conv_pool2 (direct
-from the NHWC input, the output-channel loop vectorised, with the pool and the epilogue fused:
-few taps, such as a first conv on one channel, where k = 9 gives _gemm_nt no vector loop). The bind_* functions return a plan step: the compiled call with its
+Where the CPU has AVX2 (PAIRS), everything runs on one explicit register-blocked micro-kernel on
+int16 pairs (vpmaddwd: see simd_int.py), the weights packed once per plan (pack_pairs): the
+dense layers' product _gemm_pairs (bind_gemm_nt), and every conv as _conv_pairs (bind_conv_block:
+straight from the NHWC codes, 4 windows at a time, with the pool and the epilogue fused). The
+plan then keeps its codes in int16 buffers (code_dtype). Elsewhere: _gemm_nt (the same product
+in plain loops, LLVM vectorising the k loop; also the one-off int8_matmul_nt / int8_gemm_nt,
+which would pay the packing per call), and _conv_block / _conv_pool2 (direct, the output-channel
+loop vectorised: convs with few taps, such as a first conv on one channel, where k = 9 gives
+_gemm_nt no vector loop). The bind_* functions return a plan step: the compiled call with its
 arguments prepared once, so that a call costs Numba's dispatch only."""
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numba
 import numpy as np
 
 from .simd import vload, vstore, vzeros
-from .simd_int import HAS_PMADDWD, vmaddwd, vpair, vpair_last
+from .simd_int import HAS_PMADDWD, vmaddwd, vmax32, vpair, vpair_last
 
 I32 = np.int32
 
@@ -85,6 +87,19 @@ def _gemm_nt(a, bt, c):  # pragma: no cover - compiled
 
 PAIRS = HAS_PMADDWD  # bind_gemm_nt's choice (tests set it False to run _gemm_nt's plan)
 MR, NR = 6, 16  # a block of 6 rows x 16 output columns: 12 int32 x 8 accumulators in registers
+
+
+def pairs() -> bool:
+    """Whether the plan's products and convs run on the vpmaddwd micro-kernel (PAIRS)."""
+    return PAIRS
+
+
+def code_dtype() -> np.dtype:
+    """The dtype engine.deploy's int8 plan keeps quantized activations (int8 codes, -127..127)
+    in for these kernels: int16 where the micro-kernel reads them (a pair of codes is then one
+    32-bit broadcast load; from int8 it is a load, a sign extension and a broadcast, which made
+    seed_cnn's second conv 1.3-1.6x slower), else int8."""
+    return np.dtype(np.int16 if PAIRS else np.int8)
 
 
 def pack_pairs(bt: np.ndarray) -> np.ndarray:
@@ -333,16 +348,153 @@ def _conv_pool2(
                 _store(m, f, scale, bias, has_bias, relu, out_scale, out, qout, b, i, j)
 
 
+def tap_offsets(shape: tuple, kernel: tuple, c: int) -> np.ndarray:
+    """The element offsets, within one C-contiguous NHWC image of shape (hp, wp, c), of a
+    window's taps in (dy, dx, ch) order (the order of pack_pairs' k), padded to an even count
+    with offset 0 (the padding tap's weight is 0 in the panels, so any finite element does):
+    _conv_pairs reads pair kk's operands at window + offs[2 kk] and window + offs[2 kk + 1]."""
+    (_, wp, _), (kh, kw) = shape, kernel
+    dy, dx, ch = np.unravel_index(np.arange(kh * kw * c), (kh, kw, c))
+    offs = (dy * wp + dx) * c + ch
+    return np.concatenate([offs, np.zeros(len(offs) % 2, offs.dtype)]).astype(np.int64)
+
+
+@numba.njit(inline="always", boundscheck=False, error_model="numpy")
+def _window_sums(src, o, starts, panels, w, kp, z):  # pragma: no cover - compiled
+    """One conv output's int32 sums for one panel's 16 output channels: pair kk of its window
+    is (src[o + starts[kk]], the element after it), broadcast (vpair) times one panel vector
+    pair (vmaddwd); z an int32 zero vector."""
+    s0 = s1 = z
+    for kk in range(kp):
+        x = vpair(src, o + starts[kk])
+        s0 = vmaddwd(s0, x, vload(panels, w + kk * 32))
+        s1 = vmaddwd(s1, x, vload(panels, w + kk * 32 + 16))
+    return s0, s1
+
+
+@numba.njit(inline="always", boundscheck=False, error_model="numpy")
+def _tile4(src, o0, o1, o2, o3, starts, panels, w, kp, z):  # pragma: no cover - compiled
+    """_window_sums for the 4 windows at src[o0..o3] at once: 8 independent accumulators (they
+    hide vpmaddwd's latency) and each panel vector loaded once for 4 outputs."""
+    a0 = a1 = b0 = b1 = c0 = c1 = d0 = d1 = z
+    for kk in range(kp):
+        t = starts[kk]
+        w0, w1 = vload(panels, w + kk * 32), vload(panels, w + kk * 32 + 16)
+        x = vpair(src, o0 + t)
+        a0, a1 = vmaddwd(a0, x, w0), vmaddwd(a1, x, w1)
+        x = vpair(src, o1 + t)
+        b0, b1 = vmaddwd(b0, x, w0), vmaddwd(b1, x, w1)
+        x = vpair(src, o2 + t)
+        c0, c1 = vmaddwd(c0, x, w0), vmaddwd(c1, x, w1)
+        x = vpair(src, o3 + t)
+        d0, d1 = vmaddwd(d0, x, w0), vmaddwd(d1, x, w1)
+    return a0, a1, b0, b1, c0, c1, d0, d1
+
+
+@numba.njit(inline="always", boundscheck=False, error_model="numpy")
+def _gather(xf, o, offs, kp, scratch, r):  # pragma: no cover - compiled
+    """Row r of scratch (int16, 2 kp per row) = the window at xf[o]'s taps in pair order
+    (offs): its pairs are then adjacent, for vpair."""
+    for t in range(2 * kp):
+        scratch[r * 2 * kp + t] = xf[o + offs[t]]
+
+
+@numba.njit(cache=True, boundscheck=False, error_model="numpy")
+def _conv_pairs(
+    xpad, offs, panels, sh, sw, p, scale, bias, has_bias, relu, out_scale, out, qout
+):  # pragma: no cover - compiled
+    """numpy_cpu's conv_block on the vpmaddwd micro-kernel, straight from the windows: per
+    panel of 16 output channels, the tap pairs of a window (offs: tap_offsets) broadcast
+    against the panel (panels: pack_pairs of the (oc, kh kw c) weights) into 2 int32 x 8
+    accumulators per conv output, four conv outputs at a time (_tile4): a 2 x 2 pool tile,
+    or 4 neighbours along a row without a pool; a pool takes their max (vmax32), then _store.
+    No columns and no int32 sums in memory. With an even channel count a pair of taps is two
+    neighbouring channels, read in place; with an odd one (a first conv on 1 or 3 channels)
+    the group's windows are first gathered in pair order into a small scratch (_gather), once
+    for all panels. xpad int8 or int16 C-contiguous (n, hp, wp, c); (out or qout) (n, oh, ow,
+    oc), the unused one (1, 1, 1, 1)."""
+    n, hp, wp, c = xpad.shape
+    xf = xpad.reshape(n * hp * wp * c)
+    oh, ow, oc = qout.shape[1:] if out_scale > 0 else out.shape[1:]
+    kp, nq = len(offs) // 2, (oc + NR - 1) // NR
+    m, f = np.empty((4, nq * NR), np.int32), np.empty(oc, np.float32)
+    row, image, adjacent = wp * c, hp * wp * c, c % 2 == 0
+    step, group = sw * c, 4 if p == 1 else 1  # p = 1: 4 outputs of a row per group
+    starts = offs[::2].copy() if adjacent else np.arange(kp) * 2
+    scratch = np.empty(8 * kp, np.int16)  # 4 gathered windows
+    z = vzeros(m[0])
+    for b in range(n):
+        for i in range(oh):
+            for j0 in range(0, ow, group):
+                o0 = b * image + i * p * sh * row + j0 * p * sw * c  # the first window
+                if p == 2 or (p == 1 and j0 + 4 <= ow):  # 4 windows: a tile, or 4 in a row
+                    o1 = o0 + step
+                    o2 = o0 + sh * row if p == 2 else o1 + step
+                    o3 = o2 + step
+                    if not adjacent:
+                        for r, o in enumerate((o0, o1, o2, o3)):
+                            _gather(xf, o, offs, kp, scratch, r)
+                    for q in range(nq):
+                        w = q * kp * 32
+                        if adjacent:
+                            sums = _tile4(xf, o0, o1, o2, o3, starts, panels, w, kp, z)
+                        else:
+                            sums = _tile4(
+                                scratch, 0, 2 * kp, 4 * kp, 6 * kp, starts, panels, w, kp, z
+                            )
+                        a0, a1, b0, b1, c0, c1, d0, d1 = sums
+                        if p == 2:
+                            a0 = vmax32(vmax32(a0, b0), vmax32(c0, d0))
+                            a1 = vmax32(vmax32(a1, b1), vmax32(c1, d1))
+                        else:
+                            vstore(m[1], q * NR, b0)
+                            vstore(m[1], q * NR + 8, b1)
+                            vstore(m[2], q * NR, c0)
+                            vstore(m[2], q * NR + 8, c1)
+                            vstore(m[3], q * NR, d0)
+                            vstore(m[3], q * NR + 8, d1)
+                        vstore(m[0], q * NR, a0)
+                        vstore(m[0], q * NR + 8, a1)
+                else:  # one window at a time: the last outputs of a row, pools of 3+
+                    for jj in range(min(group, ow - j0)):
+                        for r in range(p * p):
+                            o = o0 + jj * step + (r // p) * sh * row + (r % p) * sw * c
+                            if not adjacent:
+                                _gather(xf, o, offs, kp, scratch, 0)
+                            for q in range(nq):
+                                w = q * kp * 32
+                                if adjacent:
+                                    s0, s1 = _window_sums(xf, o, starts, panels, w, kp, z)
+                                else:
+                                    s0, s1 = _window_sums(scratch, 0, starts, panels, w, kp, z)
+                                if r > 0:
+                                    s0 = vmax32(s0, vload(m[jj], q * NR))
+                                    s1 = vmax32(s1, vload(m[jj], q * NR + 8))
+                                vstore(m[jj], q * NR, s0)
+                                vstore(m[jj], q * NR + 8, s1)
+                for jj in range(min(group, ow - j0)):
+                    sums_of = m[jj, :oc]
+                    _store(
+                        sums_of, f, scale, bias, has_bias, relu, out_scale, out, qout, b, i, j0 + jj
+                    )
+
+
 def _conv_call(xpad, wk, stride, pool, scale, bias, relu, out_scale, out) -> Callable[[], None]:
     """The compiled conv kernel with its arguments prepared (numpy_cpu's conv_block's)."""
     wk = np.ascontiguousarray(wk, np.int16)
     has_bias = bias is not None
     bias = bias if has_bias else _NO_BIAS
-    if out.dtype == np.int8:
+    if out.dtype.kind == "i":  # int8 codes (in int8 or int16): requantize
         outs = (np.float32(out_scale), np.empty((1, 1, 1, 1), np.float32), out)
     else:
         outs = (np.float32(0), out, np.empty((1, 1, 1, 1), np.int8))
     (sh, sw), relu = stride, bool(relu)
+    if PAIRS and xpad.flags.c_contiguous:  # the micro-kernel, weights packed here, once
+        kh, kw, c, oc = wk.shape
+        panels = pack_pairs(wk.reshape(kh * kw * c, oc).T)
+        offs = tap_offsets(xpad.shape[1:], (kh, kw), c)
+        args = (sh, sw, pool, scale, bias, has_bias, relu, *outs)
+        return partial(_conv_pairs, xpad, offs, panels, *args)
     if pool == 2:
         return partial(_conv_pool2, xpad, wk, sh, sw, scale, bias, has_bias, relu, *outs)
     return partial(_conv_block, xpad, wk, sh, sw, pool, scale, bias, has_bias, relu, *outs)

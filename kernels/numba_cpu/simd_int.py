@@ -102,3 +102,15 @@ def vmaddwd(typingctx, acc, x, w):
         return builder.add(args[0], builder.call(fn, [args[1], args[2]]))
 
     return acc(acc, x, w), codegen
+
+
+@intrinsic
+def vmax32(typingctx, a, b):
+    """The lane-wise signed maximum of two Vec(int32 x 8) (vpmaxsd)."""
+    if not (isinstance(a, Vec) and a.dtype == types.int32 and a == b):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.select(builder.icmp_signed(">", args[0], args[1]), args[0], args[1])
+
+    return a(a, b), codegen

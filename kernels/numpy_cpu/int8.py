@@ -28,6 +28,16 @@ def int8_matmul_nt(a: np.ndarray, bt: np.ndarray) -> np.ndarray:
 # ---- engine.deploy's compiled int8 plan (NHWC buffers, preallocated outputs) ----
 
 
+def pairs() -> bool:
+    """Whether the kernels have a pair-wise integer micro-kernel (numba_cpu's, on AVX2): no."""
+    return False
+
+
+def code_dtype() -> np.dtype:
+    """The dtype engine.deploy's int8 plan keeps quantized activations in: int8."""
+    return np.dtype(np.int8)
+
+
 def quantize_nhwc(x: np.ndarray, scale: np.float32, out: np.ndarray) -> None:
     """out int8 (n, h, w, c) = quantize_int8(x, scale), x float (n, h, w, c), any strides (the
     plan passes an NCHW input transposed, and writes inside a padded buffer)."""
@@ -80,7 +90,7 @@ def conv_block(xpad, wk, stride: tuple, pool: int, scale, bias, relu: bool, out_
     windows = np.lib.stride_tricks.as_strided(xpad, shape, strides, writeable=False)
     cols = windows.reshape(-1, kh * kw * c).astype(np.int32)
     acc = (cols @ wk.reshape(-1, oc).astype(np.int32)).reshape(p * p, n, oh, ow, oc)
-    if out.dtype == np.int8:
+    if out.dtype.kind == "i":  # int8 codes: requantize
         requantize(acc, scale, bias, relu, out_scale, out)
     else:
         dequantize(acc, scale, bias, relu, out)

@@ -193,17 +193,19 @@ def test_int8_plan_equals_the_interpreter_to_the_bit(rng):
     x = rng.standard_normal((40, 2, 11, 10)).astype(np.float32)
     qckpt = Q.quantize(Checkpoint("<m>", None, model.spec(), model.state_dict()), x[:16])
     expected = deploy.NumpyModel(qckpt, compiled=False)(x)
-    original, direct = list(deploy._INT8), deploy.DIRECT_TAPS
+    original, direct = list(deploy._INT8), (deploy.DIRECT_TAPS, deploy.DIRECT_TAPS_PAIRS)
     try:
         for module in (original or [None])[:1] + [int8]:
             deploy._INT8[:] = [module] if module is not None else []
-            for deploy.DIRECT_TAPS in (direct, 0):  # the direct convs, then columns + product
+            for limits in (direct, (0, 0)):  # the direct convs, then columns + product
+                deploy.DIRECT_TAPS, deploy.DIRECT_TAPS_PAIRS = limits
                 net = deploy.NumpyModel(qckpt)
                 assert net.plan is not None
                 for n in (1, 33, 40):
                     np.testing.assert_array_equal(net(x[:n]), expected[:n])
     finally:
-        deploy._INT8[:], deploy.DIRECT_TAPS = original, direct
+        deploy._INT8[:] = original
+        deploy.DIRECT_TAPS, deploy.DIRECT_TAPS_PAIRS = direct
 
 
 # (m, k, n): odd k, k = 1, k = 2, n not a multiple of 8 or of 16, rows not a multiple of 6
@@ -244,9 +246,10 @@ def test_int8_pairs_product_equals_numpy_to_the_bit(rng, shape):
 
 
 def test_int8_plan_with_pairs_and_without_equals_the_interpreter(rng, monkeypatch):
-    """The compiled int8 plan's products on the micro-kernel and on its fallback (_gemm_nt):
-    both equal the interpreter to the bit (a conv of 36 taps: columns and product; 40 rows:
-    blocks of 6 and a remainder; 6 and 3 outputs: part of a panel)."""
+    """The compiled int8 plan on the micro-kernel (the conv direct, _conv_pairs, on int16 codes;
+    or, with DIRECT_TAPS_PAIRS 0, columns and _gemm_pairs) and on its fallback (_gemm_nt on
+    int8 codes): all equal the interpreter to the bit (a conv of 36 taps; 40 rows: blocks of 6
+    and a remainder; 6 and 3 outputs: part of a panel)."""
     fast = pytest.importorskip("kernels.numba_cpu.int8")
     model = nn.Sequential(
         nn.Conv2d(4, 6, 3, padding=1, rng=rng),
@@ -258,17 +261,29 @@ def test_int8_plan_with_pairs_and_without_equals_the_interpreter(rng, monkeypatc
     x = rng.standard_normal((40, 4, 4, 5)).astype(np.float32)
     qckpt = Q.quantize(Checkpoint("<m>", None, model.spec(), model.state_dict()), x[:16])
     expected = deploy.NumpyModel(qckpt, compiled=False)(x)
-    bound, bind = [], fast.bind_gemm_nt
+    products, convs = [], []
+    for name, log in (("bind_gemm_nt", products), ("bind_conv_block", convs)):
+        bind = getattr(fast, name)
+        monkeypatch.setattr(
+            fast, name, lambda *args, b=bind, log=log: log.append(b(*args)) or log[-1]
+        )
     monkeypatch.setattr(deploy, "_INT8", [fast])
-    monkeypatch.setattr(fast, "bind_gemm_nt", lambda *args: bound.append(bind(*args)) or bound[-1])
-    for pairs in (False, True) if fast.HAS_PMADDWD else (False,):
+    runs = [(False, 1 << 30)] + ([(True, 1 << 30), (True, 0)] if fast.HAS_PMADDWD else [])
+    for pairs, direct in runs:
         monkeypatch.setattr(fast, "PAIRS", pairs)
-        net, bound[:] = deploy.NumpyModel(qckpt), []
+        monkeypatch.setattr(deploy, "DIRECT_TAPS_PAIRS", direct)
+        net, products[:], convs[:] = deploy.NumpyModel(qckpt), [], []
         assert net.plan is not None
         for n in (1, 40):
             np.testing.assert_array_equal(net(x[:n]), expected[:n])
+        codes = np.int16 if pairs else np.int8
+        assert all(buf.dtype == codes for buf in net.plan.local.bound[(40, 4, 4, 5)].buffers)
         kernel = fast._gemm_pairs if pairs else fast._gemm_nt
-        assert len(bound) == 4 and all(step.func is kernel for step in bound)  # 2 layers, 2 n
+        assert all(step.func is kernel for step in products)
+        if pairs and direct:  # the conv direct on the micro-kernel, the dense layer a product
+            assert len(products) == 2 and [step.func for step in convs] == [fast._conv_pairs] * 2
+        else:  # 2 layers x 2 batch sizes, columns and products
+            assert len(products) == 4 and not convs
 
 
 def _naive_conv_sums(xpad, wk, stride, pool, oh, ow):
@@ -284,20 +299,26 @@ def _naive_conv_sums(xpad, wk, stride, pool, oh, ow):
 
 
 # (n, padded h, w, c, kh, kw, oc, stride, pool): K = 1, K = 9 with one channel (the first conv),
-# K and oc not multiples of the vector width, strides, pools 1 / 2 / 3, odd sizes left over
+# K and oc not multiples of the vector width, strides, pools 1 / 2 / 3, odd sizes left over; rows
+# of 4+ outputs without a pool (the micro-kernel's groups of 4 and the rest), even and odd c
 CONV_BLOCKS = [
     (2, 3, 4, 1, 1, 1, 3, (1, 1), 1),
     (3, 9, 8, 1, 3, 3, 32, (1, 1), 2),
     (2, 8, 9, 3, 2, 3, 13, (2, 1), 2),
     (1, 11, 10, 2, 3, 3, 5, (1, 1), 3),
+    (3, 9, 14, 4, 3, 3, 20, (1, 1), 1),
+    (2, 9, 12, 3, 3, 3, 17, (1, 2), 1),
+    (2, 7, 8, 6, 3, 3, 33, (1, 1), 2),
 ]
 
 
 @pytest.mark.parametrize("case", CONV_BLOCKS)
-def test_int8_conv_block_equals_the_loop_oracle_and_numba_to_the_bit(rng, case):
+def test_int8_conv_block_equals_the_loop_oracle_and_numba_to_the_bit(rng, case, monkeypatch):
     """conv_block (the direct int8 conv + pool + epilogue): NumPy's against naive loops and the
-    reference epilogue, Numba's against NumPy's (plain and as the plan's prepared call), with
-    the int8 extremes -128 / 127, into a strided int8 view and into float32."""
+    reference epilogue, Numba's against NumPy's (plain and as the plan's prepared call; on the
+    plain loops with int8 codes, and on the vpmaddwd micro-kernel, _conv_pairs, with int16
+    codes in and out where the CPU has it), with the int8 extremes -128 / 127, into a strided
+    view and into float32."""
     n, h, w, c, kh, kw, oc, stride, pool = case
     xpad = rng.integers(-128, 128, (n, h, w, c)).astype(np.int8)
     wk = rng.integers(-127, 128, (kh, kw, c, oc)).astype(np.int8)
@@ -308,6 +329,10 @@ def test_int8_conv_block_equals_the_loop_oracle_and_numba_to_the_bit(rng, case):
     acc = sums.astype(np.int32)
     scale = (rng.random(oc) * 2e-3).astype(np.float32)
     fast = pytest.importorskip("kernels.numba_cpu.int8")
+    # (module, codes, weights, micro-kernel): the plan's pairings (code_dtype), int8 / int16 wk
+    runs = [(int8, xpad, wk, False), (fast, xpad, wk.astype(np.int16), False)]
+    if fast.HAS_PMADDWD:
+        runs.append((fast, xpad.astype(np.int16), wk, True))
     for bias in (rng.standard_normal(oc).astype(np.float32), None):
         for relu in (True, False):
             args = (scale, bias, relu)
@@ -315,15 +340,18 @@ def test_int8_conv_block_equals_the_loop_oracle_and_numba_to_the_bit(rng, case):
             int8.requantize(acc, *args, np.float32(0.03), want[:, 1:-1, 1:])
             want_f = np.empty((n, oh, ow, oc), np.float32)
             int8.dequantize(acc, *args, want_f)
-            for module, wk_as in ((int8, wk), (fast, wk), (fast, wk.astype(np.int16))):
-                got = np.zeros_like(want)
+            for module, codes, wk_as, pairs in runs:
+                monkeypatch.setattr(fast, "PAIRS", pairs)
+                got = np.zeros_like(want, codes.dtype)
                 module.conv_block(
-                    xpad, wk_as, stride, pool, *args, np.float32(0.03), got[:, 1:-1, 1:]
+                    codes, wk_as, stride, pool, *args, np.float32(0.03), got[:, 1:-1, 1:]
                 )
                 np.testing.assert_array_equal(got, want)
                 got_f = np.empty_like(want_f)
-                module.bind_conv_block(xpad, wk_as, stride, pool, *args, 0, got_f)()
+                step = module.bind_conv_block(codes, wk_as, stride, pool, *args, 0, got_f)
+                step()
                 np.testing.assert_array_equal(got_f, want_f)
+                assert (getattr(step, "func", None) is fast._conv_pairs) == pairs
 
 
 def test_int8_bound_kernels_equal_the_plain_ones(rng):
