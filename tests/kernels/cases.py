@@ -243,6 +243,12 @@ def _pool_cases():
         x.flat[[0, 3, 7, 8, 24, 30, 31]] = np.nan
         return x, (3, 3), (2, 2), (1, 1)
 
+    def nans_2x2(r, d):  # the 2x2 stride-2 path: NaNs at every tap position, signed zeros
+        x = _normal(r, (1, 2, 6, 8), d)
+        x.flat[[1, 8, 19, 26, 36, 45, 46]] = np.nan  # window taps 1, 2, 3, 0, then two in one
+        x[0, 1, :2, :2] = [[-0.0, 0.0], [0.0, -1.0]]  # equal zeros: the first one wins
+        return x, (2, 2), (2, 2), (0, 0)
+
     # ties: blocks of equal values and all-zero planes; the first maximum (row-major) must win
     cases["max_pool2d_forward"] += [
         Case("tiny_ties", lambda r, d: (blocks(r, d), (3, 3), (1, 1), (1, 1)), True),
@@ -250,6 +256,7 @@ def _pool_cases():
             "tiny_all_ties", lambda r, d: (np.zeros((1, 2, 4, 4), d), (2, 2), (2, 2), (0, 0)), True
         ),
         Case("tiny_nans", nans, True),
+        Case("tiny_nans_2x2", nans_2x2, True),
     ]
     return cases
 
