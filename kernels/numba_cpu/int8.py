@@ -348,15 +348,16 @@ def _conv_pool2(
                 _store(m, f, scale, bias, has_bias, relu, out_scale, out, qout, b, i, j)
 
 
-def tap_offsets(shape: tuple, kernel: tuple, c: int) -> np.ndarray:
-    """The element offsets, within one C-contiguous NHWC image of shape (hp, wp, c), of a
-    window's taps in (dy, dx, ch) order (the order of pack_pairs' k), padded to an even count
-    with offset 0 (the padding tap's weight is 0 in the panels, so any finite element does):
-    _conv_pairs reads pair kk's operands at window + offs[2 kk] and window + offs[2 kk + 1]."""
-    (_, wp, _), (kh, kw) = shape, kernel
-    dy, dx, ch = np.unravel_index(np.arange(kh * kw * c), (kh, kw, c))
-    offs = (dy * wp + dx) * c + ch
-    return np.concatenate([offs, np.zeros(len(offs) % 2, offs.dtype)]).astype(np.int64)
+def row_pairs(wk: np.ndarray) -> np.ndarray:
+    """The weights wk (kh, kw, c, oc) as _conv_pairs reads a window: in NHWC a window row's
+    taps (dx, ch) are kw c consecutive codes, taken in pairs in place; a row of odd length gets
+    one zero weight, so that its last pair's second code (the element after the row) counts
+    for nothing. Returns pack_pairs of the (oc, kh run) matrix, run = kw c rounded up to even."""
+    kh, kw, c, oc = wk.shape
+    run = kw * c + (kw * c) % 2
+    rows = np.zeros((kh, run, oc), np.int16)
+    rows[:, : kw * c] = wk.reshape(kh, kw * c, oc)
+    return pack_pairs(rows.reshape(kh * run, oc).T)
 
 
 @numba.njit(inline="always", boundscheck=False, error_model="numpy")
@@ -392,36 +393,44 @@ def _tile4(src, o0, o1, o2, o3, starts, panels, w, kp, z):  # pragma: no cover -
 
 
 @numba.njit(inline="always", boundscheck=False, error_model="numpy")
-def _gather(xf, o, offs, kp, scratch, r):  # pragma: no cover - compiled
-    """Row r of scratch (int16, 2 kp per row) = the window at xf[o]'s taps in pair order
-    (offs): its pairs are then adjacent, for vpair."""
-    for t in range(2 * kp):
-        scratch[r * 2 * kp + t] = xf[o + offs[t]]
+def _copy_window(xf, o, kh, row, n_run, run, scratch, r):  # pragma: no cover - compiled
+    """Row r of scratch (kh run codes) = the window at xf[o], its rows of n_run codes each
+    followed by a 0 when run > n_run: what _tile4 reads in place, without reading past xf."""
+    for dy in range(kh):
+        for t in range(n_run):
+            scratch[(r * kh + dy) * run + t] = xf[o + dy * row + t]
+        if run > n_run:
+            scratch[(r * kh + dy) * run + n_run] = 0
 
 
 @numba.njit(cache=True, boundscheck=False, error_model="numpy")
 def _conv_pairs(
-    xpad, offs, panels, sh, sw, p, scale, bias, has_bias, relu, out_scale, out, qout
+    xpad, kh, kw, panels, sh, sw, p, scale, bias, has_bias, relu, out_scale, out, qout
 ):  # pragma: no cover - compiled
-    """numpy_cpu's conv_block on the vpmaddwd micro-kernel, straight from the windows: per
-    panel of 16 output channels, the tap pairs of a window (offs: tap_offsets) broadcast
-    against the panel (panels: pack_pairs of the (oc, kh kw c) weights) into 2 int32 x 8
-    accumulators per conv output, four conv outputs at a time (_tile4): a 2 x 2 pool tile,
-    or 4 neighbours along a row without a pool; a pool takes their max (vmax32), then _store.
-    No columns and no int32 sums in memory. With an even channel count a pair of taps is two
-    neighbouring channels, read in place; with an odd one (a first conv on 1 or 3 channels)
-    the group's windows are first gathered in pair order into a small scratch (_gather), once
-    for all panels. xpad int8 or int16 C-contiguous (n, hp, wp, c); (out or qout) (n, oh, ow,
-    oc), the unused one (1, 1, 1, 1)."""
+    """numpy_cpu's conv_block on the vpmaddwd micro-kernel, straight from the windows: a window
+    row's kw c taps are consecutive codes in NHWC, multiplied in pairs in place (panels:
+    row_pairs of the weights), per panel of 16 output channels into 2 int32 x 8 accumulators
+    per conv output, four conv outputs at a time (_tile4): a 2 x 2 pool tile, or 4 neighbours
+    along a row without a pool; a pool takes their max (vmax32), then _store. No columns and no
+    int32 sums in memory. A row of odd length reads one code past itself (its weight is 0);
+    where that would be past the end of xpad (the last windows of the last image) the windows
+    are first copied with a 0 there (_copy_window). xpad int8 or int16 C-contiguous (n, hp,
+    wp, c); (out or qout) (n, oh, ow, oc), the unused one (1, 1, 1, 1)."""
     n, hp, wp, c = xpad.shape
     xf = xpad.reshape(n * hp * wp * c)
     oh, ow, oc = qout.shape[1:] if out_scale > 0 else out.shape[1:]
-    kp, nq = len(offs) // 2, (oc + NR - 1) // NR
+    n_run = kw * c  # a window row's codes
+    run = n_run + n_run % 2
+    kp, nq = kh * run // 2, (oc + NR - 1) // NR
     m, f = np.empty((4, nq * NR), np.int32), np.empty(oc, np.float32)
-    row, image, adjacent = wp * c, hp * wp * c, c % 2 == 0
+    row, image, size = wp * c, hp * wp * c, n * hp * wp * c
     step, group = sw * c, 4 if p == 1 else 1  # p = 1: 4 outputs of a row per group
-    starts = offs[::2].copy() if adjacent else np.arange(kp) * 2
-    scratch = np.empty(8 * kp, np.int16)  # 4 gathered windows
+    starts = np.empty(kp, np.int64)  # pair kk: row kk // (run / 2), codes 2 (kk % (run / 2))
+    copied = np.empty(kp, np.int64)  # the same in _copy_window's rows
+    for kk in range(kp):
+        dy, t = divmod(2 * kk, run)
+        starts[kk], copied[kk] = dy * row + t, dy * run + t
+    scratch = np.empty(4 * kh * run, np.int16)
     z = vzeros(m[0])
     for b in range(n):
         for i in range(oh):
@@ -431,17 +440,17 @@ def _conv_pairs(
                     o1 = o0 + step
                     o2 = o0 + sh * row if p == 2 else o1 + step
                     o3 = o2 + step
-                    if not adjacent:
+                    safe = max(o1, o3) + (kh - 1) * row + run <= size
+                    if not safe:
                         for r, o in enumerate((o0, o1, o2, o3)):
-                            _gather(xf, o, offs, kp, scratch, r)
+                            _copy_window(xf, o, kh, row, n_run, run, scratch, r)
                     for q in range(nq):
                         w = q * kp * 32
-                        if adjacent:
+                        if safe:
                             sums = _tile4(xf, o0, o1, o2, o3, starts, panels, w, kp, z)
                         else:
-                            sums = _tile4(
-                                scratch, 0, 2 * kp, 4 * kp, 6 * kp, starts, panels, w, kp, z
-                            )
+                            r1, r2, r3 = kh * run, 2 * kh * run, 3 * kh * run
+                            sums = _tile4(scratch, 0, r1, r2, r3, copied, panels, w, kp, z)
                         a0, a1, b0, b1, c0, c1, d0, d1 = sums
                         if p == 2:
                             a0 = vmax32(vmax32(a0, b0), vmax32(c0, d0))
@@ -459,14 +468,15 @@ def _conv_pairs(
                     for jj in range(min(group, ow - j0)):
                         for r in range(p * p):
                             o = o0 + jj * step + (r // p) * sh * row + (r % p) * sw * c
-                            if not adjacent:
-                                _gather(xf, o, offs, kp, scratch, 0)
+                            safe = o + (kh - 1) * row + run <= size
+                            if not safe:
+                                _copy_window(xf, o, kh, row, n_run, run, scratch, 0)
                             for q in range(nq):
                                 w = q * kp * 32
-                                if adjacent:
+                                if safe:
                                     s0, s1 = _window_sums(xf, o, starts, panels, w, kp, z)
                                 else:
-                                    s0, s1 = _window_sums(scratch, 0, starts, panels, w, kp, z)
+                                    s0, s1 = _window_sums(scratch, 0, copied, panels, w, kp, z)
                                 if r > 0:
                                     s0 = vmax32(s0, vload(m[jj], q * NR))
                                     s1 = vmax32(s1, vload(m[jj], q * NR + 8))
@@ -490,11 +500,9 @@ def _conv_call(xpad, wk, stride, pool, scale, bias, relu, out_scale, out) -> Cal
         outs = (np.float32(0), out, np.empty((1, 1, 1, 1), np.int8))
     (sh, sw), relu = stride, bool(relu)
     if PAIRS and xpad.flags.c_contiguous:  # the micro-kernel, weights packed here, once
-        kh, kw, c, oc = wk.shape
-        panels = pack_pairs(wk.reshape(kh * kw * c, oc).T)
-        offs = tap_offsets(xpad.shape[1:], (kh, kw), c)
+        kh, kw = wk.shape[:2]
         args = (sh, sw, pool, scale, bias, has_bias, relu, *outs)
-        return partial(_conv_pairs, xpad, offs, panels, *args)
+        return partial(_conv_pairs, xpad, kh, kw, row_pairs(wk), *args)
     if pool == 2:
         return partial(_conv_pool2, xpad, wk, sh, sw, scale, bias, has_bias, relu, *outs)
     return partial(_conv_block, xpad, wk, sh, sw, pool, scale, bias, has_bias, relu, *outs)

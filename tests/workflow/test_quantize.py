@@ -300,7 +300,8 @@ def _naive_conv_sums(xpad, wk, stride, pool, oh, ow):
 
 # (n, padded h, w, c, kh, kw, oc, stride, pool): K = 1, K = 9 with one channel (the first conv),
 # K and oc not multiples of the vector width, strides, pools 1 / 2 / 3, odd sizes left over; rows
-# of 4+ outputs without a pool (the micro-kernel's groups of 4 and the rest), even and odd c
+# of 4+ outputs without a pool (the micro-kernel's groups of 4 and the rest), window rows of even
+# and odd length (kw c)
 CONV_BLOCKS = [
     (2, 3, 4, 1, 1, 1, 3, (1, 1), 1),
     (3, 9, 8, 1, 3, 3, 32, (1, 1), 2),
@@ -309,6 +310,10 @@ CONV_BLOCKS = [
     (3, 9, 14, 4, 3, 3, 20, (1, 1), 1),
     (2, 9, 12, 3, 3, 3, 17, (1, 2), 1),
     (2, 7, 8, 6, 3, 3, 33, (1, 1), 2),
+    # windows ending at the buffer's last code with rows of odd length (kw c = 3): the pair read
+    # past the row would be past the buffer (the copied-window path), in a tile and in a row of 4
+    (2, 8, 8, 1, 3, 3, 32, (1, 1), 2),
+    (2, 5, 6, 1, 3, 3, 8, (1, 1), 1),
 ]
 
 
