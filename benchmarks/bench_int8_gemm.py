@@ -11,8 +11,10 @@ vpmaddwd micro-kernel, weights packed beforehand as the plan does, int8 columns 
 ones), _gemm_nt (the plain-loop fallback) and NumPy's float32 matmul (OpenBLAS sgemm) of the
 same (m, k) x (k, n). Every int8 result is checked against the int64 product first.
 `--plan` also times whole engine.deploy plans of seed_cnn (random weights, quantized on
-phantoms: timing only) interleaved: float32, and int8 with its products on _gemm_pairs and on
-_gemm_nt (kernels.numba_cpu.int8.PAIRS), the int8 outputs checked equal.
+phantoms: timing only) interleaved: float32, and int8 on the micro-kernel (kernels.numba_cpu.int8
+.PAIRS: every conv _conv_pairs, the dense layers _gemm_pairs, int16 codes) and on the plain loops
+(the first conv _conv_pool2, the second columns + _gemm_nt, int8 codes), the int8 outputs checked
+equal.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ def _plans(rounds: int, clock) -> None:
     ckpt = Checkpoint("<m>", None, model.spec(), model.state_dict())
     qckpt = Q.quantize(ckpt, x[:32])
     nets = {"float32": deploy.NumpyModel(ckpt)}
-    for name, pairs in (("int8, _gemm_pairs", True), ("int8, _gemm_nt", False)):
+    kinds = (("int8, micro-kernel", True), ("int8, plain loops", False))
+    for name, pairs in kinds:
         if pairs and not int8.HAS_PMADDWD:
             continue
         int8.PAIRS = pairs  # read when the plan binds a shape: bind both shapes now
