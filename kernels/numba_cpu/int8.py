@@ -207,7 +207,8 @@ def int8_gemm_nt(a: np.ndarray, bt: np.ndarray, out: np.ndarray) -> None:
 
 @numba.njit(cache=True, boundscheck=False, error_model="numpy")
 def quantize_nhwc(x, scale, out):  # pragma: no cover - compiled
-    """out int8 = clip(rint(x / scale), -127, 127), x float32 (n, h, w, c) (numpy_cpu's doc)."""
+    """out = clip(rint(x / scale), -127, 127), x float32 (n, h, w, c) (numpy_cpu's doc); out
+    int8, or int16 (the plan's codes on the micro-kernel, code_dtype)."""
     n, h, w, c = out.shape
     for b in range(n):
         for i in range(h):

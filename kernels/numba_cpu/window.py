@@ -44,8 +44,8 @@ def larger(val, best):
 def first_max4(v0, v1, v2, v3):
     """(max, first argmax) of a 2x2 window's taps 0..3 in row-major order, by `better`: a chain
     of selects, which LLVM turns into vector blends where the caller's loop vectorises (the
-    fused conv + pool kernels). In a loop it leaves scalar, x86 compiles those float selects to
-    branches: use first_max4_scalar there."""
+    fused conv + pool kernels). In a loop LLVM leaves scalar, x86 compiles those float selects
+    to branches: use first_max4_scalar there."""
     best, arg = v0, 0  # tap 0 always starts the window
     win = better(v1, best)
     best, arg = (v1 if win else best), (1 if win else arg)
